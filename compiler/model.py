@@ -1,0 +1,198 @@
+"""The compiler's representation of a trained BNN, and its import from a model file.
+
+A `BnnModel` is a chain of `DenseLayer`s. Passes (compiler/passes.py) take a model and return a new
+one; `execute` runs any stage of it (float batch-norm before folding, integer thresholds after), so
+every pass can be checked to compute the same before and after.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+class CompileError(ValueError):
+    """A model the compiler cannot take; the message names the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class BatchNorm:
+    """Eval-mode batch-norm: y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel."""
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return np.sqrt(self.var + self.eps)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.gamma * (x - self.mean) / self.sigma + self.beta
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A binary dense layer at some stage of compilation.
+
+    Before folding, a hidden layer's output bit is ``y >= 0`` with ``y = bn(dot + bias)``
+    (dot = 2p - N, the signed ±1 dot product). After FoldBatchNormIntoThresholds, ``bias`` and ``bn``
+    are gone and the bit is ``p >= thresholds``. The output layer has no activation: its scores are
+    ``output_scale * bn(dot + bias)`` until the passes prove the extras argmax-invariant and drop them.
+    """
+
+    weights: np.ndarray                 # (n_out, n_in) uint8 bits, 1 = +1
+    is_output: bool
+    bias: np.ndarray | None = None
+    bn: BatchNorm | None = None
+    thresholds: np.ndarray | None = None
+    output_scale: float | None = None
+    pe: int = 1
+    simd: int = 1
+
+    @property
+    def n_in(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def cycles(self) -> int:
+        return -(-self.n_out // self.pe) * -(-self.n_in // self.simd)
+
+
+@dataclass(frozen=True)
+class BnnModel:
+    layers: tuple[DenseLayer, ...]
+    arch: str = "custom"
+    dataset: str = "unknown"
+    binarize: dict = field(default_factory=dict)
+    accuracy_torch: float | None = None
+
+    def with_layers(self, layers) -> "BnnModel":
+        return replace(self, layers=tuple(layers))
+
+    @property
+    def input_bits(self) -> int:
+        return self.layers[0].n_in
+
+
+@dataclass
+class Execution:
+    """What a model computes for a batch: scores, predictions, and each hidden layer's output bits."""
+
+    scores: np.ndarray
+    predictions: np.ndarray
+    activations: list[np.ndarray]
+    # Per hidden layer, (frames, n_out) distance of the pre-activation from its decision boundary, in
+    # units of the signed dot product: |dot - tau|. Zero marks an exact tie, where float rounding may
+    # flip the bit; None once the layer is integer-only (no boundary to be near).
+    margins: list[np.ndarray | None]
+
+
+def popcount_matrix(bits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """p = popcount(XNOR(x, w)) for (frames, n_in) inputs and (n_out, n_in) weights, exact int64.
+
+    A straightforward integer reference, independent of golden.py's bit packing, for the compiler's
+    own execution of a model.
+    """
+    x = bits.astype(np.int64)
+    w = weights.astype(np.int64)
+    agree_ones = x @ w.T
+    agree_zeros = (1 - x) @ (1 - w).T
+    return agree_ones + agree_zeros
+
+
+def layer_scores(layer: DenseLayer, p: np.ndarray) -> np.ndarray:
+    """Real-valued pre-activation of a layer from its popcounts (before thresholds exist)."""
+    y = (2 * p - layer.n_in).astype(np.float64)
+    if layer.bias is not None:
+        y = y + layer.bias
+    if layer.bn is not None:
+        y = layer.bn(y)
+    return y
+
+
+def decision_margin(layer: DenseLayer, p: np.ndarray) -> np.ndarray:
+    """|dot - tau| per channel for a float layer: how far the dot product is from flipping the bit."""
+    dot = (2 * p - layer.n_in).astype(np.float64)
+    bias = layer.bias if layer.bias is not None else 0.0
+    if layer.bn is None:
+        return np.abs(dot + bias)
+    bn = layer.bn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = bn.mean - bias - bn.beta * bn.sigma / bn.gamma
+        margin = np.abs(dot - tau)
+    # A constant channel (gamma == 0) never changes with the input: it is never at a tie.
+    return np.where(bn.gamma == 0, np.inf, margin)
+
+
+def execute(model: BnnModel, bits: np.ndarray) -> Execution:
+    """Run (frames, input_bits) {0,1} inputs through the model at whatever stage it is."""
+    x = np.asarray(bits, dtype=np.uint8)
+    activations, margins = [], []
+    for layer in model.layers[:-1]:
+        p = popcount_matrix(x, layer.weights)
+        if layer.thresholds is not None:
+            x = (p >= layer.thresholds).astype(np.uint8)
+            margins.append(None)
+        else:
+            x = (layer_scores(layer, p) >= 0).astype(np.uint8)
+            margins.append(decision_margin(layer, p))
+        activations.append(x)
+    last = model.layers[-1]
+    p = popcount_matrix(x, last.weights)
+    scores = layer_scores(last, p) if (last.bias is not None or last.bn is not None) else p.astype(np.float64)
+    if last.output_scale is not None:
+        scores = scores * last.output_scale
+    return Execution(scores, np.argmax(scores, axis=1), activations, margins)
+
+
+# --- import --------------------------------------------------------------------------------------
+
+def _array(tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy().astype(np.float64)
+
+
+def model_from_file_dict(data: dict) -> BnnModel:
+    """Build the compiler's model from a loaded model file (training/model_file.py documents it)."""
+    entries = data["layers"]
+    if not entries:
+        raise CompileError("the model file has no layers: train a model with `xnorflow train`")
+    layers = []
+    for i, entry in enumerate(entries):
+        latent = _array(entry["weight"])
+        if latent.ndim != 2:
+            raise CompileError(f"layer {i} has weights of shape {latent.shape}; xnorflow compiles dense "
+                               "(fully connected) layers only: flatten convolutions into BinaryLinear layers")
+        weights = (latent >= 0).astype(np.uint8)   # sign(0) = +1, as in training
+        bias = _array(entry["bias"]) if entry.get("bias") is not None else None
+        bn = None
+        if entry.get("bn") is not None:
+            b = entry["bn"]
+            bn = BatchNorm(_array(b["gamma"]), _array(b["beta"]), _array(b["mean"]), _array(b["var"]),
+                           float(b["eps"]))
+        scale = entry.get("scale")
+        is_output = i == len(entries) - 1
+        if scale is not None and not is_output:
+            raise CompileError(f"layer {i} has an output scale but is not the last layer: "
+                               "only the output layer may carry one")
+        layers.append(DenseLayer(weights=weights, is_output=is_output, bias=bias, bn=bn,
+                                 output_scale=None if scale is None else float(scale)))
+    for i in range(1, len(layers)):
+        if layers[i].n_in != layers[i - 1].n_out:
+            raise CompileError(f"layer {i} takes {layers[i].n_in} inputs but layer {i - 1} gives "
+                               f"{layers[i - 1].n_out}: the model's layer sizes must chain")
+    return BnnModel(tuple(layers), arch=str(data.get("arch", "custom")), dataset=str(data.get("dataset", "unknown")),
+                    binarize=dict(data.get("binarize", {})), accuracy_torch=data.get("accuracy_torch"))
+
+
+def import_model(path) -> BnnModel:
+    """Load a model file written by `xnorflow train` (or training.model_file.save_model_file)."""
+    from xnorflow.training.model_file import load_model_file
+
+    return model_from_file_dict(load_model_file(path))

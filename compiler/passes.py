@@ -1,0 +1,193 @@
+"""Compiler passes: each takes a BnnModel and returns a new one (FINN/qonnx style).
+
+    model = FoldBatchNormIntoThresholds()(model)
+    model = RemoveArgmaxInvariantOutputScale()(model)
+    model = SetFolding(target_cycles=256)(model)
+    spec = lower_to_spec(model)
+
+Every pass has a test that the model computes the same before and after (tests/compiler).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div
+
+from .model import BnnModel, CompileError, DenseLayer
+
+
+class Pass:
+    """A transformation of a model; subclasses implement apply()."""
+
+    def __call__(self, model: BnnModel) -> BnnModel:
+        return self.apply(model)
+
+    def apply(self, model: BnnModel) -> BnnModel:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def thresholds_from_batchnorm(layer: DenseLayer) -> tuple[np.ndarray, np.ndarray]:
+    """Integer thresholds and row-inverted weights implementing ``bn(dot + bias) >= 0`` (DESIGN.md 2).
+
+    gamma > 0: dot >= tau            -> p >= ceil((N + tau) / 2)
+    gamma < 0: dot <= tau            -> invert the row (p' = N - p) and p' >= N - floor((N + tau) / 2)
+    gamma = 0: the output is sign(beta): T = 0 (always +1) or N + 1 (always -1)
+    Thresholds are clamped into [0, N + 1].
+    """
+    n = layer.n_in
+    rows = layer.n_out
+    bias = layer.bias if layer.bias is not None else np.zeros(rows)
+    weights = layer.weights.copy()
+    if layer.bn is None:
+        # y = dot + bias >= 0  <=>  dot >= -bias
+        tau = -bias
+        gamma = np.ones(rows)
+        beta = np.zeros(rows)
+    else:
+        bn = layer.bn
+        gamma, beta = bn.gamma, bn.beta
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau = bn.mean - bias - beta * bn.sigma / gamma
+    thresholds = np.empty(rows, dtype=np.int64)
+    positive, negative, constant = gamma > 0, gamma < 0, gamma == 0
+    thresholds[positive] = np.ceil((n + tau[positive]) / 2)
+    thresholds[negative] = n - np.floor((n + tau[negative]) / 2)
+    thresholds[constant] = np.where(beta[constant] >= 0, 0, n + 1)
+    weights[negative] = 1 - weights[negative]
+    return np.clip(thresholds, 0, n + 1), weights
+
+
+class FoldBatchNormIntoThresholds(Pass):
+    """Replace each hidden layer's bias + batch-norm + sign by one integer threshold per channel."""
+
+    def apply(self, model: BnnModel) -> BnnModel:
+        layers = []
+        for layer in model.layers:
+            if layer.is_output or layer.thresholds is not None:
+                layers.append(layer)
+                continue
+            if np.any(~np.isfinite(layer.bn.gamma if layer.bn else [0.0])):
+                raise CompileError("a batch-norm has a non-finite gamma: the model file is corrupt, retrain it")
+            thresholds, weights = thresholds_from_batchnorm(layer)
+            layers.append(replace(layer, weights=weights, thresholds=thresholds, bias=None, bn=None))
+        return model.with_layers(layers)
+
+
+class RemoveArgmaxInvariantOutputScale(Pass):
+    """Drop what the output layer adds on top of its popcounts when it cannot change the argmax.
+
+    scores_c = scale * (a_c * dot_c + d_c) with a_c, d_c from bias and batch-norm. The class with the
+    largest dot (equivalently the largest popcount, dot = 2p - N) wins iff every a_c is the same
+    positive number and every d_c is the same: then it is dropped exactly. Anything else is refused.
+    """
+
+    def apply(self, model: BnnModel) -> BnnModel:
+        last = model.layers[-1]
+        n = last.n_out
+        slope = np.ones(n)
+        offset = last.bias.copy() if last.bias is not None else np.zeros(n)
+        if last.bn is not None:
+            bn = last.bn
+            slope = bn.gamma / bn.sigma
+            offset = slope * (offset - bn.mean) + bn.beta
+        scale = 1.0 if last.output_scale is None else last.output_scale
+        if scale <= 0 or not np.all(slope == slope[0]) or slope[0] <= 0 or not np.all(offset == offset[0]):
+            raise CompileError("the output layer has a per-class bias, batch-norm or a non-positive scale, "
+                               "which changes the argmax of the popcounts the hardware emits: end the "
+                               "model in a positive per-tensor scale (training.layers.Scale) instead")
+        layers = list(model.layers[:-1]) + [replace(last, bias=None, bn=None, output_scale=None)]
+        return model.with_layers(layers)
+
+
+# --- folding -------------------------------------------------------------------------------------
+
+def cheapest_folding(n_in: int, n_out: int, target_cycles: int) -> tuple[int, int]:
+    """The (PE, SIMD) with the fewest parallel lanes whose cycles fit target_cycles.
+
+    For each PE, the smallest SIMD meeting the target is computed directly; among equal lane counts
+    the one with fewer cycles (less padding) wins, then the one with smaller PE (fewer memory banks).
+    """
+    best = None
+    for pe in range(1, n_out + 1):
+        folds = ceil_div(n_out, pe)
+        synapse_budget = target_cycles // folds
+        if synapse_budget < 1:
+            continue
+        simd = ceil_div(n_in, min(synapse_budget, n_in))
+        cycles = folds * ceil_div(n_in, simd)
+        key = (pe * simd, cycles, pe)
+        if best is None or key < best[0]:
+            best = (key, pe, simd)
+    if best is None:
+        return n_out, n_in
+    return best[1], best[2]
+
+
+class SetFolding(Pass):
+    """Choose PE and SIMD for every layer.
+
+    Exactly one of: ``folding`` (a (pe, simd) pair per layer, by hand), ``target_cycles`` (the cheapest
+    folding whose initiation interval is at most that many cycles per frame).
+    """
+
+    def __init__(self, folding: list[tuple[int, int]] | None = None, target_cycles: int | None = None):
+        if (folding is None) == (target_cycles is None):
+            raise ValueError("SetFolding takes exactly one of folding= or target_cycles=")
+        self.folding = folding
+        self.target_cycles = target_cycles
+
+    def apply(self, model: BnnModel) -> BnnModel:
+        if self.folding is not None:
+            if len(self.folding) != len(model.layers):
+                raise CompileError(f"the folding has {len(self.folding)} (PE, SIMD) pairs for "
+                                   f"{len(model.layers)} layers: give one pair per layer")
+            folding = self.folding
+        else:
+            if self.target_cycles < 1:
+                raise CompileError(f"target of {self.target_cycles} cycles per frame: give at least 1")
+            folding = [cheapest_folding(l.n_in, l.n_out, self.target_cycles) for l in model.layers]
+        layers = []
+        for i, (layer, (pe, simd)) in enumerate(zip(model.layers, folding)):
+            if not (1 <= pe <= layer.n_out and 1 <= simd <= layer.n_in):
+                raise CompileError(f"layer {i}: PE={pe}, SIMD={simd} does not fit {layer.n_out} outputs x "
+                                   f"{layer.n_in} inputs: choose 1 <= PE <= {layer.n_out}, 1 <= SIMD <= {layer.n_in}")
+            layers.append(replace(layer, pe=int(pe), simd=int(simd)))
+        return model.with_layers(layers)
+
+
+def slowest_cycles(model: BnnModel) -> int:
+    """The initiation interval of the fully folded design (PE = SIMD = 1 everywhere)."""
+    return max(l.n_in * l.n_out for l in model.layers)
+
+
+# --- lowering ------------------------------------------------------------------------------------
+
+def lower_to_spec(model: BnnModel, name: str | None = None) -> NetworkSpec:
+    """The hardware's view of a fully folded model: bits, integer thresholds, sizes and folding."""
+    for i, layer in enumerate(model.layers):
+        if layer.bn is not None or layer.bias is not None or layer.output_scale is not None:
+            raise CompileError(f"layer {i} still has float batch-norm/bias/scale: run "
+                               "FoldBatchNormIntoThresholds and RemoveArgmaxInvariantOutputScale first")
+        if not layer.is_output and layer.thresholds is None:
+            raise CompileError(f"hidden layer {i} has no thresholds: run FoldBatchNormIntoThresholds first")
+    layers = tuple(
+        LayerSpec(n_in=l.n_in, n_out=l.n_out, weights=l.weights.astype(np.uint8),
+                  thresholds=None if l.is_output else l.thresholds.astype(np.int64), pe=l.pe, simd=l.simd)
+        for l in model.layers)
+    meta = {"arch": model.arch, "dataset": model.dataset, "binarize": model.binarize}
+    spec = NetworkSpec(layers, name=name or model.arch, meta=meta)
+    spec.validate()
+    return spec
+
+
+def streamline(model: BnnModel) -> BnnModel:
+    """The numeric passes every model goes through before folding."""
+    for step in (FoldBatchNormIntoThresholds(), RemoveArgmaxInvariantOutputScale()):
+        model = step(model)
+    return model
+
+
+__all__ = ["Pass", "FoldBatchNormIntoThresholds", "RemoveArgmaxInvariantOutputScale", "SetFolding",
+           "cheapest_folding", "lower_to_spec", "streamline", "thresholds_from_batchnorm"]
