@@ -1,0 +1,217 @@
+"""The `xnorflow` command: train, compile, simulate, synth, flow, run.
+
+User errors (a bad model file, a dataset folder without its files, a network too big for the board)
+are raised as ValueError subclasses defined in xnorflow's packages; they end the command with one
+line on stderr and exit code 2. Set XNORFLOW_DEBUG=1 to see the traceback as well.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  xnorflow train    --arch tfc --dataset digits -o model.pt
+  xnorflow compile  model.pt --board icebreaker -o build/ [--fps 100000]
+  xnorflow simulate build/ [--images 100]
+  xnorflow synth    build/
+  xnorflow flow     --arch tfc --dataset digits --board icebreaker -o build/
+
+datasets: digits (bundled with scikit-learn) | fashion-mnist (Debian's dataset-fashion-mnist or
+$XNORFLOW_DATA) | idx:DIR (a folder with the four MNIST-format IDX files, optionally .gz)
+boards:   icebreaker | ulx3s-25f | ulx3s-45f | ulx3s-85f | orangecrab
+"""
+
+
+def parse_folding(text: str) -> list[tuple[int, int]]:
+    """'4,8;2,16;1,4' -> [(4, 8), (2, 16), (1, 4)]: PE,SIMD per layer."""
+    try:
+        pairs = [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip()]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ValueError
+        return pairs
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad folding {text!r}: give PE,SIMD per layer separated by ';', e.g. '8,16;4,8;4,8;1,8'") from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a number >= 1")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: give a probability in [0, 1)")
+    return value
+
+
+def add_board_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", default="icebreaker",
+                   help="target board (default: icebreaker); sets the device the design must fit and its clock")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frames/s target: the cheapest folding that reaches it at the board's clock "
+                        "(default: the fastest folding that fits the board)")
+    p.add_argument("--folding", type=parse_folding, default=None, metavar="PE,SIMD;...",
+                   help="fold by hand: one PE,SIMD pair per layer, e.g. '8,16;4,8;4,8;1,8'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xnorflow",
+        description="Binarized neural networks from PyTorch to a bit-exact streaming FPGA accelerator: "
+                    "train, compile to Amaranth RTL, simulate in Verilator against a golden model, "
+                    "synthesize with Yosys/nextpnr.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a binarized network and save a model file",
+                       description="Train a BNN (binary weights and activations, batch-norm) with Adam.")
+    p.add_argument("--arch", default="tfc", help="tfc (64x3) | sfc (256x3) | lfc (1024x3) (default: tfc)")
+    p.add_argument("--dataset", default="digits", help="digits | fashion-mnist | idx:DIR (default: digits)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="model file to write, e.g. model.pt")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: per dataset)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    p = sub.add_parser("compile", help="model file -> folded spec, golden vectors and Verilog",
+                       description="Fold batch-norm into thresholds, choose the folding, write the spec, "
+                                   "the golden test vectors and the Verilog into the build folder.")
+    p.add_argument("model", type=Path, help="model file written by `xnorflow train`")
+    p.add_argument("-o", "--output", required=True, type=Path, help="build folder")
+    p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the model's own")
+    add_board_options(p)
+
+    p = sub.add_parser("simulate", help="run the Verilog in Verilator (cocotb) against the golden model",
+                       description="Stream test images through the RTL with random gaps and backpressure "
+                                   "and compare every class score with the golden model.")
+    p.add_argument("build", type=Path, help="build folder written by `xnorflow compile`")
+    p.add_argument("--images", type=positive_int, default=None, help="images to simulate (default: all)")
+    p.add_argument("--backpressure", type=probability, default=0.3,
+                   help="probability that the output is not ready in a cycle (default: 0.3)")
+    p.add_argument("--waves", action="store_true", help="write a waveform of the run into build/sim")
+    p.add_argument("--seed", type=int, default=0, help="seed for gaps and backpressure (default: 0)")
+
+    p = sub.add_parser("synth", help="Yosys + nextpnr -> bitstream, utilisation and Fmax",
+                       description="Synthesize the build for its board with the open flow (YoWASP).")
+    p.add_argument("build", type=Path, help="build folder written by `xnorflow compile`")
+
+    p = sub.add_parser("flow", help="train (or take --model), compile, simulate, synthesize, report",
+                       description="Everything from a dataset to a bitstream in one build folder; steps "
+                                   "already done in the folder are reused.")
+    p.add_argument("--arch", default="tfc", help="tfc | sfc | lfc (default: tfc)")
+    p.add_argument("--dataset", default="digits", help="digits | fashion-mnist | idx:DIR (default: digits)")
+    p.add_argument("--model", type=Path, default=None, help="use this model file instead of training")
+    p.add_argument("-o", "--output", required=True, type=Path, help="build folder")
+    p.add_argument("--images", type=positive_int, default=None, help="images to simulate (default: all)")
+    p.add_argument("--no-synth", action="store_true", help="stop before synthesis")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: per dataset)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_board_options(p)
+
+    p = sub.add_parser("run", help="send test images to a board over its UART and measure accuracy",
+                       description="Host driver: frames out over the serial port, class indices back.")
+    p.add_argument("build", type=Path, help="build folder (its spec and test vectors)")
+    p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
+    p.add_argument("--images", type=positive_int, default=None, help="images to send (default: all)")
+    p.add_argument("--baud", type=int, default=115200, help="baud rate (default: 115200)")
+    return parser
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Errors xnorflow raises on purpose for bad input, as opposed to bugs."""
+    return isinstance(error, ValueError) and type(error).__module__.startswith("xnorflow.")
+
+
+def print_summary(report: dict, keys) -> None:
+    for key in keys:
+        value = report.get(key)
+        if isinstance(value, float):
+            value = f"{value:.4f}" if value < 10 else f"{value:,.1f}"
+        print(f"  {key:<24} {value if value is not None else '-'}")
+
+
+def cmd_train(args) -> int:
+    from xnorflow.training.train import format_summary, train
+
+    summary = train(args.arch, args.dataset, args.output, epochs=args.epochs, seed=args.seed,
+                    progress=sys.stderr.isatty())
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from xnorflow.compiler.build import compile_model
+
+    report = compile_model(args.model, args.output, board_name=args.board, fps=args.fps, folding=args.folding,
+                           dataset=args.dataset)
+    print(f"compiled into {args.output}/ in {report['compile_seconds']:.1f} s")
+    print_summary(report, ("accuracy_torch", "accuracy_golden", "torch_golden_agreement",
+                           "analytic_cycles_per_frame"))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from xnorflow.compiler.build import simulate_build
+
+    report = simulate_build(args.build, images=args.images, backpressure=args.backpressure, waves=args.waves,
+                            seed=args.seed, progress=sys.stderr.isatty())
+    print_summary(report, ("images_simulated", "rtl_mismatches", "accuracy_rtl", "accuracy_golden",
+                           "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles"))
+    for mismatch in report.get("mismatches", [])[:10]:
+        print(f"  mismatch: {mismatch.get('summary', mismatch)}", file=sys.stderr)
+    if report["rtl_mismatches"]:
+        print(f"xnorflow: error: {report['rtl_mismatches']} images differ between RTL and golden model "
+              f"(see {args.build}/sim/)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from xnorflow.compiler.build import synthesize_build
+
+    report = synthesize_build(args.build, progress=sys.stderr.isatty())
+    print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "synth_seconds"))
+    print(f"  bitstream                {report.get('bitstream')}")
+    return 0
+
+
+def cmd_flow(args) -> int:
+    from xnorflow.compiler.flow import run_flow
+
+    return run_flow(args)
+
+
+def cmd_run(args) -> int:
+    from xnorflow.boards.host import run_build_on_board
+
+    result = run_build_on_board(args.build, args.port, images=args.images, baudrate=args.baud)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "compile": cmd_compile, "simulate": cmd_simulate, "synth": cmd_synth,
+            "flow": cmd_flow, "run": cmd_run}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("xnorflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        if not is_user_error(error) or os.environ.get("XNORFLOW_DEBUG"):
+            raise
+        print(f"xnorflow: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

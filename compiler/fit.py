@@ -1,0 +1,99 @@
+"""Fitting a network to a board: where each memory lives, whether the design fits, which folding to use.
+
+All of this runs before any RTL is written, so a design that cannot fit is refused in one line that
+names what overflows, by how much, and what would fit instead.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from xnorflow.hw.spec import NetworkSpec
+
+from .analysis import choose_memory_style, estimate_resources
+from .model import BnnModel, CompileError
+from .passes import SetFolding, lower_to_spec, slowest_cycles
+
+# Leave room for the estimate's error, the UART block and routing: nextpnr struggles past ~80%.
+LUT_BUDGET_SHARE = 0.75
+
+
+def place_memories(spec: NetworkSpec, family: str) -> NetworkSpec:
+    """Decide block RAM or logic for every memory, so synthesis and the estimate agree on block counts."""
+    layers = []
+    for layer in spec.layers:
+        depth = layer.neuron_folds * layer.synapse_folds
+        layers.append(replace(
+            layer,
+            weight_style=choose_memory_style(layer.simd, depth, family),
+            buffer_style=choose_memory_style(layer.simd, 2 * layer.synapse_folds, family)))
+    return replace(spec, layers=tuple(layers))
+
+
+def overflow(spec: NetworkSpec, board) -> list[str]:
+    """What does not fit the board, as phrases like 'block RAM 34 of 30'; empty when it fits."""
+    estimate = estimate_resources(spec, board.family)
+    problems = []
+    lut_budget = int(board.luts * LUT_BUDGET_SHARE)
+    if estimate["brams"] > board.bram_blocks:
+        problems.append(f"block RAM {estimate['brams']} of {board.bram_blocks} blocks")
+    if estimate["luts"] > lut_budget:
+        problems.append(f"about {estimate['luts']} LUTs of the {lut_budget} usable "
+                        f"({LUT_BUDGET_SHARE:.0%} of {board.luts})")
+    return problems
+
+
+def lower_for_board(model: BnnModel, board) -> NetworkSpec:
+    return place_memories(lower_to_spec(model), board.family)
+
+
+def fits(model: BnnModel, board) -> bool:
+    return not overflow(lower_for_board(model, board), board)
+
+
+def fastest_fitting_target(model: BnnModel, board) -> int | None:
+    """The smallest cycles-per-frame target whose cheapest folding fits the board (None: nothing fits).
+
+    Fewer cycles need more parallel lanes and memory banks, so fitting is (close to) monotone in the
+    target; a binary search over it finds the fastest design that fits.
+    """
+    lo, hi = 1, slowest_cycles(model)
+    if not fits(SetFolding(target_cycles=hi)(model), board):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(SetFolding(target_cycles=mid)(model), board):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def fold_for_board(model: BnnModel, board, fps: float | None = None,
+                   folding: list[tuple[int, int]] | None = None) -> tuple[BnnModel, str]:
+    """Fold the model by hand, to an fps target at the board's clock, or as fast as fits the board.
+
+    Returns the folded model and a sentence saying how the folding was chosen.
+    """
+    clock = board.clock_hz
+    if folding is not None:
+        return SetFolding(folding=folding)(model), "folding given by hand"
+    best = fastest_fitting_target(model, board)
+    if best is None:
+        spec = lower_for_board(SetFolding(target_cycles=slowest_cycles(model))(model), board)
+        raise CompileError(f"the network does not fit {board.name} even fully folded "
+                           f"({'; '.join(overflow(spec, board))}): choose a bigger board (e.g. ulx3s-85f) "
+                           "or a smaller arch")
+    if fps is None:
+        return SetFolding(target_cycles=best)(model), (
+            f"the fastest folding that fits {board.name}: {best} cycles per frame")
+    if fps <= 0:
+        raise CompileError(f"--fps {fps}: give a positive number of frames per second")
+    target = int(clock // fps)
+    if target < 1 or target < best:
+        best_fps = clock / best
+        raise CompileError(f"{fps:,.0f} frames/s needs at most {max(target, 0)} cycles per frame at "
+                           f"{clock / 1e6:g} MHz, but the fastest folding that fits {board.name} takes "
+                           f"{best} ({best_fps:,.0f} frames/s): lower --fps or choose a bigger board")
+    return SetFolding(target_cycles=target)(model), (
+        f"the cheapest folding reaching {fps:,.0f} frames/s at {clock / 1e6:g} MHz: "
+        f"at most {target} cycles per frame")

@@ -1,0 +1,71 @@
+"""build/report.json: the figures every step measures, under the keys DESIGN.md section 4 names.
+
+Each step merges its own figures in; a figure no step has measured stays null. The file is replaced
+atomically, so a reader never sees half of it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+REPORT_NAME = "report.json"
+
+REPORT_KEYS = (
+    "arch", "dataset", "board", "device", "layers",
+    "accuracy_torch", "accuracy_golden", "torch_golden_agreement",
+    "images_simulated", "rtl_mismatches", "accuracy_rtl",
+    "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles",
+    "fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps",
+    "compile_seconds", "synth_seconds",
+)
+
+# What a fresh compile invalidates: figures measured on an earlier design.
+SIMULATION_KEYS = ("images_simulated", "rtl_mismatches", "accuracy_rtl", "cycles_per_frame", "latency_cycles")
+SYNTHESIS_KEYS = ("fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps", "synth_seconds")
+
+
+def report_path(build_dir) -> Path:
+    return Path(build_dir) / REPORT_NAME
+
+
+def empty_report() -> dict:
+    return {key: None for key in REPORT_KEYS}
+
+
+def read_report(build_dir) -> dict:
+    path = report_path(build_dir)
+    if not path.exists():
+        return empty_report()
+    with open(path) as f:
+        report = json.load(f)
+    return {**empty_report(), **report}
+
+
+def write_report(build_dir, report: dict) -> Path:
+    path = report_path(build_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=False, default=_jsonable)
+        f.write("\n")
+    os.chmod(tmp, 0o644)   # mkstemp makes it private; a report is for everyone who can read the folder
+    os.replace(tmp, path)
+    return path
+
+
+def update_report(build_dir, **fields) -> dict:
+    report = read_report(build_dir)
+    report.update(fields)
+    write_report(build_dir, report)
+    return report
+
+
+def _jsonable(value):
+    """NumPy scalars and paths into plain JSON."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} into report.json")
