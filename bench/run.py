@@ -1,0 +1,207 @@
+"""`make bench`: measure xnorflow end to end and write bench/results.json, bench/results.md and the
+README's results table (between the bench markers).
+
+Every figure is measured in this run. Timings that are cheap to repeat (golden throughput, compile
+time) are medians over repeats; training, simulation and synthesis run once per configuration and
+say so (n=1). Models are trained once and cached in bench/work/models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The anchors we measure against (published figures; their builds need Vivado and take hours).
+ANCHORS = [
+    {"name": "FINN SFC-max (ZC706)", "fps": 12.3e6, "luts": 91_000, "accuracy": None, "dataset": "MNIST"},
+    {"name": "BNN-PYNQ LFC-W1A1 (Z7020)", "fps": 357e3, "luts": 28_400, "accuracy": 0.984, "dataset": "MNIST"},
+]
+
+CONFIGS = [
+    {"arch": "tfc", "dataset": "digits", "board": "icebreaker"},
+    {"arch": "tfc", "dataset": "fashion-mnist", "board": "icebreaker"},
+    {"arch": "sfc", "dataset": "fashion-mnist", "board": "ulx3s-85f"},
+    {"arch": "lfc", "dataset": "fashion-mnist", "board": "ulx3s-85f"},
+]
+
+
+def timed(fn, repeats=1):
+    """(result of the last call, median seconds over repeats)."""
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return result, statistics.median(times)
+
+
+def trained_model(work: Path, arch: str, dataset: str, log) -> tuple[Path, dict]:
+    from xnorflow.training.model_file import load_model_file
+    from xnorflow.training.train import train
+
+    path = work / "models" / f"{arch}-{dataset}.pt"
+    if not path.exists():
+        log(f"training {arch} on {dataset}")
+        train(arch, dataset, path, progress=False)
+    record = load_model_file(path)
+    return path, record
+
+
+def golden_throughput(model_path: Path, repeats: int = 5, frames: int = 20_000) -> dict:
+    """Images/s of the bit-packed golden model on one core (NumPy's bit ops are single-threaded)."""
+    from xnorflow.compiler.model import model_from_file_dict
+    from xnorflow.compiler.passes import lower_to_spec, streamline
+    from xnorflow.sim import golden
+    from xnorflow.training.model_file import load_model_file
+
+    spec = lower_to_spec(streamline(model_from_file_dict(load_model_file(model_path))))
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2, (frames, spec.input_bits), dtype=np.uint8)
+    _, seconds = timed(lambda: golden.execute(spec, bits), repeats)
+    return {"golden_images_per_s": frames / seconds, "golden_frames": frames, "golden_repeats": repeats}
+
+
+def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, log) -> dict:
+    from xnorflow.compiler.build import compile_model, simulate_build, synthesize_build
+    from xnorflow.compiler.report import read_report
+
+    arch, dataset, board = config["arch"], config["dataset"], config["board"]
+    name = f"{arch}-{dataset}-{board}"
+    model_path, record = trained_model(work, arch, dataset, log)
+    build = work / "builds" / name
+    row = {"config": name, **config, "train_seconds": record["train"].get("seconds"),
+           "train_epochs": record["train"].get("epochs")}
+
+    log(f"{name}: compile (median of 3)")
+    _, row["compile_seconds_median"] = timed(
+        lambda: compile_model(model_path, build, board_name=board, log=lambda *_: None), repeats=3)
+
+    log(f"{name}: simulate {'all' if sim_images is None else sim_images} test images in Verilator")
+    t0 = time.perf_counter()
+    simulate_build(build, images=sim_images, backpressure=0.0, progress=False)
+    row["sim_seconds"] = time.perf_counter() - t0
+    if synth:
+        log(f"{name}: synthesize for {board}")
+        synthesize_build(build, progress=False)
+    report = read_report(build)
+    row.update({key: report.get(key) for key in (
+        "accuracy_torch", "accuracy_golden", "torch_golden_agreement", "accuracy_rtl", "images_simulated",
+        "rtl_mismatches", "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles", "fmax_mhz", "fps",
+        "luts", "ffs", "brams", "synth_seconds", "device", "layers")})
+    row["estimate_luts"] = (report.get("estimate") or {}).get("luts")
+    row["estimate_brams"] = (report.get("estimate") or {}).get("brams")
+    sim = report.get("simulation") or {}
+    row["rtl_images_per_s"] = sim.get("images_per_second")
+    row["verilator_build_seconds"] = sim.get("build_seconds")
+    row["fps_per_lut"] = row["fps"] / row["luts"] if row.get("fps") and row.get("luts") else None
+    row.update(golden_throughput(model_path))
+    return row
+
+
+def fmt(value, kind=""):
+    if value is None:
+        return "—"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "int":
+        return f"{value:,.0f}"
+    if kind == "s":
+        return f"{value:.1f} s"
+    if kind == "f1":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:,.3g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = ("| config | accuracy torch / golden / RTL | mismatches | II meas. / analytic | Fmax MHz | "
+              "frames/s | fps/LUT | LUTs (est.) | mem. blocks (est.) | compile | synth | RTL img/s |")
+    lines = [header, "|" + "|".join("---" for _ in range(12)) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            f"{r['arch'].upper()} / {r['dataset']} / {r['board']}",
+            " / ".join(fmt(r.get(k), "pct") for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl")),
+            f"{fmt(r.get('rtl_mismatches'))} of {fmt(r.get('images_simulated'), 'int')}",
+            f"{fmt(r.get('cycles_per_frame'))} / {fmt(r.get('analytic_cycles_per_frame'))}",
+            fmt(r.get("fmax_mhz"), "f1"),
+            fmt(r.get("fps"), "int"),
+            fmt(r.get("fps_per_lut"), "f1"),
+            f"{fmt(r.get('luts'), 'int')} ({fmt(r.get('estimate_luts'), 'int')})",
+            f"{fmt(r.get('brams'))} ({fmt(r.get('estimate_brams'))})",
+            fmt(r.get("compile_seconds_median"), "s"),
+            fmt(r.get("synth_seconds"), "s"),
+            fmt(r.get("rtl_images_per_s"), "int"),
+        ]) + " |")
+    lines.append("")
+    lines.append("| anchor (published) | accuracy | frames/s | LUTs | fps/LUT | build |")
+    lines.append("|---|---|---|---|---|---|")
+    for a in ANCHORS:
+        lines.append(f"| {a['name']} | {fmt(a['accuracy'], 'pct')} ({a['dataset']}) | {fmt(a['fps'], 'int')} | "
+                     f"{fmt(a['luts'], 'int')} | {a['fps'] / a['luts']:.1f} | Vivado, hours |")
+    return "\n".join(lines)
+
+
+def extra_lines(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        lines.append(f"- {r['config']}: golden model {fmt(r.get('golden_images_per_s'), 'int')} images/s "
+                     f"(one core, median of {r.get('golden_repeats')}), training {fmt(r.get('train_seconds'), 's')} "
+                     f"({r.get('train_epochs')} epochs), Verilator build {fmt(r.get('verilator_build_seconds'), 's')}, "
+                     f"simulation of {fmt(r.get('images_simulated'), 'int')} images {fmt(r.get('sim_seconds'), 's')}, "
+                     f"torch–golden agreement {fmt(r.get('torch_golden_agreement'), 'pct')}")
+    return "\n".join(lines)
+
+
+def update_readme(table: str, extras: str, meta: dict) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in text or end not in text:
+        return
+    body = (f"{start}\n_Measured by `make bench` on {meta['date']} ({meta['machine']}); "
+            f"regenerated, not typed._\n\n{table}\n\n{extras}\n{end}")
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    readme.write_text(before + body + after)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench")
+    parser.add_argument("--configs", default="all", help="comma-separated indices into CONFIGS, or 'all'")
+    parser.add_argument("--no-synth", action="store_true")
+    parser.add_argument("--sim-images", type=int, default=None, help="images to simulate (default: all)")
+    args = parser.parse_args(argv)
+
+    def log(message):
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    work = args.out / "work"
+    configs = CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
+    rows = [run_config(c, work, not args.no_synth, args.sim_images, log) for c in configs]
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "anchors": ANCHORS, "results": rows},
+                                                      indent=2, default=float))
+    table, extras = markdown_table(rows), extra_lines(rows)
+    (args.out / "results.md").write_text(f"# xnorflow benchmark\n\n{meta['date']}, {meta['machine']}\n\n"
+                                         f"{table}\n\n{extras}\n")
+    update_readme(table, extras, meta)
+    print(table)
+    print(extras)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
