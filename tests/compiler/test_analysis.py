@@ -1,0 +1,43 @@
+"""Analyses: cycles per layer and the memory-block count the fitting relies on."""
+import numpy as np
+import pytest
+
+from xnorflow.compiler.analysis import BLOCK_RAMS, cycles_per_layer, estimate_resources
+from xnorflow.compiler.fit import place_memories
+from xnorflow.hw.spec import LayerSpec, NetworkSpec
+
+
+def net(sizes, folding):
+    rng = np.random.default_rng(0)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = i == len(sizes) - 2
+        layers.append(LayerSpec(n_in, n_out, rng.integers(0, 2, (n_out, n_in), dtype=np.uint8),
+                                None if last else rng.integers(0, n_in + 2, n_out)))
+    return NetworkSpec(tuple(layers)).with_folding(folding)
+
+
+def test_cycles_and_bottleneck():
+    spec = net([784, 64, 64, 10], [(4, 16), (8, 8), (1, 8)])
+    result = cycles_per_layer(spec)
+    assert [l["cycles"] for l in result["layers"]] == [16 * 49, 8 * 8, 10 * 8]
+    assert result["analytic_cycles_per_frame"] == 784 and result["bottleneck_layer"] == 0
+
+
+@pytest.mark.parametrize("family, width, depth, blocks", [
+    ("ice40", 16, 256, 1), ("ice40", 16, 257, 2), ("ice40", 32, 256, 2), ("ice40", 1, 4096, 2),
+    ("ice40", 8, 512, 1), ("ice40", 49, 64, 4),
+    ("ecp5", 36, 512, 1), ("ecp5", 18, 1024, 1), ("ecp5", 64, 100, 2), ("ecp5", 1, 16384, 1),
+])
+def test_block_ram_tiling(family, width, depth, blocks):
+    assert BLOCK_RAMS[family].blocks_for(width, depth) == blocks
+
+
+def test_small_memories_go_to_logic_and_big_ones_to_blocks():
+    spec = place_memories(net([784, 256, 10], [(16, 49), (10, 64)]), "ice40")
+    first, last = spec.layers
+    assert first.weight_style == "block"       # 16 banks of 49 x 256 bits
+    assert last.weight_style == "logic"        # 10 banks of 64 x 4 bits: a fraction of one EBR each
+    estimate = estimate_resources(spec, "ice40")
+    assert estimate["layers"][0]["brams"] >= 16 * BLOCK_RAMS["ice40"].blocks_for(49, 256)
+    assert estimate["weight_bits"] == 784 * 256 + 256 * 10
