@@ -23,6 +23,7 @@ import numpy as np
 
 SPEC_FORMAT = "xnorflow-spec"
 SPEC_VERSION = 1
+MEMORY_STYLES = ("auto", "block", "logic")
 
 
 class SpecError(ValueError):
@@ -53,6 +54,11 @@ class LayerSpec:
     thresholds: np.ndarray | None
     pe: int = 1
     simd: int = 1
+    # Where the weight banks and the input buffer live: "block" (block RAM), "logic" (LUTs/FFs) or
+    # "auto" (Yosys decides). The RTL passes it to Yosys as the memories' ram_style/rom_style, so the
+    # compiler's memory-block count is what synthesis gets.
+    weight_style: str = "auto"
+    buffer_style: str = "auto"
 
     @property
     def is_output(self) -> bool:
@@ -124,6 +130,9 @@ class LayerSpec:
             raise SpecError(f"{where}: folding PE={self.pe}, SIMD={self.simd} does not fit "
                             f"{self.n_out} outputs x {self.n_in} inputs: choose 1 <= PE <= {self.n_out} "
                             f"and 1 <= SIMD <= {self.n_in}")
+        for style in (self.weight_style, self.buffer_style):
+            if style not in MEMORY_STYLES:
+                raise SpecError(f"{where}: memory style {style!r}: choose one of {', '.join(MEMORY_STYLES)}")
         if self.thresholds is not None:
             if self.thresholds.shape != (self.n_out,):
                 raise SpecError(f"{where}: {self.thresholds.shape} thresholds for {self.n_out} "
@@ -197,7 +206,8 @@ class NetworkSpec:
             "version": SPEC_VERSION,
             "name": self.name,
             "meta": self.meta,
-            "layers": [{"n_in": l.n_in, "n_out": l.n_out, "pe": l.pe, "simd": l.simd} for l in self.layers],
+            "layers": [{"n_in": l.n_in, "n_out": l.n_out, "pe": l.pe, "simd": l.simd,
+                        "weight_style": l.weight_style, "buffer_style": l.buffer_style} for l in self.layers],
         }
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
         for i, layer in enumerate(self.layers):
@@ -218,7 +228,8 @@ class NetworkSpec:
                 for i, l in enumerate(header["layers"]):
                     weights = np.unpackbits(data[f"w{i}"], axis=1, count=l["n_in"], bitorder="little")
                     thresholds = data[f"t{i}"] if f"t{i}" in data else None
-                    layers.append(LayerSpec(l["n_in"], l["n_out"], weights, thresholds, l["pe"], l["simd"]))
+                    layers.append(LayerSpec(l["n_in"], l["n_out"], weights, thresholds, l["pe"], l["simd"],
+                                            l.get("weight_style", "auto"), l.get("buffer_style", "auto")))
         except SpecError:
             raise
         except (OSError, ValueError, KeyError) as e:

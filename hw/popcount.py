@@ -1,0 +1,56 @@
+"""Combinational arithmetic for the XNOR-popcount datapath."""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, Value
+
+
+def popcount(bits: Value) -> Value:
+    """Number of 1-bits of ``bits`` as a balanced adder tree.
+
+    A balanced tree keeps the logic depth at ceil(log2(width)) adders instead of the width-long
+    chain a Python ``sum()`` would build, which is what limits Fmax in a wide SIMD engine.
+    Each level's adders are one bit wider than the level below, so the result is exactly wide
+    enough to hold ``len(bits)``.
+    """
+    terms = [bits[i] for i in range(len(bits))]
+    if not terms:
+        raise ValueError("popcount of a zero-width value: give it at least one bit")
+    while len(terms) > 1:
+        paired = [a + b for a, b in zip(terms[0::2], terms[1::2])]
+        if len(terms) % 2:
+            paired.append(terms[-1])
+        terms = paired
+    return terms[0]
+
+
+def xnor_popcount(m: Module, x: Value, w: Value, name: str = "agree") -> Value:
+    """popcount(XNOR(x, w)): the number of lanes where input and weight agree (DESIGN.md section 2).
+
+    The XNOR goes into a named signal first: the tree slices it bit by bit, and slicing an
+    expression would re-emit the whole XNOR once per bit in the netlist (Amaranth does not share
+    common subexpressions), which made export of a 784-input layer several times slower.
+    """
+    agree = Signal(len(x), name=name)
+    m.d.comb += agree.eq(~(x ^ w))
+    return popcount(agree)
+
+
+def argmax_tree(values: list[Value]) -> tuple[Value, Value]:
+    """(largest value, its position) over ``values``; ties go to the lowest position.
+
+    A balanced tree of comparisons: at each node the right (higher-position) candidate wins only
+    when it is strictly greater, so among equal values the lowest position survives.
+    """
+    if not values:
+        raise ValueError("argmax over no values")
+    nodes = [(value, i) for i, value in enumerate(values)]   # position as a Python int or a Value
+    while len(nodes) > 1:
+        merged = []
+        for (lo_val, lo_pos), (hi_val, hi_pos) in zip(nodes[0::2], nodes[1::2]):
+            hi_wins = hi_val > lo_val
+            merged.append((Mux(hi_wins, hi_val, lo_val), Mux(hi_wins, hi_pos, lo_pos)))
+        if len(nodes) % 2:
+            merged.append(nodes[-1])
+        nodes = merged
+    value, position = nodes[0]
+    return Value.cast(value), Value.cast(position)

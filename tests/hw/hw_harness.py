@@ -1,0 +1,239 @@
+"""Shared helpers of the hardware tests: random specs and stream testbenches on Amaranth's simulator."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+import numpy as np
+from amaranth.hdl import ClockDomain, Module, Value
+from amaranth.sim import Simulator
+from xnorflow.hw.network import Network, decode_output, input_beats, taps_to_activations
+from xnorflow.hw.spec import LayerSpec, NetworkSpec, pack_words
+from xnorflow.sim.golden import execute
+
+
+# --- random specs ------------------------------------------------------------------------------
+def random_thresholds(rng: np.random.Generator, n_in: int, n_out: int) -> np.ndarray:
+    """Thresholds around the expected popcount (so outputs vary) plus the constant channels 0 and n_in+1."""
+    spread = max(1, int(np.sqrt(n_in)))
+    t = rng.integers(n_in // 2 - spread, n_in // 2 + spread + 1, size=n_out)
+    kind = rng.random(n_out)
+    t = np.where(kind < 0.1, 0, np.where(kind < 0.2, n_in + 1, t))
+    return np.clip(t, 0, n_in + 1).astype(np.int64)
+
+
+def random_folding(rng: np.random.Generator, n_in: int, n_out: int, max_cycles: int) -> tuple[int, int]:
+    """A random (pe, simd), divisors or not, whose layer takes at most max_cycles per frame."""
+    while True:
+        pe = int(rng.integers(1, n_out + 1))
+        simd = int(rng.integers(1, n_in + 1))
+        if -(-n_out // pe) * -(-n_in // simd) <= max_cycles:
+            return pe, simd
+
+
+def random_layer(rng, n_in, n_out, output, max_cycles) -> LayerSpec:
+    weights = rng.integers(0, 2, size=(n_out, n_in), dtype=np.uint8)
+    thresholds = None if output else random_thresholds(rng, n_in, n_out)
+    pe, simd = random_folding(rng, n_in, n_out, max_cycles)
+    return LayerSpec(n_in, n_out, weights, thresholds, pe, simd)
+
+
+def random_spec(seed: int, *, max_layers: int = 4, max_in: int = 300, max_out: int = 64,
+                max_cycles: int = 200) -> NetworkSpec:
+    """A random valid network: 1..max_layers layers, n_in 1..max_in, widths 1..max_out, random folding."""
+    rng = np.random.default_rng(seed)
+    n_layers = int(rng.integers(1, max_layers + 1))
+    widths = [int(rng.integers(1, max_in + 1))] + [int(rng.integers(1, max_out + 1)) for _ in range(n_layers)]
+    layers = tuple(random_layer(rng, widths[k], widths[k + 1], k == n_layers - 1, max_cycles)
+                   for k in range(n_layers))
+    spec = NetworkSpec(layers, name=f"random{seed}")
+    spec.validate()
+    return spec
+
+
+def random_weights_spec(sizes: list[int], folding: list[tuple[int, int]], seed: int = 0) -> NetworkSpec:
+    """Given layer sizes (input first) and a folding, a spec with random weights and thresholds."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for k, (n_in, n_out) in enumerate(pairwise(sizes)):
+        output = k == len(sizes) - 2
+        weights = rng.integers(0, 2, size=(n_out, n_in), dtype=np.uint8)
+        thresholds = None if output else random_thresholds(rng, n_in, n_out)
+        layers.append(LayerSpec(n_in, n_out, weights, thresholds))
+    return NetworkSpec(tuple(layers), name="x".join(map(str, sizes))).with_folding(folding)
+
+
+def describe(spec: NetworkSpec, in_width: int | None = None) -> str:
+    """Sizes and folding, for failure messages."""
+    layers = ", ".join(f"{l.n_in}->{l.n_out} pe={l.pe} simd={l.simd}" for l in spec.layers)
+    return f"{spec.name} [{layers}] in_width={in_width or spec.layers[0].simd}"
+
+
+def random_frames(spec: NetworkSpec, frames: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, size=(frames, spec.input_bits), dtype=np.uint8)
+
+
+# --- stream testbench --------------------------------------------------------------------------
+async def send_beats(ctx, port, beats, rng: random.Random, gap: float) -> None:
+    """Drive beats into a stream sink, holding valid low for random cycles before each beat."""
+    for beat in beats:
+        while gap and rng.random() < gap:
+            await ctx.tick()
+        ctx.set(port.payload, beat)
+        ctx.set(port.valid, 1)
+        await ctx.tick().until(port.ready)
+        ctx.set(port.valid, 0)
+
+
+@dataclass
+class NetworkRun:
+    """What a simulation of the Network top saw."""
+
+    outputs: list[int] = field(default_factory=list)      # output payloads in order
+    output_cycles: list[int] = field(default_factory=list)
+    taps: list[list[int]] = field(default_factory=list)   # per hidden layer, tap beats in order
+    cycles: int = 0
+
+
+def simulate_network(spec: NetworkSpec, frames_bits: np.ndarray, *, in_width: int | None = None,
+                     gap: float = 0.0, stall: float = 0.0, seed: int = 0,
+                     garbage_before_reset: int = 0, max_cycles: int | None = None) -> NetworkRun:
+    """Run frames through :class:`Network` in Amaranth's simulator and collect every output beat.
+
+    ``gap``: probability of an idle input cycle before each beat; ``stall``: probability that the
+    output's ready is low in a cycle. ``garbage_before_reset`` beats of random input are sent first,
+    then the sync reset is pulsed mid-stream; only what comes out after the reset is recorded.
+    """
+    dut = Network(spec, in_width=in_width)
+    top = Module()
+    top.domains.sync = domain = ClockDomain("sync")
+    top.submodules.dut = dut
+    rng = random.Random(seed)
+    beats = input_beats(spec, frames_bits, dut.in_width)
+    n_frames = len(frames_bits)
+    hidden = len(spec.layers) - 1
+    run = NetworkRun(taps=[[] for _ in range(hidden)])
+    state = {"recording": garbage_before_reset == 0}
+    if max_cycles is None:
+        per_frame = max(spec.analytic_cycles_per_frame, len(beats) // max(1, n_frames))
+        slack = 1 + 4 * max(gap, stall) / max(1e-9, 1 - max(gap, stall))
+        max_cycles = int((n_frames + 4) * per_frame * slack * 2 + 200 * (len(spec.layers) + 1)
+                         + 4 * garbage_before_reset)
+
+    async def driver(ctx):
+        if garbage_before_reset:
+            junk = [rng.getrandbits(dut.in_width) for _ in range(garbage_before_reset)]
+            await send_beats(ctx, dut.i, junk, rng, gap)
+            ctx.set(domain.rst, 1)
+            for _ in range(2):          # plain ticks: repeat()/until() raise DomainReset here
+                await ctx.tick()
+            ctx.set(domain.rst, 0)
+            state["recording"] = True
+        await send_beats(ctx, dut.i, beats, rng, gap)
+
+    tap_signals = [(getattr(dut, f"tap{k}_valid"), getattr(dut, f"tap{k}_data")) for k in range(hidden)]
+    sampled = [dut.o.valid, dut.o.ready, dut.o.payload.as_value()]
+    for valid, payload in tap_signals:
+        sampled += [valid, payload]
+
+    async def monitor(ctx):
+        cycle = 0
+        ctx.set(dut.o.ready, int(rng.random() >= stall))
+        async for _clk, rst, o_valid, o_ready, o_payload, *taps in ctx.tick().sample(*sampled):
+            if state["recording"] and not rst:
+                if o_valid and o_ready:
+                    run.outputs.append(int(o_payload))
+                    run.output_cycles.append(cycle)
+                for k in range(hidden):
+                    if taps[2 * k]:
+                        run.taps[k].append(int(taps[2 * k + 1]))
+            cycle += 1
+            if len(run.outputs) == n_frames:
+                break
+            if cycle > max_cycles:
+                raise AssertionError(f"only {len(run.outputs)} of {n_frames} frames came out in "
+                                     f"{max_cycles} cycles: {describe(spec, in_width)}")
+            ctx.set(dut.o.ready, int(rng.random() >= stall))
+        run.cycles = cycle
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8, domain="sync")
+    sim.add_testbench(driver, background=True)
+    sim.add_testbench(monitor)
+    sim.run()
+    return run
+
+
+def check_network(spec: NetworkSpec, frames_bits: np.ndarray, run: NetworkRun, in_width=None) -> None:
+    """Every frame's class index and scores, and every hidden activation, against the golden model."""
+    where = describe(spec, in_width)
+    golden = execute(spec, frames_bits)
+    assert len(run.outputs) == len(frames_bits), f"{len(run.outputs)} outputs for {len(frames_bits)} frames: {where}"
+    activations = taps_to_activations(spec, run.taps)
+    for k, (got, want) in enumerate(zip(activations, golden.activations)):
+        assert got.shape == want.shape, f"layer {k}: {got.shape[0]} frames of taps, want {want.shape[0]}: {where}"
+        bad = np.argwhere(got != want)
+        assert not bad.size, (f"layer {k} activations differ at (frame, channel) {bad[:5].tolist()}: {where}")
+    for f, payload in enumerate(run.outputs):
+        index, scores = decode_output(spec, payload)
+        assert scores == golden.scores[f].tolist(), (
+            f"frame {f}: scores {scores} != golden {golden.scores[f].tolist()}: {where}")
+        assert index == golden.predictions[f], f"frame {f}: class {index} != golden {golden.predictions[f]}: {where}"
+
+
+def steady_interval(cycles: list[int], warmup: int) -> float:
+    """Mean cycles between output beats after the first ``warmup`` beats."""
+    steady = cycles[warmup:]
+    assert len(steady) >= 2, "need at least two steady-state outputs to measure an interval"
+    return (steady[-1] - steady[0]) / (len(steady) - 1)
+
+
+# --- single components -------------------------------------------------------------------------
+def pack_beats(frames_bits: np.ndarray, width: int, pad_rng: np.random.Generator | None = None) -> list[int]:
+    """(frames, n) bits -> beats of ``width`` bits, ceil(n / width) per frame, in order.
+
+    The last beat's padding is 0, or random when ``pad_rng`` is given (to check it is dropped).
+    """
+    frames, n = frames_bits.shape
+    beats = -(-n // width)
+    padded = np.zeros((frames, beats * width), dtype=np.uint8)
+    if pad_rng is not None:
+        padded[:, n:] = pad_rng.integers(0, 2, size=(frames, beats * width - n))
+    padded[:, :n] = frames_bits
+    return [int(w) for w in pack_words(padded.reshape(-1, width))]
+
+
+def simulate_stream(dut, beats: list[int], n_out: int, *, gap: float = 0.0, stall: float = 0.0,
+                    seed: int = 0, max_cycles: int = 100_000) -> tuple[list[int], list[int]]:
+    """Push beats into ``dut.i`` and collect ``n_out`` beats from ``dut.o``: (payloads, their cycles)."""
+    rng = random.Random(seed)
+    payloads, cycles = [], []
+
+    async def monitor(ctx):
+        cycle = 0
+        ctx.set(dut.o.ready, int(rng.random() >= stall))
+        async for _clk, _rst, valid, ready, payload in ctx.tick().sample(
+                dut.o.valid, dut.o.ready, Value.cast(dut.o.payload)):
+            if valid and ready:
+                payloads.append(int(payload))
+                cycles.append(cycle)
+            cycle += 1
+            if len(payloads) == n_out:
+                return
+            if cycle > max_cycles:
+                raise AssertionError(f"{len(payloads)} of {n_out} beats came out in {max_cycles} cycles")
+            ctx.set(dut.o.ready, int(rng.random() >= stall))
+
+    async def driver(ctx):
+        await send_beats(ctx, dut.i, beats, rng, gap)
+
+    top = Module()
+    top.domains.sync = ClockDomain("sync")   # explicit: an identity adapter has no logic of its own
+    top.submodules.dut = dut
+    sim = Simulator(top)
+    sim.add_clock(1e-8, domain="sync")
+    sim.add_testbench(driver, background=True)
+    sim.add_testbench(monitor)
+    sim.run()
+    return payloads, cycles
