@@ -1,0 +1,100 @@
+"""The testbench's own reading of the stream contract agrees with the hardware helpers, and the
+localiser names the right layer and neuron. Pure Python: no simulator."""
+import numpy as np
+import pytest
+from sim_builds import random_spec, with_threshold
+
+from xnorflow.hw import network
+from xnorflow.sim import golden
+from xnorflow.sim.cocotb_tb import decode_payload, frames_to_beats, steady_state_ii, taps_to_bits
+from xnorflow.sim.localise import first_divergence, mismatch_lines
+
+
+@pytest.mark.parametrize("width", [1, 5, 8, 13, 64, 70])
+def test_frames_to_beats_matches_the_hardware_packing(width):
+    spec = random_spec([67, 9, 4], [(3, 7), (2, 3)])
+    frames = np.random.default_rng(width).integers(0, 2, size=(5, 67), dtype=np.uint8)
+    ours = [beat for frame in frames_to_beats(frames, width) for beat in frame]
+    assert ours == network.input_beats(spec, frames, in_width=width)
+
+
+def test_frames_to_beats_puts_element_i_at_bit_i():
+    bits = np.zeros((1, 10), dtype=np.uint8)
+    bits[0, [0, 4, 9]] = 1
+    assert frames_to_beats(bits, 4) == [[0b0001, 0b0001, 0b0010]]
+
+
+def test_decode_payload_matches_decode_output():
+    spec = random_spec([16, 12, 10], [(4, 4), (5, 4)])
+    rng = np.random.default_rng(0)
+    width = spec.class_index_width + spec.n_classes * spec.score_width
+    for _ in range(50):
+        payload = int(rng.integers(0, 2, size=width) @ (1 << np.arange(width, dtype=object)))
+        ours = decode_payload(payload, spec.n_classes, spec.class_index_width, spec.score_width)
+        assert ours == network.decode_output(spec, payload)
+
+
+def test_taps_to_bits_drops_padded_channels_and_matches_the_hardware_helper():
+    spec = random_spec([8, 10, 3], [(4, 8), (3, 2)])       # 10 channels in beats of 4: 2 padded
+    bits = np.random.default_rng(1).integers(0, 2, size=(1, 10), dtype=np.uint8)
+    padded = np.zeros(12, dtype=np.uint8)
+    padded[:10] = bits[0]
+    beats = [int(sum(int(b) << r for r, b in enumerate(padded[nf * 4:(nf + 1) * 4]))) for nf in range(3)]
+    assert np.array_equal(taps_to_bits(beats, 10, 4), bits[0])
+    assert np.array_equal(network.taps_to_activations(spec, [beats])[0][0], bits[0])
+
+
+def test_steady_state_ii_ignores_the_pipeline_fill():
+    assert steady_state_ii([100, 180, 200, 220, 240, 260]) == 20
+    assert steady_state_ii([5, 9]) is None
+
+
+def _taps_of(spec, activations):
+    """Tap beats that a correct RTL would emit for one frame's golden activations."""
+    taps = []
+    for layer, bits in zip(spec.layers[:-1], activations):
+        padded = np.zeros(layer.neuron_folds * layer.pe, dtype=np.uint8)
+        padded[:layer.n_out] = bits
+        taps.append([int(sum(int(b) << r for r, b in enumerate(padded[nf * layer.pe:(nf + 1) * layer.pe])))
+                     for nf in range(layer.neuron_folds)])
+    return taps
+
+
+def test_first_divergence_names_the_layer_and_neuron_of_a_changed_threshold():
+    spec = random_spec([24, 16, 12, 6], [(3, 5), (4, 4), (2, 4)], seed=3)
+    frames = np.random.default_rng(2).integers(0, 2, size=(200, 24), dtype=np.uint8)
+    truth = golden.execute(spec, frames)
+    broken = golden.execute(with_threshold(spec, 1, 5, 0), frames)     # neuron 5 of layer 1 always fires
+    flipped = np.flatnonzero(truth.activations[1][:, 5] == 0)
+    assert flipped.size, "the random spec should leave neuron 5 silent on some frames"
+    f = int(flipped[0])
+    rtl_taps = _taps_of(spec, [a[f] for a in broken.activations])
+    found = first_divergence(spec, frames[f], [a[f] for a in truth.activations], rtl_taps,
+                             list(broken.scores[f]), list(truth.scores[f]))
+    assert (found.layer, found.neuron, found.rtl, found.golden) == (1, 5, 1, 0)
+    assert found.threshold == spec.layers[1].thresholds[5]
+    assert found.popcount < found.threshold
+    assert found.describe(f, spec).startswith(f"image {f}: layer 1 neuron 5 differs (RTL 1, golden 0; popcount")
+
+
+def test_first_divergence_is_none_when_everything_agrees_and_points_at_scores_otherwise():
+    spec = random_spec([20, 8, 4], [(2, 5), (1, 4)], seed=5)
+    frame = np.random.default_rng(0).integers(0, 2, size=(1, 20), dtype=np.uint8)
+    truth = golden.execute(spec, frame)
+    taps = _taps_of(spec, [a[0] for a in truth.activations])
+    scores = [int(s) for s in truth.scores[0]]
+    assert first_divergence(spec, frame[0], [a[0] for a in truth.activations], taps, scores, scores) is None
+    wrong = scores.copy()
+    wrong[2] += 1
+    found = first_divergence(spec, frame[0], [a[0] for a in truth.activations], taps, wrong, scores)
+    assert (found.layer, found.neuron, found.rtl, found.golden) == (1, 2, scores[2] + 1, scores[2])
+    assert "output layer" in found.describe(0, spec)
+
+
+def test_mismatch_lines_lists_messages_and_counts_the_rest():
+    result = {"mismatches": [{"message": f"image {i}: layer 0 neuron 1 differs"} for i in range(12)],
+              "results_file": "build/sim/results.json"}
+    lines = mismatch_lines(result, limit=10)
+    assert lines[0] == "image 0: layer 0 neuron 1 differs" and len(lines) == 11
+    assert lines[-1] == "... and 2 more failing images (see build/sim/results.json)"
+    assert mismatch_lines({"mismatches": []}) == []
