@@ -101,7 +101,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     row["estimate_brams"] = (report.get("estimate") or {}).get("brams")
     sim = report.get("simulation") or {}
     row["rtl_images_per_s"] = sim.get("images_per_second")
-    row["verilator_build_seconds"] = sim.get("build_seconds")
+    row["verilator_build_seconds"] = sim.get("verilator_build_seconds")
     row["fps_per_lut"] = row["fps"] / row["luts"] if row.get("fps") and row.get("luts") else None
     row.update(golden_throughput(model_path))
     return row

@@ -25,9 +25,9 @@ from xnorflow.sim import golden
 
 from . import report as reports
 from .analysis import cycles_per_layer, estimate_resources
-from .fit import fold_for_board, overflow, place_memories
+from .fit import fold_for_board, lower_for_board, overflow
 from .model import CompileError, model_from_file_dict
-from .passes import lower_to_spec, streamline
+from .passes import streamline
 
 SPEC_FILE = "spec.npz"
 VECTORS_FILE = "vectors.npz"
@@ -111,7 +111,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
 
     model = streamline(model_from_file_dict(record))
     model, folding_reason = fold_for_board(model, board, fps=fps, folding=folding)
-    spec = place_memories(lower_to_spec(model), board.family)
+    spec = lower_for_board(model, board)
     problems = overflow(spec, board)
     if problems:
         raise CompileError(f"the design does not fit {board.name}: {'; '.join(problems)}: "
@@ -140,7 +140,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
             accuracy_torch=float(np.mean(torch_predictions == labels)),
             accuracy_golden=float(np.mean(result.predictions == labels)),
             torch_golden_agreement=float(np.mean(torch_predictions == result.predictions)),
-            test_images=int(len(labels)),
+            test_images=len(labels),
             folding_reason=folding_reason,
             clock_mhz=board.clock_hz / 1e6,
             estimate=estimate_resources(spec, board.family),
@@ -161,7 +161,12 @@ def require_build(build_dir) -> Path:
 
 def simulate_build(build_dir, images: int | None = None, backpressure: float = 0.5, waves: bool = False,
                    seed: int = 0, progress: bool = True) -> dict:
-    """Run the build's Verilog in Verilator against the golden vectors; merge the figures into the report."""
+    """Run the build's Verilog in Verilator against the golden vectors; merge the figures into the report.
+
+    Returns the report plus ``problems``: one human line per mismatching image (with the layer and neuron
+    where it first diverges) and per failed check (a hung design, a failed mid-frame reset).
+    """
+    from xnorflow.sim.localise import mismatch_lines
     from xnorflow.sim.runner import simulate
 
     build_dir = require_build(build_dir)
@@ -170,8 +175,23 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float = 0
     fields = {key: results.get(key) for key in reports.SIMULATION_KEYS}
     report = reports.read_report(build_dir)
     fields["fps"] = fps_from(report.get("fmax_mhz"), fields["cycles_per_frame"])
-    fields["simulation"] = {k: v for k, v in results.items() if k not in fields}
-    return {**reports.update_report(build_dir, **fields), "mismatches": results.get("mismatches", [])}
+    fields["simulation"] = {
+        "reset_mid_frame_ok": results.get("reset_mid_frame_ok"),
+        "errors": results.get("errors") or [],
+        "images_per_second": results.get("frames_per_second"),
+        "sim_seconds": results.get("sim_seconds"),
+        "verilator_build_seconds": results.get("verilator_build_seconds"),
+        "backpressure": backpressure,
+        "waves": str(results["waves"]) if results.get("waves") else None,
+        "results_file": str(results.get("results_file")),
+    }
+    problems = mismatch_lines(results) + [f"check failed: {e}" for e in results.get("errors") or []]
+    return {**reports.update_report(build_dir, **fields), "problems": problems}
+
+
+def simulation_failed(report: dict) -> bool:
+    """Mismatching images, or a check that did not pass (hang, mid-frame reset)."""
+    return bool(report.get("rtl_mismatches")) or bool((report.get("simulation") or {}).get("errors"))
 
 
 def fps_from(fmax_mhz, cycles_per_frame):
@@ -196,4 +216,4 @@ def synthesize_build(build_dir, progress: bool = True) -> dict:
     return reports.update_report(build_dir, **fields)
 
 
-__all__ = ["compile_model", "simulate_build", "synthesize_build", "load_spec", "verilog_path", "SpecError"]
+__all__ = ["SpecError", "compile_model", "load_spec", "simulate_build", "synthesize_build", "verilog_path"]

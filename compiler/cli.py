@@ -157,17 +157,17 @@ def cmd_compile(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from xnorflow.compiler.build import simulate_build
+    from xnorflow.compiler.build import simulate_build, simulation_failed
 
     report = simulate_build(args.build, images=args.images, backpressure=args.backpressure, waves=args.waves,
                             seed=args.seed, progress=sys.stderr.isatty())
     print_summary(report, ("images_simulated", "rtl_mismatches", "accuracy_rtl", "accuracy_golden",
                            "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles"))
-    for mismatch in report.get("mismatches", [])[:10]:
-        print(f"  mismatch: {mismatch.get('summary', mismatch)}", file=sys.stderr)
-    if report["rtl_mismatches"]:
-        print(f"xnorflow: error: {report['rtl_mismatches']} images differ between RTL and golden model "
-              f"(see {args.build}/sim/)", file=sys.stderr)
+    for line in report["problems"]:
+        print(f"  {line}", file=sys.stderr)
+    if simulation_failed(report):
+        print(f"xnorflow: error: the RTL disagrees with the golden model ({report['rtl_mismatches']} images "
+              f"differ; details in {args.build}/sim/results.json)", file=sys.stderr)
         return 1
     return 0
 
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("xnorflow: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+    except Exception as error:
         if not is_user_error(error) or os.environ.get("XNORFLOW_DEBUG"):
             raise
         print(f"xnorflow: error: {error}", file=sys.stderr)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import report as reports
-from .build import compile_model, simulate_build, synthesize_build
+from .build import compile_model, simulate_build, simulation_failed, synthesize_build
 
 MODEL_NAME = "model.pt"
 
@@ -115,13 +115,13 @@ def run_flow(args) -> int:
 
     report = reports.read_report(build_dir)
     wanted = args.images or report.get("test_images")
-    mismatches = []
+    problems = []
     if report.get("images_simulated") and report["images_simulated"] >= (wanted or 0):
         steps.run("simulate", None, skip_reason=f"reusing {report['images_simulated']} simulated images")
     else:
         result = steps.run("simulate", lambda: simulate_build(build_dir, images=args.images,
                                                               progress=sys.stderr.isatty()))
-        mismatches = result.get("mismatches", [])
+        problems = result["problems"]
 
     report = reports.read_report(build_dir)
     if args.no_synth:
@@ -140,9 +140,9 @@ def run_flow(args) -> int:
     print(f"\nxnorflow flow: {report.get('arch')} on {report.get('dataset')} for {report.get('board')} "
           f"({report.get('device')}) in {time.perf_counter() - steps.started:.0f} s")
     print("\n".join(summary_lines(report, build_dir)))
-    for mismatch in mismatches[:10]:
-        print(f"  mismatch: {mismatch.get('summary', mismatch)}", file=sys.stderr)
-    if report.get("rtl_mismatches"):
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    if simulation_failed(report):
         print(f"xnorflow: error: {report['rtl_mismatches']} images differ between RTL and golden model",
               file=sys.stderr)
         return 1

@@ -73,7 +73,7 @@ class BnnModel:
     binarize: dict = field(default_factory=dict)
     accuracy_torch: float | None = None
 
-    def with_layers(self, layers) -> "BnnModel":
+    def with_layers(self, layers) -> BnnModel:
         return replace(self, layers=tuple(layers))
 
     @property

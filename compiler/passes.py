@@ -189,5 +189,13 @@ def streamline(model: BnnModel) -> BnnModel:
     return model
 
 
-__all__ = ["Pass", "FoldBatchNormIntoThresholds", "RemoveArgmaxInvariantOutputScale", "SetFolding",
-           "cheapest_folding", "lower_to_spec", "streamline", "thresholds_from_batchnorm"]
+__all__ = [
+    "FoldBatchNormIntoThresholds",
+    "Pass",
+    "RemoveArgmaxInvariantOutputScale",
+    "SetFolding",
+    "cheapest_folding",
+    "lower_to_spec",
+    "streamline",
+    "thresholds_from_batchnorm",
+]

@@ -1,4 +1,6 @@
 """Analyses: cycles per layer and the memory-block count the fitting relies on."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from xnorflow.hw.spec import LayerSpec, NetworkSpec
 def net(sizes, folding):
     rng = np.random.default_rng(0)
     layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         last = i == len(sizes) - 2
         layers.append(LayerSpec(n_in, n_out, rng.integers(0, 2, (n_out, n_in), dtype=np.uint8),
                                 None if last else rng.integers(0, n_in + 2, n_out)))
@@ -34,10 +36,10 @@ def test_block_ram_tiling(family, width, depth, blocks):
 
 
 def test_small_memories_go_to_logic_and_big_ones_to_blocks():
-    spec = place_memories(net([784, 256, 10], [(16, 49), (10, 64)]), "ice40")
+    spec = place_memories(net([784, 256, 10], [(16, 49), (10, 64)]), "ice40", block_budget=80)
     first, last = spec.layers
-    assert first.weight_style == "block"       # 16 banks of 49 x 256 bits
-    assert last.weight_style == "logic"        # 10 banks of 64 x 4 bits: a fraction of one EBR each
+    assert first.weight_style == "block"       # 16 banks of 49 x 256 bits: 64 blocks (+ 8 for the input buffers), plus 40 would not fit 80...
+    assert last.weight_style == "logic"        # ... so the worst-used blocks (10 banks of 4 x 64) move out
     estimate = estimate_resources(spec, "ice40")
     assert estimate["layers"][0]["brams"] >= 16 * BLOCK_RAMS["ice40"].blocks_for(49, 256)
     assert estimate["weight_bits"] == 784 * 256 + 256 * 10

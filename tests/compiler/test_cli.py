@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim import golden
 

@@ -1,4 +1,6 @@
 """Every pass computes the same before and after; ties are identified, not tolerated blindly."""
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -36,7 +38,7 @@ def random_layer(rng, n_in, n_out, is_output=False, with_bias=True):
 
 
 def random_model(rng, sizes):
-    layers = [random_layer(rng, a, b) for a, b in zip(sizes[:-2], sizes[1:-1])]
+    layers = [random_layer(rng, a, b) for a, b in itertools.pairwise(sizes[:-1])]
     layers.append(random_layer(rng, sizes[-2], sizes[-1], is_output=True))
     return BnnModel(tuple(layers))
 
