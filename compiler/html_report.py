@@ -51,7 +51,7 @@ def plot_resources(report: dict, board, path: Path) -> Path:
     estimate = report.get("estimate") or {}
     rows = [("LUTs", report.get("luts"), estimate.get("luts"), board.luts),
             ("memory blocks", report.get("brams"), estimate.get("brams"), board.bram_blocks)]
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
     labels = [r[0] for r in rows]
     used = [100 * (r[1] or 0) / r[3] for r in rows]
     est = [100 * (r[2] or 0) / r[3] for r in rows]
@@ -59,13 +59,13 @@ def plot_resources(report: dict, board, path: Path) -> Path:
     ax.barh(y - 0.18, used, height=0.34, color="#4c72b0", label="synthesized (nextpnr)")
     ax.barh(y + 0.18, est, height=0.34, color="#dd8452", label="compiler estimate")
     for i, r in enumerate(rows):
-        text = f"{r[1] if r[1] is not None else '-'} / {r[3]}"
+        text = f"{r[1] if r[1] is not None else '-'} used, {r[2] if r[2] is not None else '-'} est. / {r[3]}"
         ax.text(max(used[i], est[i]) + 1, i, text, va="center", fontsize=8)
     ax.set_yticks(y, labels)
-    ax.set_xlim(0, 115)
+    ax.set_xlim(0, 160)
     ax.set_xlabel(f"% of {report.get('device')}")
     ax.set_title("Resources used against the device")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
