@@ -50,6 +50,9 @@ def overflow(spec: NetworkSpec, board) -> list[str]:
     """What does not fit the board, as phrases like 'block RAM 34 of 30'; empty when it fits."""
     estimate = estimate_resources(spec, board.family)
     problems = []
+    if estimate["weight_bits"] > board.bram_bits:
+        problems.append(f"weights {estimate['weight_bits'] / 1024:,.0f} Kbit of the {board.bram_bits / 1024:,.0f} Kbit "
+                        f"of block RAM")
     lut_budget = int(board.luts * LUT_BUDGET_SHARE)
     if estimate["brams"] > board.bram_blocks:
         problems.append(f"block RAM {estimate['brams']} of {board.bram_blocks} blocks")
@@ -85,6 +88,17 @@ def fastest_fitting_target(model: BnnModel, board) -> int | None:
     return lo
 
 
+def smallest_board_that_fits(model: BnnModel, too_small) -> str | None:
+    """The board with the fewest LUTs, bigger than ``too_small``, that takes the model fully folded."""
+    from xnorflow.boards.registry import BOARDS
+
+    folded = SetFolding(target_cycles=slowest_cycles(model))(model)
+    for board in sorted(BOARDS.values(), key=lambda b: (b.luts, b.bram_bits)):
+        if board.luts > too_small.luts and fits(folded, board):
+            return board.name
+    return None
+
+
 def fold_for_board(model: BnnModel, board, fps: float | None = None,
                    folding: list[tuple[int, int]] | None = None) -> tuple[BnnModel, str]:
     """Fold the model by hand, to an fps target at the board's clock, or as fast as fits the board.
@@ -97,9 +111,10 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
     best = fastest_fitting_target(model, board)
     if best is None:
         spec = lower_for_board(SetFolding(target_cycles=slowest_cycles(model))(model), board)
+        bigger = smallest_board_that_fits(model, board)
+        advice = f"choose a bigger board ({bigger} fits it)" if bigger else "no supported board fits it: choose a smaller arch"
         raise CompileError(f"the network does not fit {board.name} even fully folded "
-                           f"({'; '.join(overflow(spec, board))}): choose a bigger board (e.g. ulx3s-85f) "
-                           "or a smaller arch")
+                           f"({'; '.join(overflow(spec, board))}): {advice}")
     if fps is None:
         return SetFolding(target_cycles=best)(model), (
             f"the fastest folding that fits {board.name}: {best} cycles per frame")

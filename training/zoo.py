@@ -25,18 +25,22 @@ ARCHS: dict[str, tuple[int, ...]] = {
 }
 
 
+class ArchError(ValueError):
+    """An unknown architecture or impossible layer sizes; the message names the fix."""
+
+
 def hidden_widths(arch: str) -> tuple[int, ...]:
-    """Hidden layer widths of a zoo architecture; ValueError naming the known ones otherwise."""
+    """Hidden layer widths of a zoo architecture; ArchError naming the known ones otherwise."""
     try:
         return ARCHS[arch]
     except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}") from None
+        raise ArchError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}") from None
 
 
 def build_mlp(in_features: int, hidden: tuple[int, ...] | list[int], n_classes: int) -> nn.Sequential:
     """A binarized MLP with the given hidden widths (the structure in the module docstring)."""
     if in_features < 1 or n_classes < 2 or any(width < 1 for width in hidden):
-        raise ValueError(f"bad sizes: {in_features} inputs, hidden {list(hidden)}, {n_classes} classes: "
+        raise ArchError(f"bad sizes: {in_features} inputs, hidden {list(hidden)}, {n_classes} classes: "
                          "need at least 1 input, widths >= 1 and 2 classes")
     modules: list[nn.Module] = []
     width_in = in_features

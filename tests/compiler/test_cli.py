@@ -100,7 +100,7 @@ def test_network_too_big_for_the_board_is_refused_before_any_rtl(tmp_path):
     save_model_file(path, build_model("lfc", 784), arch="lfc", dataset="fashion-mnist",
                     binarize={"rule": "pixel >= threshold", "threshold": 128, "max_value": 255})
     result = run_cli("compile", path, "-o", tmp_path / "b", "--board", "icebreaker")
-    assert_one_line_error(result, "does not fit icebreaker", "block RAM", "bigger board")
+    assert_one_line_error(result, "does not fit icebreaker", "Kbit of block RAM", "bigger board (ulx3s-85f fits it)")
     assert not (tmp_path / "b").exists()
 
 
