@@ -7,7 +7,6 @@ line on stderr and exit code 2. Set XNORFLOW_DEBUG=1 to see the traceback as wel
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -188,10 +187,21 @@ def cmd_flow(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from xnorflow.boards.host import run_build_on_board
+    import numpy as np
 
-    result = run_build_on_board(args.build, args.port, images=args.images, baudrate=args.baud)
-    print(json.dumps(result, indent=2))
+    from xnorflow.boards.host import run_on_board
+    from xnorflow.compiler.build import VECTORS_FILE, load_spec, require_build
+
+    build = require_build(args.build)
+    spec = load_spec(build)
+    with np.load(build / VECTORS_FILE) as vectors:
+        inputs, labels = vectors["inputs"], vectors["labels"]
+    if args.images is not None:
+        inputs, labels = inputs[:args.images], labels[:args.images]
+    result = run_on_board(args.port, spec, inputs, labels, baudrate=args.baud)
+    print(f"  frames                   {result['frames']}")
+    print(f"  accuracy                 {result['accuracy']:.4f}")
+    print(f"  frames/s                 {result['fps']:,.1f} (host to board and back, over the UART)")
     return 0
 
 

@@ -3,9 +3,8 @@ import json
 from html.parser import HTMLParser
 
 import numpy as np
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 
 
 class PageCheck(HTMLParser):
@@ -60,3 +59,20 @@ def test_flow_without_synthesis_then_resume(tfc_digits_model, tmp_path):
     again = run_cli("flow", "--model", tfc_digits_model, "-o", build, "--images", "40", "--no-synth")
     assert again.returncode == 0, again.stderr
     assert "reusing the compiled design" in again.stdout and "reusing 40 simulated images" in again.stdout
+
+
+def test_run_sends_test_images_to_a_board_over_its_serial_port(tfc_digits_model, tmp_path):
+    """`xnorflow run` against a software model of the board protocol, served on a real pseudo-terminal."""
+    from xnorflow.boards.host import BoardModel
+    from xnorflow.hw.spec import NetworkSpec
+
+    build = tmp_path / "b"
+    assert run_cli("compile", tfc_digits_model, "-o", build).returncode == 0
+    with BoardModel(NetworkSpec.load(build / "spec.npz")) as board:
+        result = run_cli("run", build, "--port", board.port, "--images", "30")
+        answered = board.frames_answered
+    assert result.returncode == 0, result.stderr
+    assert answered == 30
+    with np.load(build / "vectors.npz") as v:
+        expected = np.mean(v["golden_predictions"][:30] == v["labels"][:30])
+    assert f"accuracy                 {expected:.4f}" in result.stdout
