@@ -10,7 +10,7 @@ from PIL import Image
 class PageCheck(HTMLParser):
     """Collects images and checks that every opened element is closed (void elements aside)."""
 
-    VOID = {"img", "meta", "br", "hr", "link", "input"}
+    VOID = frozenset({"img", "meta", "br", "hr", "link", "input"})
 
     def __init__(self):
         super().__init__()
