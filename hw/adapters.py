@@ -9,6 +9,7 @@ from __future__ import annotations
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from xnorflow.hw.spec import SpecError, ceil_div
 
 

@@ -24,6 +24,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
 from xnorflow.hw.popcount import argmax_tree, xnor_popcount
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for
 

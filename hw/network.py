@@ -20,6 +20,7 @@ import numpy as np
 from amaranth.hdl import Module, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from xnorflow.hw.adapters import WidthAdapter
 from xnorflow.hw.mvtu import MVTU, class_scores_layout
 from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div, pack_words, unpack_words

@@ -15,7 +15,6 @@ Folding: a layer runs ``pe`` output channels and ``simd`` input bits in parallel
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -173,7 +172,7 @@ class NetworkSpec:
         """Steady-state initiation interval: the slowest layer's cycles."""
         return max(layer.cycles for layer in self.layers)
 
-    def with_folding(self, folding: list[tuple[int, int]]) -> "NetworkSpec":
+    def with_folding(self, folding: list[tuple[int, int]]) -> NetworkSpec:
         """A copy with (pe, simd) per layer."""
         if len(folding) != len(self.layers):
             raise SpecError(f"folding has {len(folding)} entries for {len(self.layers)} layers: "
@@ -218,7 +217,7 @@ class NetworkSpec:
             np.savez_compressed(f, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "NetworkSpec":
+    def load(cls, path: str | Path) -> NetworkSpec:
         try:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(bytes(data["header"]).decode())
@@ -227,7 +226,7 @@ class NetworkSpec:
                 layers = []
                 for i, l in enumerate(header["layers"]):
                     weights = np.unpackbits(data[f"w{i}"], axis=1, count=l["n_in"], bitorder="little")
-                    thresholds = data[f"t{i}"] if f"t{i}" in data else None
+                    thresholds = data.get(f"t{i}")
                     layers.append(LayerSpec(l["n_in"], l["n_out"], weights, thresholds, l["pe"], l["simd"],
                                             l.get("weight_style", "auto"), l.get("buffer_style", "auto")))
         except SpecError:
@@ -238,7 +237,7 @@ class NetworkSpec:
 
 
 def pack_words(bits: np.ndarray) -> np.ndarray:
-    """Pack the last axis of a {0,1} array into Python-int-free uint64 words, LSB first.
+    """Pack the last axis of a {0,1} array into words, LSB first.
 
     Returns an object array of Python ints when the last axis is wider than 64 bits, since words of
     any width (SIMD up to the layer width) must fit; uint64 otherwise.

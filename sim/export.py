@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 from amaranth.back import verilog
+
 from xnorflow.hw.network import Network
 from xnorflow.hw.spec import NetworkSpec
 

@@ -8,6 +8,7 @@ from itertools import pairwise
 import numpy as np
 from amaranth.hdl import ClockDomain, Module, Value
 from amaranth.sim import Simulator
+
 from xnorflow.hw.network import Network, decode_output, input_beats, taps_to_activations
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, pack_words
 from xnorflow.sim.golden import execute

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hw_harness import pack_beats, simulate_stream
+
 from xnorflow.hw.adapters import AdapterError, WidthAdapter
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 from hw_harness import random_weights_spec
+
 from xnorflow.sim.export import export_verilog, module_ports, verilog_port_names
 
 

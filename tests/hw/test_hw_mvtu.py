@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hw_harness import describe, pack_beats, random_layer, simulate_stream
+
 from xnorflow.hw.mvtu import MVTU
 from xnorflow.hw.network import decode_output
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, SpecError

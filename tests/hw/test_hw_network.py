@@ -13,6 +13,7 @@ from hw_harness import (
     simulate_network,
     steady_interval,
 )
+
 from xnorflow.hw.network import Network, decode_output, input_beats, output_layout
 from xnorflow.hw.spec import SpecError
 
