@@ -209,7 +209,11 @@ def synthesize_build(build_dir, progress: bool = True) -> dict:
     report = reports.read_report(build_dir)
     spec = load_spec(build_dir)
     results = synthesize(spec, report["board"], build_dir / "synth", progress=progress)
+    from xnorflow.boards.registry import get_board
+
     fields = {key: results.get(key) for key in reports.SYNTHESIS_KEYS if key in results}
+    if fields.get("brams") is not None:
+        fields["bram_bits"] = fields["brams"] * get_board(report["board"]).bram_block_bits
     fields["fps"] = fps_from(fields.get("fmax_mhz"), report.get("cycles_per_frame"))
     fields["fps_analytic"] = fps_from(fields.get("fmax_mhz"), report.get("analytic_cycles_per_frame"))
     fields["bitstream"] = str(results.get("bitstream")) if results.get("bitstream") else None

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write, e.g. model.pt")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: per dataset)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads (default: cores - 1, which stays fast when other jobs share the machine)")
 
     p = sub.add_parser("compile", help="model file -> folded spec, golden vectors and Verilog",
                        description="Fold batch-norm into thresholds, choose the folding, write the spec, "
@@ -139,7 +141,7 @@ def cmd_train(args) -> int:
     from xnorflow.training.train import format_summary, train
 
     summary = train(args.arch, args.dataset, args.output, epochs=args.epochs, seed=args.seed,
-                    progress=sys.stderr.isatty())
+                    threads=args.threads, progress=sys.stderr.isatty())
     print(format_summary(summary))
     return 0
 
