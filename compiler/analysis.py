@@ -1,8 +1,10 @@
 """Analyses: pure functions of a NetworkSpec that return dicts (FINN style).
 
 - ``cycles_per_layer``: each engine's cycles per frame and the initiation interval they imply.
-- ``estimate_resources``: memory blocks (exact, given where each memory is placed) and a LUT/FF
-  estimate per device family, to refuse a design that cannot fit before any RTL is written.
+- ``estimate_resources``: memory blocks (exact, given where each memory is placed) and a logic/FF
+  estimate per device family for the synthesized board top (UART + network), to refuse a design that
+  cannot fit before any RTL is written. The logic figure is calibrated against Yosys + nextpnr
+  (bench/calibrate_estimate.py, bench/calibration.json): within 8% on the calibration designs.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ class BlockRam:
         """Blocks for a width x depth memory: the best single shape, tiled in width and depth."""
         return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in self.shapes)
 
+    def depth_tiles(self, width: int, depth: int) -> int:
+        """How many blocks deep that tiling is (of the fewest-block shapes, the shallowest, as Yosys
+        prefers): a memory more than one block deep needs a LUT multiplexer on its read data."""
+        return min((ceil_div(width, w) * ceil_div(depth, d), ceil_div(depth, d)) for w, d in self.shapes)[1]
+
 
 BLOCK_RAMS = {
     # SB_RAM40_4K: 4 Kbit, 16x256 .. 2x2048 (Yosys techlibs/ice40/brams.txt).
@@ -49,54 +56,214 @@ def choose_memory_style(width: int, depth: int, family: str) -> str:
     return "logic" if width * depth < BLOCK_RAMS[family].bits * LOGIC_BELOW_BLOCK_SHARE else "block"
 
 
-def layer_memories(layer: LayerSpec) -> list[dict]:
-    """The memories one layer's engine instantiates: one weight bank per PE and the input ping-pong buffer."""
+def layer_memories(layer: LayerSpec, family: str | None = None) -> list[dict]:
+    """The memories one layer's engine instantiates: one weight bank per PE, the input ping-pong buffer
+    and (hidden layers) the threshold ROM. ``kind`` is "rom" or "ram" (written at run time).
+
+    With a ``family``, each memory's ``style`` says where synthesis puts it: the layer's weight/buffer
+    style when set, else (and always for the thresholds) what Yosys chooses (`yosys_auto_style`).
+    """
     depth = layer.neuron_folds * layer.synapse_folds
     memories = [{"role": "weights", "width": layer.simd, "depth": depth, "count": layer.pe,
-                 "style": layer.weight_style},
+                 "style": layer.weight_style, "kind": "rom"},
                 {"role": "input buffer", "width": layer.simd, "depth": 2 * layer.synapse_folds, "count": 1,
-                 "style": layer.buffer_style}]
+                 "style": layer.buffer_style, "kind": "ram"}]
+    thresholds = threshold_memory(layer)
+    if thresholds is not None:
+        memories.append(thresholds)
+    if family is not None:
+        for memory in memories:
+            if memory["style"] == "auto":
+                memory["style"] = yosys_auto_style(memory["width"], memory["depth"], family, memory["kind"])
     return memories
 
 
-def lut_estimate(layer: LayerSpec) -> int:
-    """LUT4-equivalents of one engine's datapath, fitted to nextpnr results (tests/boards compare).
+# --- logic ---------------------------------------------------------------------------------------
+# The logic estimate predicts what synthesis reports as ``luts``: nextpnr's ICESTORM_LC on iCE40 (a
+# logic cell holds one LUT4, one FF and one carry, so an FF or a carry that cannot share a cell with a
+# LUT costs a cell of its own: the input buffer's storage FFs, the score registers, the threshold
+# comparators' carry chains) and TRELLIS_COMB on ECP5 (LUT4 slots: a CCU2C carry takes about three).
+# The design is counted in structural terms (`logic_terms`) weighted by per-family coefficients that
+# bench/calibrate_estimate.py fits to real Yosys + nextpnr runs of the board top (UART + network),
+# whose figures are in bench/calibration.json and checked by tests/boards/test_estimate.py.
 
-    Per PE: SIMD XNORs feeding a popcount tree (about one LUT per input bit once XNOR folds into the
-    first adder level), an accumulator and a threshold compare; plus the counters and stream control.
+
+@dataclass(frozen=True)
+class LogicModel:
+    """Logic cells (iCE40) or LUT slots (ECP5) per unit of each structural term of `logic_terms`.
+
+    Coefficients are least-squares fits (relative error, non-negative) over every engine of the
+    calibration designs, from each engine's cells in the Yosys netlist (cell names keep the
+    hierarchy): 10 iCE40 designs (64- and 784-input TFCs, 40 engines) and 2 ECP5 SFCs (8 engines).
+    What the data cannot separate is set from the structure instead (see bench/calibrate_estimate.py):
+    ``ram_bit`` on iCE40 (every 64-input layer's buffer holds ~128 bits, confounded with ``engine``);
+    on ECP5 the terms its two SFCs share with each other (engine, score_bit, block_mux, rom_lut,
+    gearbox_bit) come from the iCE40 fit, the same RTL mapped to the same LUT4s.
+    ``packing`` is nextpnr's total over the netlist-counted total (0.996 iCE40, 0.999 ECP5: 1).
     """
-    per_pe = layer.simd + 2 * layer.popcount_width + (layer.threshold_width if not layer.is_output else 0)
-    control = 4 * (bits_for(layer.neuron_folds) + bits_for(layer.synapse_folds)) + 20
-    argmax = 3 * layer.popcount_width * layer.n_out if layer.is_output else 0
-    return layer.pe * per_pe + control + argmax
+
+    simd_lane: float    # per PE per SIMD bit: XNOR folded into the popcount adder tree (2.4-2.9 LUTs
+                        #   per input measured), count register
+    acc_bit: float      # per PE per accumulator bit: accumulator adder; hidden layers' threshold
+                        #   compare (a carry chain of its own: ~A+1 cells) and output bit
+    engine: float       # per engine: fold counters, ping-pong flags, pipeline valid/first/last/fold
+    score_bit: float    # output layer, per (PE + class) per score bit: argmax tree, fold/class scores
+    block_mux: float    # per read bit per extra block of a block-RAM memory tiled in depth (measured
+                        #   ~0.9 LUTs per bit and block: 2 banks of 16 x 1568 bits, 7 blocks deep)
+    rom_lut: float      # per LUT4 of a ROM kept in logic (`logic_memory_luts`) with its read register
+    ram_bit: float      # per bit of a RAM kept in logic: its storage FF and share of the read mux
+    gearbox_bit: float  # per (buffer bit x shift stage) of a width adapter (`gearbox_size`)
+    top: float          # UART RX/TX, reset timer, FIFO and I/O of the board top (iCE40 186-242)
+    packing: float = 1.0
+
+
+LOGIC_MODELS = {
+    # bench/calibrate_estimate.py --fit (10 designs, bench/calibration.json), rounded.
+    "ice40": LogicModel(simd_lane=2.91, acc_bit=2.02, engine=59, score_bit=0.24, block_mux=1.38,
+                        rom_lut=1.08, ram_bit=2.0, gearbox_bit=0.41, top=209),
+    # ECP5 storage FFs take no LUT slot and PFUMX/L6MUX21 widen the read multiplexers: ram_bit 1.07.
+    "ecp5": LogicModel(simd_lane=3.28, acc_bit=2.81, engine=59, score_bit=0.24, block_mux=1.38,
+                       rom_lut=1.08, ram_bit=1.07, gearbox_bit=0.41, top=296),
+}
+
+# Yosys' memory_libmap weighs a memory left in logic at 1 per RAM bit and 1/16 per ROM bit against
+# the cost of the RAM cells that could hold it (techlibs: iCE40 RAM4K 64 per block, ECP5 DP16KD 128 per
+# block, ECP5 TRELLIS_DPR16X4 LUT RAM 4 per 16 x 4 bits, RAMs only) and takes the cheapest. That decides
+# where the memories given no style go: the threshold ROMs and the board top's UART FIFO.
+YOSYS_BLOCK_COST = {"ice40": 64, "ecp5": 128}
+YOSYS_LOGIC_COST = {"rom": 1 / 16, "ram": 1.0}
+YOSYS_LUT_RAM = {"ecp5": (4, 16, 4)}     # family: (width, depth, cost) of one LUT RAM cell
+
+
+def yosys_auto_style(width: int, depth: int, family: str, kind: str) -> str:
+    """Where Yosys puts a ``kind`` ("rom" or "ram") memory that has no ram_style/rom_style: the
+    cheapest of 'logic', 'block' and (ECP5 RAMs) 'distributed' LUT RAM."""
+    if depth <= 1:
+        return "logic"      # one word: a register (or constants), never a memory
+    costs = {"logic": width * depth * YOSYS_LOGIC_COST[kind],
+             "block": YOSYS_BLOCK_COST[family] * BLOCK_RAMS[family].blocks_for(width, depth)}
+    if kind == "ram" and family in YOSYS_LUT_RAM:
+        cell_width, cell_depth, cost = YOSYS_LUT_RAM[family]
+        costs["distributed"] = cost * ceil_div(width, cell_width) * ceil_div(depth, cell_depth)
+    return min(costs, key=costs.get)
 
 
 def logic_memory_luts(width: int, depth: int) -> int:
-    """A memory kept in logic: a LUT4 holds 16 bits of a ROM, plus the read multiplexer."""
+    """A ROM kept in logic: a LUT4 holds 16 words of one bit, plus the multiplexer joining the LUTs of
+    a deeper ROM (measured: 2.5 LUTs per bit at depth 25, 1 at depth 16). A one-word ROM is constants."""
+    if depth <= 1:
+        return 0
     return ceil_div(width * depth, 16) + width * max(0, ceil_div(depth, 16) - 1)
 
 
+def gearbox_size(in_width: int, out_width: int) -> int:
+    """A width adapter's cost driver: its buffer (in + 2 x out bits) times the stages of the shifter
+    that places each beat at the fill count. 0 when the widths match (no adapter is built)."""
+    if in_width == out_width:
+        return 0
+    capacity = in_width + 2 * out_width
+    return capacity * bits_for(capacity)
+
+
+def fifo_memory(spec: NetworkSpec) -> dict:
+    """The board top's UART FIFO (boards/top.py: one frame of bytes; amaranth's SyncFIFOBuffered keeps
+    depth - 1 entries in a memory and one in its output register)."""
+    frame_bytes = ceil_div(spec.input_bits, 8)
+    return {"role": "uart fifo", "width": 8, "depth": max(1, frame_bytes - 1), "count": 1, "style": "auto"}
+
+
+def threshold_memory(layer: LayerSpec) -> dict | None:
+    """A hidden layer's threshold ROM: one word of ``pe`` thresholds per fold (no style: Yosys decides)."""
+    if layer.is_output:
+        return None
+    return {"role": "thresholds", "width": layer.pe * layer.threshold_width, "depth": layer.neuron_folds,
+            "count": 1, "style": "auto", "kind": "rom"}
+
+
+def logic_terms(layer: LayerSpec, in_width: int, family: str) -> dict[str, int]:
+    """The structural terms of one engine (and the width adapter feeding it from ``in_width``-bit beats)."""
+    pe, simd, acc = layer.pe, layer.simd, layer.popcount_width
+    terms = {"simd_lane": pe * simd, "acc_bit": pe * acc, "engine": 1,
+             "score_bit": (pe + layer.n_out) * acc if layer.is_output else 0,
+             "block_mux": 0, "rom_lut": 0, "ram_bit": 0, "gearbox_bit": gearbox_size(in_width, simd)}
+    for memory in layer_memories(layer, family):
+        if memory["style"] == "block":
+            extra_blocks = BLOCK_RAMS[family].depth_tiles(memory["width"], memory["depth"]) - 1
+            terms["block_mux"] += memory["count"] * memory["width"] * extra_blocks
+        if memory["style"] != "logic":
+            continue
+        if memory["kind"] == "rom":
+            terms["rom_lut"] += memory["count"] * logic_memory_luts(memory["width"], memory["depth"])
+        else:
+            terms["ram_bit"] += memory["count"] * memory["width"] * memory["depth"]
+    return terms
+
+
+def logic_estimate(terms: dict[str, int], model: LogicModel) -> int:
+    return round(model.packing * sum(getattr(model, name) * value for name, value in terms.items()))
+
+
+def lut_estimate(layer: LayerSpec, family: str = "ice40", in_width: int | None = None) -> int:
+    """Logic cells (iCE40) / LUT slots (ECP5) of one engine and its input adapter (see `LogicModel`)."""
+    in_width = layer.simd if in_width is None else in_width
+    return logic_estimate(logic_terms(layer, in_width, family), LOGIC_MODELS[family])
+
+
+def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
+    """Flip-flops of one engine and its input adapter, counted from the RTL (mvtu.py, adapters.py)."""
+    pe, simd, acc = layer.pe, layer.simd, layer.popcount_width
+    nf, sf = layer.neuron_folds, layer.synapse_folds
+    ffs = pe * (bits_for(simd) + acc)                                     # count and accumulator
+    ffs += 2 * bits_for(nf - 1) + bits_for(sf - 1) + bits_for(nf * sf - 1) + 12   # counters, stage control
+    if layer.is_output:
+        ffs += (pe + layer.n_out + 2) * acc + 3 * bits_for(layer.n_out)  # fold/class scores, argmax
+    else:
+        ffs += pe                                                         # output bits
+    for memory in layer_memories(layer, family):
+        if memory["style"] == "logic" and memory["depth"] > 1:
+            read_register = memory["count"] * memory["width"]
+            storage = memory["width"] * memory["depth"] if memory["kind"] == "ram" else 0
+            ffs += read_register + storage
+    if in_width != simd:
+        capacity = in_width + 2 * simd
+        ffs += capacity + 3 * bits_for(capacity)
+    return ffs
+
+
+TOP_FFS = 80   # UART RX/TX, the FIFO's pointers, the power-on reset timer (measured: 70-90)
+
+
 def estimate_resources(spec: NetworkSpec, family: str) -> dict:
-    """Memory blocks (exact given each memory's style) and LUTs (an estimate) per layer and in total."""
+    """Memory blocks (exact given each memory's style), logic (``luts``: what synthesis reports, see
+    `LogicModel`) and flip-flops, per layer and in total for the board top (UART + network).
+
+    ``top`` holds the board top's share: the UART, the reset timer and the UART FIFO (which Yosys puts
+    in a block RAM on iCE40 once a frame is more than 9 bytes). ``layers`` align with ``spec.layers``.
+    """
     bram = BLOCK_RAMS[family]
+    model = LOGIC_MODELS[family]
     per_layer = []
+    in_width = 8    # the board top feeds the first layer bytes; each next one gets the previous PE bits
     for layer in spec.layers:
-        blocks = luts = 0
-        for memory in layer_memories(layer):
-            style = memory["style"]
-            if style == "auto":
-                style = choose_memory_style(memory["width"], memory["depth"], family)
-            if style == "block":
-                blocks += memory["count"] * bram.blocks_for(memory["width"], memory["depth"])
-            else:
-                luts += memory["count"] * logic_memory_luts(memory["width"], memory["depth"])
-        luts += lut_estimate(layer)
-        per_layer.append({"brams": blocks, "luts": luts, "weight_bits": layer.weight_bits})
+        blocks = sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"])
+                     for memory in layer_memories(layer, family) if memory["style"] == "block")
+        per_layer.append({"brams": blocks, "luts": lut_estimate(layer, family, in_width),
+                          "ffs": ff_estimate(layer, in_width, family), "weight_bits": layer.weight_bits})
+        in_width = layer.pe
+    fifo = fifo_memory(spec)
+    fifo_style = yosys_auto_style(fifo["width"], fifo["depth"], family, "ram")
+    # The FIFO's logic is in the `top` constant: in FFs (small frames) it costs about what the
+    # block RAM's address and flag logic costs (measured on iCE40: 230-240 cells vs 190).
+    top = {"brams": bram.blocks_for(fifo["width"], fifo["depth"]) if fifo_style == "block" else 0,
+           "luts": round(model.packing * model.top),
+           "ffs": TOP_FFS + (fifo["width"] * fifo["depth"] if fifo_style == "logic" else 0)}
     return {
         "family": family,
         "block_ram": bram.name,
         "layers": per_layer,
-        "brams": sum(l["brams"] for l in per_layer),
-        "luts": sum(l["luts"] for l in per_layer),
+        "top": top,
+        "brams": sum(l["brams"] for l in per_layer) + top["brams"],
+        "luts": sum(l["luts"] for l in per_layer) + top["luts"],
+        "ffs": sum(l["ffs"] for l in per_layer) + top["ffs"],
         "weight_bits": sum(l["weight_bits"] for l in per_layer),
     }

@@ -1,0 +1,86 @@
+"""The compiler's resource estimate against Yosys + nextpnr: logic within 25%, memory blocks exact.
+
+The fast test replays the designs of bench/calibration.json (written by bench/calibrate_estimate.py
+from real synthesis runs), so a change to the estimate's formula that breaks the calibration fails
+without running the tools. The slow tests synthesize designs that are not in the calibration set.
+"""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from board_helpers import random_network
+
+from xnorflow.boards.registry import get_board
+from xnorflow.boards.synth import synthesize
+from xnorflow.compiler.analysis import estimate_resources
+from xnorflow.compiler.fit import place_memories
+from xnorflow.hw.spec import NetworkSpec
+
+CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "calibration.json"
+LOGIC_TOLERANCE = 0.25
+
+
+def stored_designs() -> list[dict]:
+    return list(json.loads(CALIBRATION.read_text())["designs"].values())
+
+
+def spec_of(record: dict) -> NetworkSpec:
+    """A stored design's spec: its sizes, folding and memory placement (the estimate depends on
+    shapes and placement only, so fresh random weights do)."""
+    spec = random_network(record["sizes"], [tuple(f) for f in record["folding"]])
+    layers = tuple(replace(layer, weight_style=placed["weight_style"], buffer_style=placed["buffer_style"])
+                   for layer, placed in zip(spec.layers, record["layers"]))
+    return replace(spec, layers=layers)
+
+
+def relative_error(estimated: float, measured: float) -> float:
+    return (estimated - measured) / measured
+
+
+def test_estimate_matches_every_calibration_design():
+    designs = stored_designs()
+    assert {d["family"] for d in designs} == {"ice40", "ecp5"}
+    checked = 0
+    for record in designs:
+        measured = record["synthesized"]
+        estimate = estimate_resources(spec_of(record), record["family"])
+        if measured.get("luts"):
+            error = relative_error(estimate["luts"], measured["luts"])
+            assert abs(error) <= LOGIC_TOLERANCE, (record["name"], estimate["luts"], measured["luts"])
+            checked += 1
+        if measured.get("brams") is not None:
+            assert estimate["brams"] == measured["brams"], (record["name"], estimate["brams"], measured["brams"])
+    assert checked >= 8
+
+
+def test_calibration_designs_are_still_what_the_compiler_places():
+    """The stored placements are place_memories' current choices, so the calibration covers the
+    designs the compiler really builds (re-run bench/calibrate_estimate.py when this fails)."""
+    for record in stored_designs():
+        board = get_board(record["board"])
+        spec = random_network(record["sizes"], [tuple(f) for f in record["folding"]])
+        placed = place_memories(spec, board.family, board.bram_blocks)
+        assert [(l.weight_style, l.buffer_style) for l in placed.layers] == \
+            [(l["weight_style"], l["buffer_style"]) for l in record["layers"]], record["name"]
+
+
+def check_against_synthesis(spec, board_name: str, out_dir) -> None:
+    board = get_board(board_name)
+    spec = place_memories(spec, board.family, board.bram_blocks)
+    estimate = estimate_resources(spec, board.family)
+    result = synthesize(spec, board_name, out_dir, progress=False)
+    assert abs(relative_error(estimate["luts"], result["luts"])) <= LOGIC_TOLERANCE, (estimate["luts"], result["luts"])
+    assert estimate["brams"] == result["brams"]
+
+
+@pytest.mark.slow
+def test_tfc_on_icebreaker_estimate_matches_synthesis(tmp_path):
+    spec = random_network([784, 64, 64, 64, 10], [(4, 49), (4, 16), (2, 32), (1, 16)], seed=5)
+    check_against_synthesis(spec, "icebreaker", tmp_path)
+
+
+@pytest.mark.slow
+def test_sfc_on_ulx3s_estimate_matches_synthesis(tmp_path):
+    spec = random_network([784, 256, 256, 256, 10], [(16, 49), (16, 32), (16, 32), (2, 32)], seed=5)
+    check_against_synthesis(spec, "ulx3s-85f", tmp_path)
