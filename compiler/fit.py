@@ -5,11 +5,12 @@ names what overflows, by how much, and what would fit instead.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from xnorflow.hw.spec import NetworkSpec
 
-from .analysis import BLOCK_RAMS, choose_memory_style, estimate_resources
+from .analysis import estimate_resources
 from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
@@ -17,33 +18,42 @@ from .passes import SetFolding, lower_to_spec, slowest_cycles
 LUT_BUDGET_SHARE = 0.75
 
 
+# Past this many layers the exhaustive placement search (4 ** layers estimates) gives way to a greedy one.
+EXHAUSTIVE_PLACEMENT_LAYERS = 6
+
+
 def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = None) -> NetworkSpec:
-    """Decide block RAM or logic for every memory, so synthesis and the estimate agree on block counts.
+    """Decide block RAM or logic for every layer's weight banks and input buffer.
 
-    Weight banks go into block RAM: in logic a ROM bit costs LUTs, and measured on iCE40 a 64-wide
-    TFC took twice the logic cells with its banks in LUTs. When the banks need more blocks than
-    ``block_budget``, the layers that use their blocks worst (fewest weight bits per block) move to
-    logic first. Input buffers are small and written at run time: block RAM only when they are big.
+    The RTL passes the choice to Yosys as ram_style/rom_style, so synthesis and the estimate agree
+    on block counts. Among all placements whose blocks fit ``block_budget``, the one with the fewest
+    estimated logic cells wins: weights in logic cost about 1/16 cell per bit, an input buffer about
+    2 cells per bit (measured, compiler/analysis.py), so buffers are worth a block long before weights.
     """
-    bram = BLOCK_RAMS[family]
-    layers = [replace(layer, weight_style="block",
-                      buffer_style=choose_memory_style(layer.simd, 2 * layer.synapse_folds, family))
-              for layer in spec.layers]
+    layers = list(spec.layers)
+    options = [("block", "block"), ("block", "logic"), ("logic", "block"), ("logic", "logic")]
 
-    def blocks(layers):
-        return estimate_resources(replace(spec, layers=tuple(layers)), family)["brams"]
+    def placed(choice):
+        return replace(spec, layers=tuple(replace(layer, weight_style=w, buffer_style=b)
+                                          for layer, (w, b) in zip(layers, choice)))
 
-    def bits_per_block(i):
-        layer = layers[i]
-        used = layer.pe * bram.blocks_for(layer.simd, layer.neuron_folds * layer.synapse_folds)
-        return layer.weight_bits / used
+    def cost(candidate):
+        estimate = estimate_resources(candidate, family)
+        over = block_budget is not None and estimate["brams"] > block_budget
+        return (over, estimate["luts"] if not over else estimate["brams"])
 
-    if block_budget is not None:
-        for i in sorted(range(len(layers)), key=bits_per_block):
-            if blocks(layers) <= block_budget:
-                break
-            layers[i] = replace(layers[i], weight_style="logic")
-    return replace(spec, layers=tuple(layers))
+    if len(layers) <= EXHAUSTIVE_PLACEMENT_LAYERS:
+        candidates = (placed(choice) for choice in itertools.product(options, repeat=len(layers)))
+        return min(candidates, key=cost)
+    # Greedy: start all in blocks, then move out one layer's group at a time where it helps most.
+    choice = [("block", "block")] * len(layers)
+    while True:
+        current = cost(placed(choice))
+        moves = [choice[:i] + [option] + choice[i + 1:] for i in range(len(layers)) for option in options]
+        best = min(moves, key=lambda c: cost(placed(c)))
+        if cost(placed(best)) >= current:
+            return placed(choice)
+        choice = best
 
 
 def overflow(spec: NetworkSpec, board) -> list[str]:
