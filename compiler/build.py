@@ -25,7 +25,7 @@ from xnorflow.sim import golden
 
 from . import report as reports
 from .analysis import cycles_per_layer, estimate_resources
-from .fit import fold_for_board, lower_for_board, overflow
+from .fit import fastest_fitting_target, fold_for_board, lower_for_board, overflow
 from .model import CompileError, model_from_file_dict
 from .passes import streamline
 
@@ -114,8 +114,10 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
     spec = lower_for_board(model, board)
     problems = overflow(spec, board)
     if problems:
-        raise CompileError(f"the design does not fit {board.name}: {'; '.join(problems)}: "
-                           "fold it more (fewer PE/SIMD, or omit --folding/--fps) or choose a bigger board")
+        best = fastest_fitting_target(streamline(model_from_file_dict(record)), board)
+        raise CompileError(f"the design does not fit {board.name}: {'; '.join(problems)}: fold it more "
+                           f"(without --folding, xnorflow picks the fastest folding that fits: {best} cycles "
+                           "per frame) or choose a bigger board")
     log(f"folding: {folding_reason}")
     for i, layer in enumerate(spec.layers):
         log(f"  layer {i}: {layer.n_in:>5} -> {layer.n_out:<5} PE={layer.pe:<4} SIMD={layer.simd:<4} "

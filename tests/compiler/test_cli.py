@@ -124,3 +124,9 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_build(tfc_digits_model, tmp
 
 def test_simulate_without_a_build(tmp_path):
     assert_one_line_error(run_cli("simulate", tmp_path / "nothing"), "xnorflow compile")
+
+
+def test_a_hand_folding_that_does_not_fit_names_one_that_does(tfc_digits_model, tmp_path):
+    result = run_cli("compile", tfc_digits_model, "-o", tmp_path / "b", "--folding", "64,64;64,64;64,64;10,64")
+    assert_one_line_error(result, "does not fit icebreaker", "LUTs", "fastest folding that fits")
+    assert not (tmp_path / "b").exists()
