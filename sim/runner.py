@@ -64,6 +64,8 @@ class BuildFolder:
         root = Path(build_dir)
         if not root.is_dir():
             raise SimulationError(f"build folder {root} does not exist: run `xnorflow compile MODEL -o {root}` first")
+        # Absolute: the simulator runs in its own working folder and reads these paths from there.
+        root = root.resolve()
         folder = cls(root, root / "verilog" / f"{TOP}.v", root / "spec.npz", root / "vectors.npz")
         for path, what in ((folder.verilog, "Verilog"), (folder.spec, "spec"), (folder.vectors, "test vectors")):
             if not path.is_file():

@@ -76,3 +76,11 @@ def test_run_sends_test_images_to_a_board_over_its_serial_port(tfc_digits_model,
     with np.load(build / "vectors.npz") as v:
         expected = np.mean(v["golden_predictions"][:30] == v["labels"][:30])
     assert f"accuracy                 {expected:.4f}" in result.stdout
+
+
+def test_simulate_a_build_folder_given_as_a_relative_path(tfc_digits_model, tmp_path):
+    """As in `make demo` (build/demo): the simulator runs elsewhere and must still find the build."""
+    assert run_cli("compile", tfc_digits_model, "-o", "rel", cwd=tmp_path).returncode == 0
+    result = run_cli("simulate", "rel", "--images", "10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "rel" / "report.json").read_text())["images_simulated"] == 10
