@@ -99,11 +99,11 @@ class NetworkRun:
 
 def simulate_network(spec: NetworkSpec, frames_bits: np.ndarray, *, in_width: int | None = None,
                      gap: float = 0.0, stall: float = 0.0, seed: int = 0,
-                     garbage_before_reset: int = 0, max_cycles: int | None = None) -> NetworkRun:
+                     junk_beats_first: int = 0, max_cycles: int | None = None) -> NetworkRun:
     """Run frames through :class:`Network` in Amaranth's simulator and collect every output beat.
 
     ``gap``: probability of an idle input cycle before each beat; ``stall``: probability that the
-    output's ready is low in a cycle. ``garbage_before_reset`` beats of random input are sent first,
+    output's ready is low in a cycle. ``junk_beats_first`` beats of random input are sent first,
     then the sync reset is pulsed mid-stream; only what comes out after the reset is recorded.
     """
     dut = Network(spec, in_width=in_width)
@@ -115,16 +115,16 @@ def simulate_network(spec: NetworkSpec, frames_bits: np.ndarray, *, in_width: in
     n_frames = len(frames_bits)
     hidden = len(spec.layers) - 1
     run = NetworkRun(taps=[[] for _ in range(hidden)])
-    state = {"recording": garbage_before_reset == 0}
+    state = {"recording": junk_beats_first == 0}
     if max_cycles is None:
         per_frame = max(spec.analytic_cycles_per_frame, len(beats) // max(1, n_frames))
         slack = 1 + 4 * max(gap, stall) / max(1e-9, 1 - max(gap, stall))
         max_cycles = int((n_frames + 4) * per_frame * slack * 2 + 200 * (len(spec.layers) + 1)
-                         + 4 * garbage_before_reset)
+                         + 4 * junk_beats_first)
 
     async def driver(ctx):
-        if garbage_before_reset:
-            junk = [rng.getrandbits(dut.in_width) for _ in range(garbage_before_reset)]
+        if junk_beats_first:
+            junk = [rng.getrandbits(dut.in_width) for _ in range(junk_beats_first)]
             await send_beats(ctx, dut.i, junk, rng, gap)
             ctx.set(domain.rst, 1)
             for _ in range(2):          # plain ticks: repeat()/until() raise DomainReset here

@@ -90,7 +90,7 @@ def test_reset_mid_frame_then_clean_frames(spec_maker, in_width):
     # One and a half frames of junk: a frame in flight and a half-written input buffer at reset.
     junk = beats_per_frame + max(1, beats_per_frame // 2)
     run = simulate_network(spec, bits, in_width=in_width, gap=0.2, stall=0.2, seed=4,
-                           garbage_before_reset=junk)
+                           junk_beats_first=junk)
     check_network(spec, bits, run, in_width)
 
 
