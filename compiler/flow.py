@@ -21,7 +21,8 @@ SUMMARY = (
     ("II measured / analytic (cycles)", None),
     ("latency (cycles)", "latency_cycles"),
     ("Fmax (MHz)", "fmax_mhz"),
-    ("frames/s", "fps"),
+    ("frames/s at Fmax", "fps"),
+    ("frames/s at the board clock", "fps_at_board_clock"),
     ("LUTs", "luts"),
     ("memory blocks", "brams"),
 )
@@ -51,7 +52,11 @@ def fmt(value, digits=4):
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) < 10 else f"{value:,.0f}"
+        if abs(value) < 10:
+            return f"{value:.{digits}f}"
+        if value.is_integer():
+            return f"{int(value):,}"
+        return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
 
 
