@@ -130,11 +130,10 @@ def is_user_error(error: BaseException) -> bool:
 
 
 def print_summary(report: dict, keys) -> None:
+    from xnorflow.compiler.report import format_figure
+
     for key in keys:
-        value = report.get(key)
-        if isinstance(value, float):
-            value = f"{value:.4f}" if value < 10 else f"{value:,.1f}"
-        print(f"  {key:<24} {value if value is not None else '-'}")
+        print(f"  {key:<26} {format_figure(report.get(key))}")
 
 
 def cmd_train(args) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import report as reports
 from .build import compile_model, simulate_build, simulation_failed, synthesize_build
+from .report import format_figure
 
 MODEL_NAME = "model.pt"
 
@@ -48,27 +49,15 @@ class Steps:
         return result
 
 
-def fmt(value, digits=4):
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if abs(value) < 10:
-            return f"{value:.{digits}f}"
-        if value.is_integer():
-            return f"{int(value):,}"
-        return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value)
-
-
 def summary_lines(report: dict, build_dir: Path) -> list[str]:
     lines = []
     for label, key in SUMMARY:
         if label.startswith("accuracy"):
-            value = " / ".join(fmt(report.get(k)) for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl"))
+            value = " / ".join(format_figure(report.get(k)) for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl"))
         elif label.startswith("II"):
-            value = f"{fmt(report.get('cycles_per_frame'))} / {fmt(report.get('analytic_cycles_per_frame'))}"
+            value = f"{format_figure(report.get('cycles_per_frame'))} / {format_figure(report.get('analytic_cycles_per_frame'))}"
         else:
-            value = fmt(report.get(key))
+            value = format_figure(report.get(key))
         lines.append(f"  {label:<34} {value}")
     lines.append(f"  {'report':<34} {build_dir / reports.REPORT_NAME}")
     if (build_dir / "report.html").exists():

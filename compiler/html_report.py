@@ -104,11 +104,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
-    return html.escape(str(value))
+    return html.escape(reports.format_figure(value, missing="—"))
 
 
 def _table(headers, rows) -> str:
@@ -157,7 +153,8 @@ def write_html_report(build_dir) -> Path:
          f"{_fmt(report.get('cycles_per_frame'))} / {_fmt(report.get('analytic_cycles_per_frame'))}"),
         ("latency (cycles)", _fmt(report.get("latency_cycles"))),
         ("Fmax (MHz)", _fmt(report.get("fmax_mhz"))),
-        ("frames per second", _fmt(report.get("fps"))),
+        ("frames per second at Fmax", _fmt(report.get("fps"))),
+        ("frames per second at the board clock", _fmt(report.get("fps_at_board_clock"))),
         ("compile / synthesis seconds", f"{_fmt(report.get('compile_seconds'))} / {_fmt(report.get('synth_seconds'))}"),
     ]
     summary = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{v}</td></tr>"

@@ -62,6 +62,19 @@ def update_report(build_dir, **fields) -> dict:
     return report
 
 
+def format_figure(value, missing: str = "-") -> str:
+    """One way to print a report figure: fractions to 4 places, others to 0.1, thousands grouped."""
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        if abs(value) <= 1:
+            return f"{value:.4f}"
+        if value.is_integer():
+            return f"{int(value):,}"
+        return f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
 def _jsonable(value):
     """NumPy scalars and paths into plain JSON."""
     if hasattr(value, "item"):
