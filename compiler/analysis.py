@@ -47,15 +47,6 @@ BLOCK_RAMS = {
                      ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))),
 }
 
-# A memory smaller than this share of one block is cheaper in LUTs than in a whole block RAM.
-LOGIC_BELOW_BLOCK_SHARE = 1 / 8
-
-
-def choose_memory_style(width: int, depth: int, family: str) -> str:
-    """'block' or 'logic' for a memory of width x depth bits (the RTL passes it to Yosys as ram_style)."""
-    return "logic" if width * depth < BLOCK_RAMS[family].bits * LOGIC_BELOW_BLOCK_SHARE else "block"
-
-
 def layer_memories(layer: LayerSpec, family: str | None = None) -> list[dict]:
     """The memories one layer's engine instantiates: one weight bank per PE, the input ping-pong buffer
     and (hidden layers) the threshold ROM. ``kind`` is "rom" or "ram" (written at run time).

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xnorflow.hw.spec import NetworkSpec, SpecError
+from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim import golden
 
 from . import report as reports
@@ -36,10 +36,6 @@ TOP_NAME = "xnorflow_top"
 # Everything a compile produces or invalidates; other files in the folder (a trained model.pt) stay.
 COMPILE_OUTPUTS = (SPEC_FILE, VECTORS_FILE, VERILOG_DIR, "sim", "synth", reports.REPORT_NAME,
                    "report.html", "figures")
-
-
-def verilog_path(build_dir) -> Path:
-    return Path(build_dir) / VERILOG_DIR / f"{TOP_NAME}.v"
 
 
 def load_spec(build_dir) -> NetworkSpec:
@@ -225,4 +221,4 @@ def synthesize_build(build_dir, progress: bool = True) -> dict:
     return reports.update_report(build_dir, **fields)
 
 
-__all__ = ["SpecError", "compile_model", "load_spec", "simulate_build", "synthesize_build", "verilog_path"]
+__all__ = ["compile_model", "load_spec", "simulate_build", "synthesize_build"]
