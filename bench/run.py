@@ -202,13 +202,16 @@ def main(argv=None) -> int:
 
     work = args.out / "work"
     configs = CONFIGS if args.configs == "all" else [CONFIGS[int(i)] for i in args.configs.split(",")]
-    rows = merged_rows(args.out / "results.json",
-                       [run_config(c, work, not args.no_synth, args.sim_images, log) for c in configs])
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}"}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "anchors": ANCHORS, "results": rows},
-                                                      indent=2, default=float))
+    results_file = args.out / "results.json"
+    for config in configs:
+        # Saved after every configuration: a long run that stops keeps what it measured.
+        rows = merged_rows(results_file, [run_config(config, work, not args.no_synth, args.sim_images, log)])
+        results_file.write_text(json.dumps({"meta": meta, "anchors": ANCHORS, "results": rows},
+                                           indent=2, default=float))
+    rows = merged_rows(results_file, [])
     table, extras = markdown_table(rows), extra_lines(rows)
     (args.out / "results.md").write_text(f"# xnorflow benchmark\n\n{meta['date']}, {meta['machine']}\n\n"
                                          f"{table}\n\n{extras}\n")
