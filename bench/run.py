@@ -99,7 +99,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     row.update({key: report.get(key) for key in (
         "accuracy_torch", "accuracy_golden", "torch_golden_agreement", "accuracy_rtl", "images_simulated",
         "rtl_mismatches", "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles", "fmax_mhz", "fps",
-        "luts", "ffs", "brams", "synth_seconds", "device", "layers")})
+        "luts", "ffs", "brams", "synth_seconds", "device", "layers", "fps_at_board_clock")})
     row["estimate_luts"] = (report.get("estimate") or {}).get("luts")
     row["estimate_brams"] = (report.get("estimate") or {}).get("brams")
     sim = report.get("simulation") or {}
@@ -158,7 +158,7 @@ def markdown_table(rows: list[dict]) -> str:
         ]) + " |")
     lines.append("")
     lines.append("— : not measured in this run. Frames/s are at Fmax (DESIGN.md); the bitstreams run at the "
-                 "board clock (no PLL yet), see `fps_at_board_clock` in bench/results.json.")
+                 "board clock (no PLL yet): `fps_at_board_clock` in each build's report.json (bench/work/builds/).")
     lines.append("")
     lines.append("| anchor (published) | accuracy | frames/s | LUTs | fps/LUT | build |")
     lines.append("|---|---|---|---|---|---|")
