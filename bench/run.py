@@ -177,7 +177,7 @@ def markdown_table(rows: list[dict]) -> str:
 def extra_lines(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        lines.append(f"- {r['config']}: golden model {fmt(r.get('golden_images_per_s'), 'int')} images/s "
+        lines.append(f"- {r['config']}: folding {r.get('folding', 'fastest that fits')}, golden model {fmt(r.get('golden_images_per_s'), 'int')} images/s "
                      f"(one core, median of {r.get('golden_repeats')}), training {fmt(r.get('train_seconds'), 's')} "
                      f"({r.get('train_epochs')} epochs), Verilator build {fmt(r.get('verilator_build_seconds'), 's')}, "
                      f"simulation of {fmt(r.get('images_simulated'), 'int')} images {fmt(r.get('sim_seconds'), 's')}, "
