@@ -138,9 +138,9 @@ def fmt(value, kind=""):
         return f"{value:.1f} s"
     if kind == "f1":
         return f"{value:.1f}"
-    if isinstance(value, float):
-        return f"{value:,.3g}"
-    return str(value)
+    from xnorflow.compiler.report import format_figure
+
+    return format_figure(value)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -163,7 +163,7 @@ def markdown_table(rows: list[dict]) -> str:
             fmt(r.get("rtl_images_per_s"), "int"),
         ]) + " |")
     lines.append("")
-    lines.append("— : not measured in this run. Frames/s are at Fmax (DESIGN.md); the bitstreams run at the "
+    lines.append("— : not measured in this run. RTL accuracy is over the images simulated. Frames/s are at Fmax (DESIGN.md); the bitstreams run at the "
                  "board clock (no PLL yet): `fps_at_board_clock` in each build's report.json (bench/work/builds/).")
     lines.append("")
     lines.append("| anchor (published) | accuracy | frames/s | LUTs | fps/LUT | build |")
