@@ -371,16 +371,22 @@ def split_taps(tap_beats: list[list[int]], taps_config: list[dict], frames: list
     return per_frame
 
 
-@cocotb.test()
-async def stream_frames(dut):
-    """Phase 1 (clean flow: input always valid, output always ready) measures the steady-state II
-    and the latency on the first frames; phase 2 streams every frame with random input gaps and
-    output backpressure. The scoreboard checks every output of both phases."""
+async def start_bench(dut):
+    """What every test starts from: the run's config and frames, a bench and a scoreboard, a clean reset."""
     config = BenchConfig.from_env()
     image_ids, beats, scores, predictions = load_frames(config)
     bench = Bench(dut, config)
     board = Scoreboard(config, image_ids, scores, predictions)
     await bench.reset()
+    return config, beats, bench, board
+
+
+@cocotb.test()
+async def stream_frames(dut):
+    """Phase 1 (clean flow: input always valid, output always ready) measures the steady-state II
+    and the latency on the first frames; phase 2 streams every frame with random input gaps and
+    output backpressure. The scoreboard checks every output of both phases."""
+    config, beats, bench, board = await start_bench(dut)
 
     n = len(beats)
     measure = list(range(min(n, config.measure_frames)))
@@ -440,11 +446,7 @@ async def reset_mid_frame(dut):
     """Assert reset in the middle of a frame (while its beats stream in, while it computes, while
     its output is held back), then check that clean frames afterwards still match the golden model
     and that nothing from before the reset leaks out."""
-    config = BenchConfig.from_env()
-    image_ids, beats, scores, predictions = load_frames(config)
-    bench = Bench(dut, config)
-    board = Scoreboard(config, image_ids, scores, predictions)
-    await bench.reset()
+    config, beats, bench, board = await start_bench(dut)
     n = len(beats)
     trials = []
     for trial, where in enumerate(("input", "compute", "output-held")):
