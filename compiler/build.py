@@ -78,7 +78,7 @@ def staging(out_dir: Path):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def test_vectors(record: dict, dataset_override: str | None = None):
+def load_test_split(record: dict, dataset_override: str | None = None):
     """The model's test split, binarised by the model's own rule: (name, bits, labels)."""
     from xnorflow.training.datasets import binarize, load_dataset
 
@@ -105,12 +105,12 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
     board = get_board(board_name)
     record = load_model_file(model_path)
 
-    model = streamline(model_from_file_dict(record))
-    model, folding_reason = fold_for_board(model, board, fps=fps, folding=folding)
+    streamlined = streamline(model_from_file_dict(record))
+    model, folding_reason = fold_for_board(streamlined, board, fps=fps, folding=folding)
     spec = lower_for_board(model, board)
     problems = overflow(spec, board)
     if problems:
-        best = fastest_fitting_target(streamline(model_from_file_dict(record)), board)
+        best = fastest_fitting_target(streamlined, board)
         raise CompileError(f"the design does not fit {board.name}: {'; '.join(problems)}: fold it more "
                            f"(without --folding, xnorflow picks the fastest folding that fits: {best} cycles "
                            "per frame) or choose a bigger board")
@@ -119,7 +119,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
         log(f"  layer {i}: {layer.n_in:>5} -> {layer.n_out:<5} PE={layer.pe:<4} SIMD={layer.simd:<4} "
             f"{layer.cycles} cycles/frame")
 
-    dataset_name, bits, labels = test_vectors(record, dataset)
+    dataset_name, bits, labels = load_test_split(record, dataset)
     log(f"golden model and PyTorch on {len(labels)} test images of {dataset_name}")
     result = golden.execute(spec, bits)
     torch_predictions = predict(model_from_file(record), bits)

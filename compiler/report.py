@@ -21,7 +21,7 @@ REPORT_KEYS = (
     "compile_seconds", "synth_seconds",
 )
 
-# What a fresh compile invalidates: figures measured on an earlier design.
+# The figures each step measures and merges in (a compile starts a fresh report without them).
 SIMULATION_KEYS = ("images_simulated", "rtl_mismatches", "accuracy_rtl", "cycles_per_frame", "latency_cycles")
 SYNTHESIS_KEYS = ("fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps", "synth_seconds")
 
