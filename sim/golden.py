@@ -1,20 +1,25 @@
-"""Bit-exact NumPy execution of a NetworkSpec: the truth the RTL is checked against.
+"""Bit-exact execution of a NetworkSpec: the truth the RTL is checked against.
 
 Vectors are packed LSB-first into uint64 words (element i is bit i % 64 of word i // 64). Both the
 input and the weights are padded with 0-bits, so the padded lanes of ``x XOR w`` are 0 and
 ``p = popcount(XNOR(x, w)) = N - popcount(x XOR w)`` counts only real lanes. Folding (PE, SIMD)
 changes the schedule in hardware, never these numbers, so it is ignored here.
+
+The XOR-popcount loop is NumPy arrays run through numba: NumPy's own ``bitwise_xor`` with a
+broadcast operand, ``bitwise_count`` and the widening sum take three passes over memory and reach
+about 90k SFC images/s, while the compiled loop keeps each frame's counts in registers and uses
+the CPU's popcount instruction (LLVM's ctpop), about five times faster on one core. The plain
+NumPy formulation stays in the tests as the kernel's cross-check (tests/sim/test_golden.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
 
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
-
-# Images per block: small enough that a block's (images, words, channels) scratch stays in cache.
-_BLOCK = 16
 
 
 @dataclass
@@ -42,21 +47,68 @@ def unpack_rows(words: np.ndarray, n: int) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=1, count=n, bitorder="little")
 
 
+@intrinsic
+def _popcount64(typingctx, word):
+    """LLVM's ctpop on a uint64: one POPCNT (or VPOPCNTQ across lanes) instead of a bit-twiddling loop."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return types.uint64(types.uint64), codegen
+
+
+@njit(inline="always")
+def _count_mismatches(x_row, w_t, counts):
+    """counts[o] = popcount(x_row XOR w[o]) over all words; w_t is (words, n_out), contiguous per word
+    so the innermost loop runs across channels and vectorises."""
+    counts[:] = 0
+    for j in range(x_row.shape[0]):
+        xj = x_row[j]
+        for o in range(counts.shape[0]):
+            counts[o] += _popcount64(xj ^ w_t[j, o])
+
+
+@njit(cache=True, nogil=True)
+def _popcounts_kernel(x, w_t, n_in, out):
+    counts = np.empty(out.shape[1], np.int64)
+    for f in range(x.shape[0]):
+        _count_mismatches(x[f], w_t, counts)
+        for o in range(counts.shape[0]):
+            out[f, o] = n_in - counts[o]
+
+
+@njit(cache=True, nogil=True)
+def _threshold_kernel(x, w_t, limits, bits, packed):
+    """A hidden layer: bits[f, o] = (p >= T[o]), and the same bits packed as the next layer's input.
+
+    ``limits`` is N - T: p >= T is the same test as mismatches <= N - T, which needs no subtraction
+    per channel. Each step is its own simple loop so LLVM vectorises it and no branch is taken per
+    channel (the outcome is a coin flip, which a branch would mispredict).
+    """
+    n_out = bits.shape[1]
+    counts = np.empty(n_out, np.int64)
+    for f in range(x.shape[0]):
+        _count_mismatches(x[f], w_t, counts)
+        row = bits[f]
+        for o in range(n_out):
+            row[o] = counts[o] <= limits[o]
+        for word in range(packed.shape[1]):
+            value = np.uint64(0)
+            first = word * 64
+            for k in range(min(64, n_out - first)):
+                value |= np.uint64(row[first + k]) << np.uint64(k)
+            packed[f, word] = value
+
+
+def _weights_by_word(layer: LayerSpec) -> np.ndarray:
+    """The layer's weights packed like the inputs, transposed to (words, n_out)."""
+    return np.ascontiguousarray(pack_rows(layer.weights).T)
+
+
 def popcounts(x_packed: np.ndarray, layer: LayerSpec) -> np.ndarray:
     """popcount(XNOR(x, w)) for every frame and channel: (frames, n_out) int64."""
-    w_packed = pack_rows(layer.weights)           # (n_out, words)
-    w_t = np.ascontiguousarray(w_packed.T)        # (words, n_out): contiguous per word
-    frames, words = x_packed.shape
-    mismatches = np.empty((frames, layer.n_out), dtype=np.uint16)
-    scratch = np.empty((_BLOCK, words, layer.n_out), dtype=np.uint64)
-    counts = np.empty((_BLOCK, words, layer.n_out), dtype=np.uint8)
-    for start in range(0, frames, _BLOCK):
-        block = x_packed[start:start + _BLOCK]
-        n = block.shape[0]
-        np.bitwise_xor(block[:, :, None], w_t[None], out=scratch[:n])
-        np.bitwise_count(scratch[:n], out=counts[:n])
-        counts[:n].sum(axis=1, dtype=np.uint16, out=mismatches[start:start + n])
-    return layer.n_in - mismatches.astype(np.int64)
+    x_packed = np.ascontiguousarray(x_packed, dtype=np.uint64)
+    out = np.empty((x_packed.shape[0], layer.n_out), dtype=np.int64)
+    _popcounts_kernel(x_packed, _weights_by_word(layer), layer.n_in, out)
+    return out
 
 
 def execute(spec: NetworkSpec, input_bits: np.ndarray) -> GoldenResult:
@@ -65,10 +117,14 @@ def execute(spec: NetworkSpec, input_bits: np.ndarray) -> GoldenResult:
     if input_bits.ndim != 2 or input_bits.shape[1] != spec.input_bits:
         raise ValueError(f"input has shape {input_bits.shape}; the network takes (frames, {spec.input_bits}) bits")
     x = pack_rows(input_bits)
+    frames = x.shape[0]
     activations = []
     for layer in spec.layers[:-1]:
-        out_bits = (popcounts(x, layer) >= layer.thresholds[None, :]).astype(np.uint8)
-        activations.append(out_bits)
-        x = pack_rows(out_bits)
+        bits = np.empty((frames, layer.n_out), dtype=np.uint8)
+        packed = np.empty((frames, -(-layer.n_out // 64)), dtype=np.uint64)
+        limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
+        _threshold_kernel(x, _weights_by_word(layer), limits, bits, packed)
+        activations.append(bits)
+        x = packed
     scores = popcounts(x, spec.layers[-1])
     return GoldenResult(scores=scores, predictions=np.argmax(scores, axis=1), activations=activations)

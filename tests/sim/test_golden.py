@@ -1,0 +1,59 @@
+"""The compiled golden kernel against the plain NumPy formulation of the numerics contract."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xnorflow.hw.spec import LayerSpec, NetworkSpec
+from xnorflow.sim import golden
+
+
+def reference_popcounts(input_bits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """DESIGN.md section 2 written out in NumPy: p = number of lanes where x == w."""
+    return (input_bits[:, None, :] == weights[None, :, :]).sum(axis=2)
+
+
+def reference_execute(spec: NetworkSpec, input_bits: np.ndarray):
+    x, activations = input_bits.astype(np.uint8), []
+    for layer in spec.layers[:-1]:
+        x = (reference_popcounts(x, layer.weights) >= layer.thresholds[None, :]).astype(np.uint8)
+        activations.append(x)
+    return reference_popcounts(x, spec.layers[-1].weights), activations
+
+
+@st.composite
+def networks_and_frames(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    widths = [draw(st.integers(1, 200)) for _ in range(draw(st.integers(2, 4)))]
+    layers = []
+    for k, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
+        last = k == len(widths) - 2
+        thresholds = None if last else rng.integers(0, n_in + 2, size=n_out)   # the whole range [0, N + 1]
+        layers.append(LayerSpec(n_in=n_in, n_out=n_out, weights=rng.integers(0, 2, size=(n_out, n_in), dtype=np.uint8),
+                                thresholds=thresholds))
+    frames = rng.integers(0, 2, size=(draw(st.integers(1, 40)), widths[0]), dtype=np.uint8)
+    return NetworkSpec(layers=tuple(layers)), frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(networks_and_frames())
+def test_golden_kernel_matches_plain_numpy(case):
+    spec, frames = case
+    result = golden.execute(spec, frames)
+    scores, activations = reference_execute(spec, frames)
+    assert np.array_equal(result.scores, scores)
+    for got, want in zip(result.activations, activations, strict=True):
+        assert np.array_equal(got, want)
+    assert np.array_equal(result.predictions, np.argmax(scores, axis=1))
+
+
+def test_popcounts_counts_agreeing_lanes_across_word_boundaries():
+    # 130 lanes: two full words and two bits of a third, where padding must count nothing.
+    weights = np.zeros((2, 130), dtype=np.uint8)
+    weights[1, 64:] = 1
+    frame = np.ones((1, 130), dtype=np.uint8)
+    layer = LayerSpec(n_in=130, n_out=2, weights=weights, thresholds=None)
+    assert golden.popcounts(golden.pack_rows(frame), layer).tolist() == [[0, 66]]
