@@ -4,15 +4,20 @@ A layer with ``pe`` rows and ``simd`` columns takes SF = ceil(n_in / simd) input
 and computes NF = ceil(n_out / pe) folds of ``pe`` output channels, re-reading its buffered input
 for each fold, so a frame costs exactly NF * SF cycles (DESIGN.md section 3).
 
-Pipeline (every register moves on one ``advance`` signal, so the whole engine stalls as one when
-its output is held; valid never depends on ready)::
+Pipeline. The datapath never stalls: every stage register moves every cycle and carries a valid
+bit, so the consumer's ``ready`` reaches no memory enable, popcount or accumulator (on a 5k-LUT
+iCE40 that fan-out, not the arithmetic, set Fmax). Instead each engine ends in a small output
+queue and issues a new *unit* (a fold of a hidden layer, a frame of the output layer) only when a
+queue slot is free for its result: credit-based flow control, as FINN's MVAU streams do::
 
-    S0 issue   (nf, sf) counters drive the read addresses of the input buffer and weight banks
-    S1 fetch   synchronous memory data: input word x and one weight word per PE
-    S2 count   registered popcount(XNOR(x, w_r)) per PE (balanced adder tree)
-    S3 acc     accumulated popcount per PE; complete at the last sf of a fold
-    hidden:    output register  o.payload[r] = acc_r >= T_r
-    output:    S4 fold argmax, then the class scores and running argmax -> one beat per frame
+    S0 issue   (nf, sf) counters drive the read address of the input buffer
+    S1 fetch   the input word from the buffer; the weight banks' read address
+    S1x        the input word registered (it fans out to every PE); one weight word per PE
+    S2 count   registered popcount(XNOR(x, w_r)) per group of POPCOUNT_GROUP lanes per PE
+    S3 sum     (only when SIMD spans several groups) the groups' sum per PE
+    acc        accumulated popcount per PE; complete at the last sf of a fold
+    hidden:    queue <- (acc_r >= T_r for each PE)
+    output:    fold argmax, then the class scores and running argmax -> one queue entry per frame
 
 Input: a ping-pong buffer of two banks of SF words. The producer fills one bank while the engine
 reads the other, so the engine is decoupled from its producer's pace and starts the next frame
@@ -20,13 +25,13 @@ with no bubble as soon as its bank is full.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from xnorflow.hw.popcount import argmax_tree, xnor_popcount
-from xnorflow.hw.spec import LayerSpec, SpecError, bits_for
+from xnorflow.hw.popcount import argmax_tree, group_slices, popcount
+from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
 
 
 def class_scores_layout(layer: LayerSpec) -> data.StructLayout:
@@ -74,7 +79,7 @@ class MVTU(wiring.Component):
         })
 
     # --- building blocks ---------------------------------------------------------------------
-    def _input_buffer(self, m: Module, *, advance, read_bank_full, release, read_sf):
+    def _input_buffer(self, m: Module, *, read_bank_full, release, read_sf):
         """Ping-pong input buffer; returns the S1 input word. Drives i.ready and ``read_bank_full``
         (the bank the engine reads next holds a whole frame)."""
         sf_count = self.layer.synapse_folds
@@ -96,7 +101,6 @@ class MVTU(wiring.Component):
             write.en.eq(accept),
             read_bank_full.eq(Mux(read_bank, full[1], full[0])),
             read.addr.eq(Mux(read_bank, read_sf + sf_count, read_sf)),
-            read.en.eq(advance),
         ]
         with m.If(accept):
             m.d.sync += write_addr.eq(Mux(write_addr == sf_count - 1, 0, write_addr + 1))
@@ -113,7 +117,7 @@ class MVTU(wiring.Component):
                 m.d.sync += flag.eq(0)
         return read.data
 
-    def _weight_words(self, m: Module, *, advance, address):
+    def _weight_words(self, m: Module, *, address):
         """One weight Memory per PE (so Yosys infers a BRAM each); returns the S1 words."""
         words = []
         for r, bank in enumerate(self.layer.weight_banks()):
@@ -121,11 +125,11 @@ class MVTU(wiring.Component):
                          attrs=memory_style_attrs(self.layer.weight_style))
             m.submodules[f"weights_pe{r}"] = mem
             port = mem.read_port()
-            m.d.comb += [port.addr.eq(address), port.en.eq(advance)]
+            m.d.comb += port.addr.eq(address)
             words.append(port.data)
         return words
 
-    def _thresholds(self, m: Module, *, advance, fold):
+    def _thresholds(self, m: Module, *, fold):
         """Threshold ROM, one word per fold holding the ``pe`` thresholds; read one stage ahead so
         the thresholds arrive together with the completed accumulators."""
         layer = self.layer
@@ -135,8 +139,37 @@ class MVTU(wiring.Component):
                 for nf in range(layer.neuron_folds)]
         m.submodules.thresholds = rom = Memory(shape=unsigned(layer.pe * width), depth=len(init), init=init)
         port = rom.read_port()
-        m.d.comb += [port.addr.eq(fold), port.en.eq(advance)]
+        m.d.comb += port.addr.eq(fold)
         return [port.data[r * width:(r + 1) * width] for r in range(layer.pe)]
+
+    # --- timing ------------------------------------------------------------------------------
+    @property
+    def popcount_groups(self) -> int:
+        return len(group_slices(self.layer.simd))
+
+    @property
+    def unit_cycles(self) -> int:
+        """Issue cycles per queue entry: a fold (SF) for a hidden layer, a frame (NF * SF) for the output."""
+        layer = self.layer
+        return layer.synapse_folds * (layer.neuron_folds if layer.is_output else 1)
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
+        fetch, count, acc, queue = 2, 1, 1, 1
+        group_sum = 1 if self.popcount_groups > 1 else 0
+        fold_argmax = 1 if self.layer.is_output else 0
+        return fetch + count + group_sum + acc + fold_argmax + queue
+
+    @property
+    def queue_depth(self) -> int:
+        """Output queue entries for full rate with an always-ready consumer.
+
+        A unit holds its slot from its first issue until its result is taken, U + latency cycles
+        later (U = unit_cycles); a new unit starts every U cycles, so ceil((U + latency) / U) slots
+        keep issue from ever waiting on a slot.
+        """
+        return ceil_div(self.unit_cycles + self.latency, self.unit_cycles)
 
     # --- the engine --------------------------------------------------------------------------
     def elaborate(self, platform):
@@ -145,12 +178,7 @@ class MVTU(wiring.Component):
         acc_width = layer.popcount_width
         m = Module()
 
-        # One stall signal for the whole pipeline: the output register may be overwritten when it
-        # is empty or being taken this cycle.
-        advance = Signal()
-        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
-
-        # S0: issue counters.
+        # S0: issue counters. A unit's first beat needs a free queue slot; its other beats follow.
         nf = Signal(range(nf_count))
         sf = Signal(range(sf_count))
         weight_addr = Signal(range(nf_count * sf_count))
@@ -159,9 +187,16 @@ class MVTU(wiring.Component):
         last_sf = sf == sf_count - 1
         last_nf = nf == nf_count - 1
         release = Signal()
-        m.d.comb += [issue.eq(advance & bank_full), release.eq(issue & last_sf & last_nf)]
-        x = self._input_buffer(m, advance=advance, read_bank_full=bank_full, release=release, read_sf=sf)
-        weights = self._weight_words(m, advance=advance, address=weight_addr)
+        unit_first = (sf == 0) & (nf == 0) if layer.is_output else sf == 0
+        slot_taken = Signal()   # set by the queue: a unit may start this cycle
+        m.d.comb += [issue.eq(bank_full & (~unit_first | slot_taken)), release.eq(issue & last_sf & last_nf)]
+        # The input word fans out to every PE across the chip, so it gets a register of its own
+        # after the buffer's read: the weight banks are addressed one cycle later to stay aligned.
+        buffered = self._input_buffer(m, read_bank_full=bank_full, release=release, read_sf=sf)
+        x = Signal(layer.simd)
+        weight_addr_s1 = Signal.like(weight_addr)
+        m.d.sync += [x.eq(buffered), weight_addr_s1.eq(weight_addr)]
+        weights = self._weight_words(m, address=weight_addr_s1)
         with m.If(issue):
             m.d.sync += [
                 sf.eq(Mux(last_sf, 0, sf + 1)),
@@ -170,44 +205,84 @@ class MVTU(wiring.Component):
             with m.If(last_sf):
                 m.d.sync += nf.eq(Mux(last_nf, 0, nf + 1))
 
-        # Stage control: valid, first/last beat of a fold, the fold number. S3 is valid only when
-        # its accumulators hold a completed fold.
-        def stage(name, *fields):
-            shapes = {"valid": 1, "first": 1, "last": 1, "nf": range(nf_count)}
-            return {f: Signal(shapes[f], name=f"{name}_{f}") for f in fields}
+        # Stage control: valid, first/last beat of a fold, the fold number; moved every cycle.
+        def stage(name, source):
+            regs = {key: Signal.like(value, name=f"{name}_{key}") for key, value in source.items()}
+            m.d.sync += [regs[key].eq(value) for key, value in source.items()]
+            return regs
 
-        s1 = stage("s1", "valid", "first", "last", "nf")
-        s2 = stage("s2", "valid", "first", "last", "nf")
-        s3 = stage("s3", "valid", "nf")
-        with m.If(advance):
-            m.d.sync += [s1["valid"].eq(bank_full), s1["first"].eq(sf == 0), s1["last"].eq(last_sf),
-                         s1["nf"].eq(nf)]
-            m.d.sync += [s2[k].eq(s1[k]) for k in s2]
-            m.d.sync += [s3["valid"].eq(s2["valid"] & s2["last"]), s3["nf"].eq(s2["nf"])]
+        s0 = {"valid": issue, "first": sf == 0, "last": last_sf, "nf": nf}
+        s0 = {key: Value.cast(value) for key, value in s0.items()}
+        s1 = stage("s1", s0)
+        fetched = stage("x", s1)      # x and the weight words are both valid here
+        s2 = stage("s2", fetched)
 
-        # S1 -> S2: XNOR-popcount per PE, registered (the adder tree is the deepest logic).
-        counts = [Signal(bits_for(layer.simd), name=f"count_pe{r}") for r in range(pe)]
-        with m.If(advance):
-            m.d.sync += [counts[r].eq(xnor_popcount(m, x, weights[r], name=f"agree_pe{r}")) for r in range(pe)]
+        # S1 -> S2: XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
+        # a named signal first: the tree slices it bit by bit, and slicing an expression would
+        # re-emit the whole XNOR once per bit (Amaranth does not share subexpressions).
+        agree = [Signal(layer.simd, name=f"agree_pe{r}") for r in range(pe)]
+        m.d.comb += [agree[r].eq(~(x ^ weights[r])) for r in range(pe)]
+        slices = group_slices(layer.simd)
+        parts = [[Signal(bits_for(stop - start), name=f"count_pe{r}_g{g}") for g, (start, stop) in enumerate(slices)]
+                 for r in range(pe)]
+        m.d.sync += [parts[r][g].eq(popcount(agree[r][start:stop]))
+                     for r in range(pe) for g, (start, stop) in enumerate(slices)]
 
-        # S2 -> S3: accumulate over the synapse folds; restart at the first beat of each fold.
-        accs = [Signal(acc_width, name=f"acc_pe{r}") for r in range(pe)]
-        with m.If(advance & s2["valid"]):
-            m.d.sync += [accs[r].eq(Mux(s2["first"], counts[r], accs[r] + counts[r])) for r in range(pe)]
-
-        if layer.is_output:
-            self._emit_scores(m, advance=advance, valid=s3["valid"], fold=s3["nf"], accs=accs)
+        # S2 -> S3 (wide SIMD only): the sum of a PE's groups.
+        if len(slices) > 1:
+            counts = [Signal(bits_for(layer.simd), name=f"count_pe{r}") for r in range(pe)]
+            m.d.sync += [counts[r].eq(sum(parts[r])) for r in range(pe)]
+            count_stage = stage("s3", s2)
         else:
-            thresholds = self._thresholds(m, advance=advance, fold=s2["nf"])
-            with m.If(advance):
-                m.d.sync += self.o.valid.eq(s3["valid"])
-                with m.If(s3["valid"]):
-                    m.d.sync += self.o.payload.eq(Cat(*(accs[r] >= thresholds[r] for r in range(pe))))
+            counts = [parts[r][0] for r in range(pe)]
+            count_stage = s2
+
+        # Accumulate over the synapse folds; restart at the first beat of each fold.
+        accs = [Signal(acc_width, name=f"acc_pe{r}") for r in range(pe)]
+        with m.If(count_stage["valid"]):
+            m.d.sync += [accs[r].eq(Mux(count_stage["first"], counts[r], accs[r] + counts[r])) for r in range(pe)]
+        done = stage("acc", {"valid": count_stage["valid"] & count_stage["last"], "nf": count_stage["nf"]})
+
+        result_valid = Signal()
+        if layer.is_output:
+            result = self._frame_scores(m, valid=done["valid"], fold=done["nf"], accs=accs, result_valid=result_valid)
+        else:
+            # Thresholds are read one stage ahead so they arrive with the completed accumulators.
+            thresholds = self._thresholds(m, fold=count_stage["nf"])
+            result = Cat(*(accs[r] >= thresholds[r] for r in range(pe)))
+            m.d.comb += result_valid.eq(done["valid"])
+        self._output_queue(m, write=result_valid, data=result, start=issue & unit_first, may_start=slot_taken)
         return m
 
-    def _emit_scores(self, m: Module, *, advance, valid, fold, accs):
-        """Output layer: per fold, the argmax of its ``pe`` scores (S3 -> S4), then the class scores
-        and the running argmax across folds, emitted as one beat at the last fold."""
+    def _output_queue(self, m: Module, *, write, data, start, may_start):
+        """A shift-register FIFO of queue_depth entries driving ``o`` (entry 0 is o.payload).
+
+        ``start`` reserves a slot for a unit that begins issuing; a slot is freed when its entry is
+        taken. ``may_start`` is high while a slot is free, so ``write`` always finds room.
+        """
+        depth = self.queue_depth
+        width = len(Value.cast(self.o.payload))
+        entries = [Signal(width, name=f"queue{k}") for k in range(depth)]
+        count = Signal(range(depth + 1))
+        reserved = Signal(range(depth + 1))
+        take = self.o.valid & self.o.ready
+        slot = count - take          # where a written entry lands after this cycle's shift
+        m.d.comb += [
+            self.o.valid.eq(count != 0),
+            self.o.payload.eq(entries[0]),
+            may_start.eq(reserved != depth),
+        ]
+        for k, entry in enumerate(entries):
+            with m.If(write & (slot == k)):
+                m.d.sync += entry.eq(data)
+            with m.Elif(take & (k + 1 < depth)):
+                m.d.sync += entry.eq(entries[k + 1] if k + 1 < depth else entry)
+        m.d.sync += [count.eq(count + write - take), reserved.eq(reserved + start - take)]
+
+    def _frame_scores(self, m: Module, *, valid, fold, accs, result_valid):
+        """Output layer: per fold, the argmax of its ``pe`` scores, then the class scores and the
+        running argmax across folds; returns the frame's result (index and scores), valid with
+        ``result_valid`` at the last fold."""
         layer = self.layer
         pe, nf_count, n_classes = layer.pe, layer.neuron_folds, layer.n_out
         last_fold = fold == nf_count - 1
@@ -217,29 +292,33 @@ class MVTU(wiring.Component):
         scores = [Mux(last_fold, 0, accs[r]) if r >= real_in_last_fold else accs[r] for r in range(pe)]
         best_value, best_row = argmax_tree(scores)
 
-        # S4: the fold's scores and its best.
+        # The fold's scores and its best, registered.
         width = layer.popcount_width
         fold_scores = [Signal(width, name=f"fold_score{r}") for r in range(pe)]
         fold_best = Signal(width)
         fold_best_class = Signal(range(nf_count * pe))
-        s4_valid, s4_fold = Signal(), Signal(range(nf_count))
-        with m.If(advance):
-            m.d.sync += [s4_valid.eq(valid), s4_fold.eq(fold),
-                         fold_best.eq(best_value), fold_best_class.eq(fold * pe + best_row)]
-            m.d.sync += [fold_scores[r].eq(scores[r]) for r in range(pe)]
+        fold_valid, fold_number = Signal(), Signal(range(nf_count))
+        m.d.sync += [fold_valid.eq(valid), fold_number.eq(fold),
+                     fold_best.eq(best_value), fold_best_class.eq(fold * pe + best_row)]
+        m.d.sync += [fold_scores[r].eq(scores[r]) for r in range(pe)]
 
         # Running argmax: a later fold's best wins only when strictly greater (ties -> lowest index).
         run_best = Signal(width)
         run_class = Signal(range(nf_count * pe))
-        take = (s4_fold == 0) | (fold_best > run_best)
-        new_best = Mux(take, fold_best, run_best)
-        new_class = Mux(take, fold_best_class, run_class)
-        with m.If(advance):
-            m.d.sync += self.o.valid.eq(s4_valid & (s4_fold == nf_count - 1))
-            with m.If(s4_valid):
-                m.d.sync += [run_best.eq(new_best), run_class.eq(new_class),
-                             self.o.payload.index.eq(new_class)]
-                for c in range(n_classes):
-                    with m.If(s4_fold == c // pe):
-                        m.d.sync += self.o.payload.scores[c].eq(fold_scores[c % pe])
+        take = (fold_number == 0) | (fold_best > run_best)
+        frame_scores = [Signal(width, name=f"frame_score{c}") for c in range(n_classes)]
+        with m.If(fold_valid):
+            m.d.sync += [run_best.eq(Mux(take, fold_best, run_best)), run_class.eq(Mux(take, fold_best_class, run_class))]
+            for c in range(n_classes):
+                with m.If(fold_number == c // pe):
+                    m.d.sync += frame_scores[c].eq(fold_scores[c % pe])
 
+        # The last fold's classes come straight from its scores; earlier folds' from frame_scores.
+        result = Signal(class_scores_layout(layer))
+        m.d.comb += [
+            result.index.eq(Mux(take, fold_best_class, run_class)),
+            result_valid.eq(fold_valid & (fold_number == nf_count - 1)),
+        ]
+        for c in range(n_classes):
+            m.d.comb += result.scores[c].eq(fold_scores[c % pe] if c // pe == nf_count - 1 else frame_scores[c])
+        return result

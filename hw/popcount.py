@@ -1,7 +1,7 @@
 """Combinational arithmetic for the XNOR-popcount datapath."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.hdl import Mux, Value
 
 
 def popcount(bits: Value) -> Value:
@@ -23,16 +23,14 @@ def popcount(bits: Value) -> Value:
     return terms[0]
 
 
-def xnor_popcount(m: Module, x: Value, w: Value, name: str = "agree") -> Value:
-    """popcount(XNOR(x, w)): the number of lanes where input and weight agree (DESIGN.md section 2).
+# Lanes per registered partial popcount. 16 lanes make a 5-bit count in four adder levels of LUT4s,
+# about as deep as the accumulator's add, so neither stage limits Fmax more than the other.
+POPCOUNT_GROUP = 8
 
-    The XNOR goes into a named signal first: the tree slices it bit by bit, and slicing an
-    expression would re-emit the whole XNOR once per bit in the netlist (Amaranth does not share
-    common subexpressions), which made export of a 784-input layer several times slower.
-    """
-    agree = Signal(len(x), name=name)
-    m.d.comb += agree.eq(~(x ^ w))
-    return popcount(agree)
+
+def group_slices(width: int, group: int = POPCOUNT_GROUP) -> list[tuple[int, int]]:
+    """[start, stop) of each group of ``group`` lanes in a ``width``-lane vector (the last may be short)."""
+    return [(start, min(start + group, width)) for start in range(0, width, group)]
 
 
 def argmax_tree(values: list[Value]) -> tuple[Value, Value]:
