@@ -221,6 +221,20 @@ def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
     return ffs
 
 
+def layer_blocks(layer: LayerSpec, family: str) -> int:
+    """Memory blocks of one engine: its memories placed in block RAM, each tiled into blocks."""
+    bram = BLOCK_RAMS[family]
+    return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"])
+               for memory in layer_memories(layer, family) if memory["style"] == "block")
+
+
+def layer_estimate(layer: LayerSpec, family: str, in_width: int | None = None) -> dict:
+    """One engine (and the adapter feeding it ``in_width``-bit beats; none when omitted)."""
+    in_width = layer.simd if in_width is None else in_width
+    return {"brams": layer_blocks(layer, family), "luts": lut_estimate(layer, family, in_width),
+            "ffs": ff_estimate(layer, in_width, family), "weight_bits": layer.weight_bits}
+
+
 TOP_FFS = 80   # UART RX/TX, the FIFO's pointers, the power-on reset timer (measured: 70-90)
 
 
@@ -236,10 +250,7 @@ def estimate_resources(spec: NetworkSpec, family: str) -> dict:
     per_layer = []
     in_width = 8    # the board top feeds the first layer bytes; each next one gets the previous PE bits
     for layer in spec.layers:
-        blocks = sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"])
-                     for memory in layer_memories(layer, family) if memory["style"] == "block")
-        per_layer.append({"brams": blocks, "luts": lut_estimate(layer, family, in_width),
-                          "ffs": ff_estimate(layer, in_width, family), "weight_bits": layer.weight_bits})
+        per_layer.append(layer_estimate(layer, family, in_width))
         in_width = layer.pe
     fifo = fifo_memory(spec)
     fifo_style = yosys_auto_style(fifo["width"], fifo["depth"], family, "ram")

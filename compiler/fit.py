@@ -8,18 +8,35 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from xnorflow.hw.spec import NetworkSpec
+from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div
 
-from .analysis import estimate_resources
+from .analysis import BLOCK_RAMS, estimate_resources, layer_estimate
 from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
-# Leave room for the estimate's error, the UART block and routing: nextpnr struggles past ~80%.
-LUT_BUDGET_SHARE = 0.75
+# The share of a device's LUTs a design may take: room for the estimate's error and for routing.
+# iCE40UP5K designs at 80% of the logic cells routed in two minutes. On the ECP5-85F, SFC at
+# 11-17k LUTs routed in 4-6 minutes, while at 59k (70%) nextpnr was still routing after 20 minutes,
+# so ECP5 designs are held to well under half the device.
+LUT_BUDGET_SHARE = {"ice40": 0.75, "ecp5": 0.35}
 
 
 # Past this many layers the exhaustive placement search (4 ** layers estimates) gives way to a greedy one.
 EXHAUSTIVE_PLACEMENT_LAYERS = 6
+
+
+# Weight ROMs deeper than this stay out of logic. A LUT4 holds 16 words of one bit, so a deeper ROM
+# needs a multiplexer tree per bit on top of its LUTs; the estimate of such ROMs was 30% low on LFC
+# (41k LUT4s + 14k PFUMX in Yosys against 28.6k estimated) and the designs did not route on the 85F.
+MAX_LOGIC_ROM_DEPTH = 32
+
+PLACEMENTS = (("block", "block"), ("block", "logic"), ("logic", "block"), ("logic", "logic"))
+
+
+def placement_options(layer: LayerSpec) -> list[tuple[str, str]]:
+    """(weight_style, buffer_style) pairs allowed for a layer: weights in logic only when shallow."""
+    shallow = layer.neuron_folds * layer.synapse_folds <= MAX_LOGIC_ROM_DEPTH
+    return [(w, b) for w, b in PLACEMENTS if w == "block" or shallow]
 
 
 def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = None) -> NetworkSpec:
@@ -31,7 +48,7 @@ def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = No
     2 cells per bit (measured, compiler/analysis.py), so buffers are worth a block long before weights.
     """
     layers = list(spec.layers)
-    options = [("block", "block"), ("block", "logic"), ("logic", "block"), ("logic", "logic")]
+    options = [placement_options(layer) for layer in layers]
 
     def placed(choice):
         return replace(spec, layers=tuple(replace(layer, weight_style=w, buffer_style=b)
@@ -43,17 +60,85 @@ def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = No
         return (over, estimate["luts"] if not over else estimate["brams"])
 
     if len(layers) <= EXHAUSTIVE_PLACEMENT_LAYERS:
-        candidates = (placed(choice) for choice in itertools.product(options, repeat=len(layers)))
+        candidates = (placed(choice) for choice in itertools.product(*options))
         return min(candidates, key=cost)
     # Greedy: start all in blocks, then move out one layer's group at a time where it helps most.
     choice = [("block", "block")] * len(layers)
     while True:
         current = cost(placed(choice))
-        moves = [choice[:i] + [option] + choice[i + 1:] for i in range(len(layers)) for option in options]
+        moves = [choice[:i] + [option] + choice[i + 1:] for i in range(len(layers)) for option in options[i]]
         best = min(moves, key=lambda c: cost(placed(c)))
         if cost(placed(best)) >= current:
             return placed(choice)
         choice = best
+
+
+# --- folding for a board ------------------------------------------------------------------------
+def folding_candidates(n_in: int, n_out: int, target_cycles: int, family: str) -> list[tuple[int, int]]:
+    """(PE, SIMD) pairs worth considering for a layer within ``target_cycles``.
+
+    For each number of neuron folds NF, the smallest PE giving it; with it, the smallest SIMD that
+    meets the target, and that SIMD rounded up to each width a memory block takes, so weight banks
+    can fill blocks instead of spilling a few bits into another block (a 24-bit bank costs two
+    16-bit EBRs on iCE40, a 16-bit one costs one).
+    """
+    widths = sorted({w for w, _ in BLOCK_RAMS[family].shapes if w >= 4})
+    pairs = set()
+    for nf in range(1, n_out + 1):
+        pe = ceil_div(n_out, nf)
+        if ceil_div(n_out, pe) != nf:
+            continue
+        budget = target_cycles // nf
+        if budget < 1:
+            break
+        simd = ceil_div(n_in, min(budget, n_in))
+        pairs.add((pe, simd))
+        for width in widths:
+            rounded = ceil_div(simd, width) * width
+            if rounded < n_in:
+                pairs.add((pe, rounded))
+    return sorted(pairs)
+
+
+def _pareto(options: list[tuple[int, int, object]]) -> list[tuple[int, int, object]]:
+    """(blocks, luts, x) options that no other beats on both blocks and luts, by blocks ascending."""
+    kept, best_luts = [], None
+    for blocks, luts, x in sorted(options, key=lambda o: (o[0], o[1])):
+        if best_luts is None or luts < best_luts:
+            kept.append((blocks, luts, x))
+            best_luts = luts
+    return kept
+
+
+def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_budget: int) -> NetworkSpec | None:
+    """The folding and memory placement with the fewest estimated LUTs whose II is at most
+    ``target_cycles`` and whose blocks fit ``block_budget``; None when no design does.
+
+    Blocks are the scarce resource shared by the layers, so this is a multiple-choice knapsack over
+    each layer's (blocks, LUTs) Pareto front, solved exactly by dynamic programming over blocks used.
+    Width adapters between layers depend on two layers' choices; they are left out here and counted
+    by the full estimate that checks the result.
+    """
+    fronts = []
+    for layer in spec.layers:
+        options = []
+        for pe, simd in folding_candidates(layer.n_in, layer.n_out, target_cycles, family):
+            folded = replace(layer, pe=pe, simd=simd)
+            for weight_style, buffer_style in placement_options(folded):
+                candidate = replace(folded, weight_style=weight_style, buffer_style=buffer_style)
+                estimate = layer_estimate(candidate, family)
+                options.append((estimate["brams"], estimate["luts"], candidate))
+        fronts.append(_pareto(options))
+
+    designs = [(0, 0, ())]      # (blocks, luts, layers chosen so far), a Pareto front
+    for front in fronts:
+        combined = [(blocks + b, luts + l, chosen + (layer,))
+                    for blocks, luts, chosen in designs for b, l, layer in front if blocks + b <= block_budget]
+        designs = _pareto(combined)
+        if not designs:
+            return None
+    _, _, chosen = min(designs, key=lambda d: d[1])
+    return replace(spec, layers=chosen)
 
 
 def overflow(spec: NetworkSpec, board) -> list[str]:
@@ -63,12 +148,13 @@ def overflow(spec: NetworkSpec, board) -> list[str]:
     if estimate["weight_bits"] > board.bram_bits:
         problems.append(f"weights {estimate['weight_bits'] / 1024:,.0f} Kbit of the {board.bram_bits / 1024:,.0f} Kbit "
                         f"of block RAM")
-    lut_budget = int(board.luts * LUT_BUDGET_SHARE)
+    share = LUT_BUDGET_SHARE[board.family]
+    lut_budget = int(board.luts * share)
     if estimate["brams"] > board.bram_blocks:
         problems.append(f"block RAM {estimate['brams']} of {board.bram_blocks} blocks")
     if estimate["luts"] > lut_budget:
         problems.append(f"about {estimate['luts']} LUTs of the {lut_budget} usable "
-                        f"({LUT_BUDGET_SHARE:.0%} of {board.luts})")
+                        f"({share:.0%} of {board.luts})")
     return problems
 
 
@@ -80,18 +166,33 @@ def fits(model: BnnModel, board) -> bool:
     return not overflow(lower_for_board(model, board), board)
 
 
+def design_for_board(model: BnnModel, board, target_cycles: int) -> NetworkSpec | None:
+    """The cheapest design (folding and memory placement) within ``target_cycles`` that fits the
+    board, checked with the full estimate; None when there is none."""
+    spec = lower_to_spec(model)
+    top_blocks = estimate_resources(spec, board.family)["top"]["brams"]
+    design = cheapest_design(spec, board.family, target_cycles, board.bram_blocks - top_blocks)
+    if design is None or overflow(design, board):
+        return None
+    return design
+
+
+def folding_of(spec: NetworkSpec) -> list[tuple[int, int]]:
+    return [(layer.pe, layer.simd) for layer in spec.layers]
+
+
 def fastest_fitting_target(model: BnnModel, board) -> int | None:
-    """The smallest cycles-per-frame target whose cheapest folding fits the board (None: nothing fits).
+    """The smallest cycles-per-frame target with a design that fits the board (None: nothing fits).
 
     Fewer cycles need more parallel lanes and memory banks, so fitting is (close to) monotone in the
     target; a binary search over it finds the fastest design that fits.
     """
     lo, hi = 1, slowest_cycles(model)
-    if not fits(SetFolding(target_cycles=hi)(model), board):
+    if design_for_board(model, board, hi) is None:
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        if fits(SetFolding(target_cycles=mid)(model), board):
+        if design_for_board(model, board, mid) is not None:
             hi = mid
         else:
             lo = mid + 1
@@ -126,8 +227,9 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
         raise CompileError(f"the network does not fit {board.name} even fully folded "
                            f"({'; '.join(overflow(spec, board))}): {advice}")
     if fps is None:
-        return SetFolding(target_cycles=best)(model), (
-            f"the fastest folding that fits {board.name}: {best} cycles per frame")
+        design = design_for_board(model, board, best)
+        return SetFolding(folding=folding_of(design))(model), (
+            f"the fastest folding that fits {board.name}: {design.analytic_cycles_per_frame} cycles per frame")
     if fps <= 0:
         raise CompileError(f"--fps {fps}: give a positive number of frames per second")
     target = int(clock // fps)
@@ -136,6 +238,8 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
         raise CompileError(f"{fps:,.0f} frames/s needs at most {max(target, 0)} cycles per frame at "
                            f"{clock / 1e6:g} MHz, but the fastest folding that fits {board.name} takes "
                            f"{best} ({best_fps:,.0f} frames/s): lower --fps or choose a bigger board")
-    return SetFolding(target_cycles=target)(model), (
+    # Fitting is close to, not exactly, monotone in the target: the fastest design reaches it too.
+    design = design_for_board(model, board, target) or design_for_board(model, board, best)
+    return SetFolding(folding=folding_of(design))(model), (
         f"the cheapest folding reaching {fps:,.0f} frames/s at {clock / 1e6:g} MHz: "
         f"at most {target} cycles per frame")

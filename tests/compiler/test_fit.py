@@ -1,0 +1,67 @@
+"""Fitting a network to a board: the folding and memory placement chosen before any RTL exists."""
+import itertools
+
+import numpy as np
+import pytest
+
+from xnorflow.compiler.analysis import estimate_resources
+from xnorflow.compiler.fit import (
+    MAX_LOGIC_ROM_DEPTH,
+    cheapest_design,
+    folding_candidates,
+    place_memories,
+    placement_options,
+)
+from xnorflow.compiler.passes import cheapest_folding
+from xnorflow.hw.spec import LayerSpec, NetworkSpec
+
+
+def net(sizes):
+    rng = np.random.default_rng(0)
+    layers = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        last = i == len(sizes) - 2
+        layers.append(LayerSpec(n_in, n_out, rng.integers(0, 2, (n_out, n_in), dtype=np.uint8),
+                                None if last else rng.integers(0, n_in + 2, n_out)))
+    return NetworkSpec(tuple(layers))
+
+
+def test_candidates_meet_the_target_and_include_block_widths():
+    candidates = folding_candidates(784, 64, 150, "ice40")
+    assert candidates and all(LayerSpec(784, 64, None, None, pe, simd).cycles <= 150 for pe, simd in candidates)
+    assert any(simd % 16 == 0 for _, simd in candidates)            # a bank that fills 16-bit EBRs
+    assert cheapest_folding(784, 64, 150) in candidates              # and the fewest-lanes folding
+
+
+def test_deep_weight_roms_never_go_to_logic():
+    deep = LayerSpec(64, 64, None, None, pe=1, simd=1)                # 4096 words deep
+    shallow = LayerSpec(64, 64, None, None, pe=16, simd=32)           # 4 x 2 = 8 words deep
+    assert deep.neuron_folds * deep.synapse_folds > MAX_LOGIC_ROM_DEPTH
+    assert all(w == "block" for w, _ in placement_options(deep))
+    assert any(w == "logic" for w, _ in placement_options(shallow))
+
+
+@pytest.mark.parametrize("family, budget, target", [("ice40", 30, 150), ("ice40", 30, 400), ("ecp5", 208, 60)])
+def test_cheapest_design_meets_target_and_blocks(family, budget, target):
+    spec = net([784, 64, 64, 64, 10] if family == "ice40" else [784, 256, 256, 256, 10])
+    design = cheapest_design(spec, family, target, budget)
+    assert design is not None
+    assert design.analytic_cycles_per_frame <= target
+    assert sum(estimate_resources(design, family)["layers"][k]["brams"] for k in range(len(design.layers))) <= budget
+    # Same numbers: the design only changes the schedule and where memories live.
+    for before, after in zip(spec.layers, design.layers, strict=True):
+        assert np.array_equal(before.weights, after.weights)
+
+
+def test_cheapest_design_beats_fewest_lanes_when_blocks_are_scarce():
+    # TFC on Fashion-MNIST on the UP5K: the fewest-lanes folding at II 150 needs 24-bit banks (two
+    # EBRs each) and runs out of the 30 blocks; the block-aware search fills 16-bit banks instead.
+    spec = net([784, 64, 64, 64, 10])
+    lanes = spec.with_folding([cheapest_folding(l.n_in, l.n_out, 150) for l in spec.layers])
+    placed = place_memories(lanes, "ice40", block_budget=30)
+    design = cheapest_design(spec, "ice40", 150, 30)
+    assert design is not None
+    ours = estimate_resources(design, "ice40")
+    theirs = estimate_resources(placed, "ice40")
+    assert sum(layer["brams"] for layer in ours["layers"]) <= 30
+    assert theirs["brams"] > ours["brams"] or ours["luts"] < theirs["luts"]
