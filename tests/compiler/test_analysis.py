@@ -1,22 +1,10 @@
 """Analyses: cycles per layer and the memory-block count the fitting relies on."""
-import itertools
 
-import numpy as np
 import pytest
+from nets import net
 
 from xnorflow.compiler.analysis import BLOCK_RAMS, cycles_per_layer, estimate_resources
 from xnorflow.compiler.fit import place_memories
-from xnorflow.hw.spec import LayerSpec, NetworkSpec
-
-
-def net(sizes, folding):
-    rng = np.random.default_rng(0)
-    layers = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        last = i == len(sizes) - 2
-        layers.append(LayerSpec(n_in, n_out, rng.integers(0, 2, (n_out, n_in), dtype=np.uint8),
-                                None if last else rng.integers(0, n_in + 2, n_out)))
-    return NetworkSpec(tuple(layers)).with_folding(folding)
 
 
 def test_cycles_and_bottleneck():

@@ -1,8 +1,8 @@
 """Fitting a network to a board: the folding and memory placement chosen before any RTL exists."""
-import itertools
 
 import numpy as np
 import pytest
+from nets import net
 
 from xnorflow.compiler.analysis import estimate_resources
 from xnorflow.compiler.fit import (
@@ -13,17 +13,7 @@ from xnorflow.compiler.fit import (
     placement_options,
 )
 from xnorflow.compiler.passes import cheapest_folding
-from xnorflow.hw.spec import LayerSpec, NetworkSpec
-
-
-def net(sizes):
-    rng = np.random.default_rng(0)
-    layers = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        last = i == len(sizes) - 2
-        layers.append(LayerSpec(n_in, n_out, rng.integers(0, 2, (n_out, n_in), dtype=np.uint8),
-                                None if last else rng.integers(0, n_in + 2, n_out)))
-    return NetworkSpec(tuple(layers))
+from xnorflow.hw.spec import LayerSpec
 
 
 def test_candidates_meet_the_target_and_include_block_widths():
