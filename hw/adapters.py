@@ -122,3 +122,33 @@ class WidthAdapter(wiring.Component):
             buffer.eq(kept | Mux(accept, in_data << kept_count, 0)),
             count.eq(kept_count + Mux(accept, in_bits, 0)),
         ]
+
+
+class RegisterSlice(wiring.Component):
+    """A stream register slice (skid buffer): ``o`` and ``i.ready`` come straight from registers.
+
+    It cuts the combinational path from a consumer's ``ready`` back into a producer (a gearbox's
+    shifter, say), at the cost of one cycle of latency and two words of registers. Full rate: with
+    ``o.ready`` high a word goes through every cycle; when ``o`` stalls, the word arriving in the
+    same cycle waits in the skid register and ``i.ready`` drops on the next.
+    """
+
+    def __init__(self, width: int):
+        super().__init__({
+            "i": In(stream.Signature(unsigned(width))),
+            "o": Out(stream.Signature(unsigned(width))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        skid = Signal.like(self.i.payload)
+        skid_valid = Signal()
+        m.d.comb += self.i.ready.eq(~skid_valid)
+        with m.If(self.o.ready | ~self.o.valid):      # the output register is free this cycle
+            with m.If(skid_valid):
+                m.d.sync += [self.o.payload.eq(skid), self.o.valid.eq(1), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid)]
+        with m.Elif(self.i.valid & self.i.ready):
+            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
+        return m

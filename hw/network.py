@@ -21,7 +21,7 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from xnorflow.hw.adapters import WidthAdapter
+from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
 from xnorflow.hw.mvtu import MVTU, class_scores_layout
 from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div, pack_words, unpack_words
 
@@ -106,12 +106,13 @@ class Network(wiring.Component):
         else:
             m.submodules.adapter_in = adapter = WidthAdapter(self.in_width, layers[0].simd, self.spec.input_bits)
             wiring.connect(m, wiring.flipped(self.i), adapter.i)
-            wiring.connect(m, adapter.o, engines[0].i)
+            self._connect_through_slice(m, adapter, engines[0], "slice_in")
 
         # Layer k -> layer k+1. Equal widths connect directly: the padded channels of a hidden MVTU
         # have threshold n_in + 1 and so are always 0, the zero padding the next layer needs.
         # No FIFOs: each MVTU's ping-pong input buffer already holds a whole frame while the
-        # previous one is computed, and the gearbox never stalls a full-rate stream.
+        # previous one is computed, and the gearbox never stalls a full-rate stream. A gearbox
+        # reaches its engine through a register slice (see _connect_through_slice).
         for k, (producer, consumer) in enumerate(pairwise(engines)):
             if producer.layer.pe == consumer.layer.simd:
                 wiring.connect(m, producer.o, consumer.i)
@@ -119,7 +120,7 @@ class Network(wiring.Component):
                 adapter = WidthAdapter(producer.layer.pe, consumer.layer.simd, producer.layer.n_out)
                 m.submodules[f"adapter{k}"] = adapter
                 wiring.connect(m, producer.o, adapter.i)
-                wiring.connect(m, adapter.o, consumer.i)
+                self._connect_through_slice(m, adapter, consumer, f"slice{k}")
             m.d.comb += [
                 getattr(self, f"tap{k}_data").eq(producer.o.payload),
                 getattr(self, f"tap{k}_valid").eq(producer.o.valid & producer.o.ready),
@@ -127,3 +128,14 @@ class Network(wiring.Component):
 
         wiring.connect(m, engines[-1].o, wiring.flipped(self.o))
         return m
+
+    @staticmethod
+    def _connect_through_slice(m: Module, adapter: WidthAdapter, engine: MVTU, name: str) -> None:
+        """adapter -> register slice -> engine: the engine's ready would otherwise run through the
+        gearbox's shifter into its buffer, the longest path of a small iCE40 design."""
+        if adapter.is_identity:
+            wiring.connect(m, adapter.o, engine.i)
+            return
+        m.submodules[name] = pipe = RegisterSlice(adapter.out_width)
+        wiring.connect(m, adapter.o, pipe.i)
+        wiring.connect(m, pipe.o, engine.i)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hw_harness import pack_beats, simulate_stream
 
-from xnorflow.hw.adapters import AdapterError, WidthAdapter
+from xnorflow.hw.adapters import AdapterError, RegisterSlice, WidthAdapter
 
 
 def run_adapter(in_width, out_width, n, frames=4, gap=0.0, stall=0.0, seed=0):
@@ -63,3 +63,18 @@ def test_never_the_bottleneck(seed):
 def test_bad_widths_are_refused():
     with pytest.raises(AdapterError, match="in_width"):
         WidthAdapter(0, 8, 8)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_register_slice_keeps_order_under_backpressure(seed):
+    rng = np.random.default_rng(seed)
+    words = [int(w) for w in rng.integers(0, 2**13, size=200)]
+    got, _ = simulate_stream(RegisterSlice(13), words, len(words), gap=0.3, stall=0.4, seed=seed)
+    assert got == words
+
+
+def test_register_slice_runs_at_full_rate():
+    words = list(range(100))
+    got, cycles = simulate_stream(RegisterSlice(8), words, len(words))
+    assert got == words
+    assert cycles[-1] - cycles[0] == len(words) - 1      # one word per cycle, no bubble
