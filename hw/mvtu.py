@@ -13,8 +13,8 @@ queue slot is free for its result: credit-based flow control, as FINN's MVAU str
     S0 issue   (nf, sf) counters drive the read address of the input buffer
     S1 fetch   the input word from the buffer; the weight banks' read address
     S1x        the input word registered (it fans out to every PE); one weight word per PE
-    S2 count   registered popcount(XNOR(x, w_r)) per group of POPCOUNT_GROUP lanes per PE
-    S3 sum     (only when SIMD spans several groups) the groups' sum per PE
+    count      registered popcount(XNOR(x, w_r)) per group of POPCOUNT_GROUP lanes per PE, then
+               registered sums of up to POPCOUNT_GROUP of those, until one count per PE is left
     acc        accumulated popcount per PE; complete at the last sf of a fold
     hidden:    queue <- (acc_r >= T_r for each PE)
     output:    fold argmax, then the class scores and running argmax -> one queue entry per frame
@@ -144,8 +144,13 @@ class MVTU(wiring.Component):
 
     # --- timing ------------------------------------------------------------------------------
     @property
-    def popcount_groups(self) -> int:
-        return len(group_slices(self.layer.simd))
+    def count_stages(self) -> int:
+        """Registered levels of the popcount: lanes in groups of POPCOUNT_GROUP, then sums of up to
+        POPCOUNT_GROUP partial counts until one is left (1 level up to 8 lanes, 2 up to 64, 3 up to 512)."""
+        stages, terms = 1, len(group_slices(self.layer.simd))
+        while terms > 1:
+            terms, stages = len(group_slices(terms)), stages + 1
+        return stages
 
     @property
     def unit_cycles(self) -> int:
@@ -156,10 +161,9 @@ class MVTU(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
-        fetch, count, acc, queue = 2, 1, 1, 1
-        group_sum = 1 if self.popcount_groups > 1 else 0
+        fetch, acc, queue = 2, 1, 1
         fold_argmax = 1 if self.layer.is_output else 0
-        return fetch + count + group_sum + acc + fold_argmax + queue
+        return fetch + self.count_stages + acc + fold_argmax + queue
 
     @property
     def queue_depth(self) -> int:
@@ -215,27 +219,38 @@ class MVTU(wiring.Component):
         s0 = {key: Value.cast(value) for key, value in s0.items()}
         s1 = stage("s1", s0)
         fetched = stage("x", s1)      # x and the weight words are both valid here
-        s2 = stage("s2", fetched)
 
         # S1 -> S2: XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
         # a named signal first: the tree slices it bit by bit, and slicing an expression would
         # re-emit the whole XNOR once per bit (Amaranth does not share subexpressions).
         agree = [Signal(layer.simd, name=f"agree_pe{r}") for r in range(pe)]
         m.d.comb += [agree[r].eq(~(x ^ weights[r])) for r in range(pe)]
-        slices = group_slices(layer.simd)
-        parts = [[Signal(bits_for(stop - start), name=f"count_pe{r}_g{g}") for g, (start, stop) in enumerate(slices)]
-                 for r in range(pe)]
-        m.d.sync += [parts[r][g].eq(popcount(agree[r][start:stop]))
-                     for r in range(pe) for g, (start, stop) in enumerate(slices)]
+        # Then registered sums of up to POPCOUNT_GROUP partial counts, level by level, until one
+        # count per PE is left: every level is a shallow adder tree, however wide SIMD is.
+        def register_level(level, terms_per_pe):
+            """terms_per_pe[r]: (expression, largest value) pairs -> registered pairs, one per term."""
+            registered = []
+            for r, terms in enumerate(terms_per_pe):
+                row = []
+                for g, (value, most) in enumerate(terms):
+                    register = Signal(bits_for(most), name=f"count_pe{r}_l{level}_g{g}")
+                    m.d.sync += register.eq(value)
+                    row.append((register, most))
+                registered.append(row)
+            return registered
 
-        # S2 -> S3 (wide SIMD only): the sum of a PE's groups.
-        if len(slices) > 1:
-            counts = [Signal(bits_for(layer.simd), name=f"count_pe{r}") for r in range(pe)]
-            m.d.sync += [counts[r].eq(sum(parts[r])) for r in range(pe)]
-            count_stage = stage("s3", s2)
-        else:
-            counts = [parts[r][0] for r in range(pe)]
-            count_stage = s2
+        def grouped_sums(terms):
+            chunks = [terms[start:stop] for start, stop in group_slices(len(terms))]
+            return [(sum(value for value, _ in chunk), sum(most for _, most in chunk)) for chunk in chunks]
+
+        counted = register_level(0, [[(popcount(agree[r][start:stop]), stop - start)
+                                      for start, stop in group_slices(layer.simd)] for r in range(pe)])
+        control = stage("count0", fetched)
+        for level in range(1, self.count_stages):
+            counted = register_level(level, [grouped_sums(terms) for terms in counted])
+            control = stage(f"count{level}", control)
+        counts = [counted[r][0][0] for r in range(pe)]
+        count_stage = control
 
         # Accumulate over the synapse folds; restart at the first beat of each fold.
         accs = [Signal(acc_width, name=f"acc_pe{r}") for r in range(pe)]
