@@ -205,6 +205,7 @@ def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
     pe, simd, acc = layer.pe, layer.simd, layer.popcount_width
     nf, sf = layer.neuron_folds, layer.synapse_folds
     ffs = pe * (bits_for(simd) + acc)                                     # count and accumulator
+    ffs += simd + (pe * simd if layer.register_weights else 0)            # input word, weight words
     ffs += 2 * bits_for(nf - 1) + bits_for(sf - 1) + bits_for(nf * sf - 1) + 12   # counters, stage control
     if layer.is_output:
         ffs += (pe + layer.n_out + 2) * acc + 3 * bits_for(layer.n_out)  # fold/class scores, argmax

@@ -158,8 +158,15 @@ def overflow(spec: NetworkSpec, board) -> list[str]:
     return problems
 
 
+# Families whose block RAM outputs are registered before the XNOR (LayerSpec.register_weights): on
+# ECP5 the flip-flops are plentiful and the DP16KD's unregistered output starts the longest path.
+REGISTER_WEIGHTS = {"ice40": False, "ecp5": True}
+
+
 def lower_for_board(model: BnnModel, board) -> NetworkSpec:
-    return place_memories(lower_to_spec(model), board.family, board.bram_blocks)
+    spec = place_memories(lower_to_spec(model), board.family, board.bram_blocks)
+    registered = REGISTER_WEIGHTS[board.family]
+    return replace(spec, layers=tuple(replace(layer, register_weights=registered) for layer in spec.layers))
 
 
 def fits(model: BnnModel, board) -> bool:

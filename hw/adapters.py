@@ -68,12 +68,13 @@ class WidthAdapter(wiring.Component):
         return m
 
     def _frame_counter(self, m: Module, beats: int, step) -> Signal:
-        """A beat-in-frame counter that advances on ``step``; returns 'this is the frame's last beat'."""
+        """A beat-in-frame counter that advances on ``step``; returns 'this is the frame's last beat',
+        kept in a register of its own so no comparator sits in front of the logic that uses it."""
         beat = Signal(range(beats), name=f"beat_of_{beats}")
-        is_last = Signal(name="last_beat")
-        m.d.comb += is_last.eq(beat == beats - 1)
+        is_last = Signal(name="last_beat", init=beats == 1)
         with m.If(step):
-            m.d.sync += beat.eq(Mux(is_last, 0, beat + 1))
+            m.d.sync += [beat.eq(Mux(is_last, 0, beat + 1)),
+                         is_last.eq(Mux(is_last, beats == 1, beat == beats - 2))]
         return is_last
 
     def _mask_last_beat(self, m: Module) -> None:
@@ -114,12 +115,21 @@ class WidthAdapter(wiring.Component):
         in_data = Mux(in_is_last, self.i.payload[:in_last_bits], self.i.payload)   # drop padding
         kept = Signal(capacity)
         kept_count = Signal(range(capacity + 1))
+        # The new beat lands at the fill count after this cycle's output, which depends on whether
+        # the consumer takes a beat; both positions are shifted from registers and ``emit`` picks
+        # one at the end, so the consumer's ready reaches only the last multiplexer.
+        landed_if_kept = Signal(capacity)
+        landed_if_taken = Signal(capacity)
+        count_after_take = Signal(range(capacity + 1))     # only used when a beat is taken: >= 0
         m.d.comb += [
+            count_after_take.eq(count - taken),
             kept.eq(Mux(emit, Mux(out_is_last, buffer >> out_last_bits, buffer >> b), buffer)),
             kept_count.eq(count - Mux(emit, taken, 0)),
+            landed_if_kept.eq(in_data << count),
+            landed_if_taken.eq(in_data << count_after_take),
         ]
         m.d.sync += [
-            buffer.eq(kept | Mux(accept, in_data << kept_count, 0)),
+            buffer.eq(kept | Mux(accept, Mux(emit, landed_if_taken, landed_if_kept), 0)),
             count.eq(kept_count + Mux(accept, in_bits, 0)),
         ]
 

@@ -162,7 +162,7 @@ class MVTU(wiring.Component):
     def latency(self) -> int:
         """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
         fetch, acc, queue = 2, 1, 1
-        fold_argmax = 1 if self.layer.is_output else 0
+        fold_argmax = 2 if self.layer.is_output else 0      # the fold's scores, then its best
         return fetch + self.count_stages + acc + fold_argmax + queue
 
     @property
@@ -196,11 +196,17 @@ class MVTU(wiring.Component):
         m.d.comb += [issue.eq(bank_full & (~unit_first | slot_taken)), release.eq(issue & last_sf & last_nf)]
         # The input word fans out to every PE across the chip, so it gets a register of its own
         # after the buffer's read: the weight banks are addressed one cycle later to stay aligned.
+        # With register_weights the banks are read at once and their words registered like x.
         buffered = self._input_buffer(m, read_bank_full=bank_full, release=release, read_sf=sf)
         x = Signal(layer.simd)
-        weight_addr_s1 = Signal.like(weight_addr)
-        m.d.sync += [x.eq(buffered), weight_addr_s1.eq(weight_addr)]
-        weights = self._weight_words(m, address=weight_addr_s1)
+        m.d.sync += x.eq(buffered)
+        if layer.register_weights:
+            weights = [Signal(layer.simd, name=f"weight_pe{r}") for r in range(pe)]
+            m.d.sync += [reg.eq(word) for reg, word in zip(weights, self._weight_words(m, address=weight_addr))]
+        else:
+            weight_addr_s1 = Signal.like(weight_addr)
+            m.d.sync += weight_addr_s1.eq(weight_addr)
+            weights = self._weight_words(m, address=weight_addr_s1)
         with m.If(issue):
             m.d.sync += [
                 sf.eq(Mux(last_sf, 0, sf + 1)),
@@ -305,17 +311,25 @@ class MVTU(wiring.Component):
         # Padded classes (only in the last fold) score 0: with ties going to the lower index they
         # can never beat the real class that precedes them in the same fold.
         scores = [Mux(last_fold, 0, accs[r]) if r >= real_in_last_fold else accs[r] for r in range(pe)]
-        best_value, best_row = argmax_tree(scores)
 
-        # The fold's scores and its best, registered.
+        # Stage 1: the fold's scores and the class number of each row, registered.
         width = layer.popcount_width
+        row_scores = [Signal(width, name=f"row_score{r}") for r in range(pe)]
+        row_classes = [Signal(range(nf_count * pe), name=f"row_class{r}") for r in range(pe)]
+        rows_valid, rows_fold = Signal(), Signal(range(nf_count))
+        m.d.sync += [rows_valid.eq(valid), rows_fold.eq(fold)]
+        m.d.sync += [row_scores[r].eq(scores[r]) for r in range(pe)]
+        m.d.sync += [row_classes[r].eq(fold * pe + r) for r in range(pe)]
+
+        # Stage 2: the fold's best (an argmax tree over registers), with its scores.
+        best_value, best_class = argmax_tree(row_scores, positions=row_classes)
         fold_scores = [Signal(width, name=f"fold_score{r}") for r in range(pe)]
         fold_best = Signal(width)
         fold_best_class = Signal(range(nf_count * pe))
         fold_valid, fold_number = Signal(), Signal(range(nf_count))
-        m.d.sync += [fold_valid.eq(valid), fold_number.eq(fold),
-                     fold_best.eq(best_value), fold_best_class.eq(fold * pe + best_row)]
-        m.d.sync += [fold_scores[r].eq(scores[r]) for r in range(pe)]
+        m.d.sync += [fold_valid.eq(rows_valid), fold_number.eq(rows_fold),
+                     fold_best.eq(best_value), fold_best_class.eq(best_class)]
+        m.d.sync += [fold_scores[r].eq(row_scores[r]) for r in range(pe)]
 
         # Running argmax: a later fold's best wins only when strictly greater (ties -> lowest index).
         run_best = Signal(width)

@@ -1,6 +1,8 @@
 """The Network top against the golden model: random specs, measured II, reset, payload layout."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
@@ -28,8 +30,10 @@ def random_in_width(spec, seed):
     return int(np.random.default_rng(seed).integers(1, 65))
 
 
-def run_random_spec(seed, frames, max_cycles=200):
+def run_random_spec(seed, frames, max_cycles=200, register_weights=False):
     spec = random_spec(seed, max_cycles=max_cycles)
+    if register_weights:
+        spec = replace(spec, layers=tuple(replace(layer, register_weights=True) for layer in spec.layers))
     in_width = random_in_width(spec, seed)
     bits = random_frames(spec, frames, seed)
     run = simulate_network(spec, bits, in_width=in_width, gap=0.3, stall=0.3, seed=seed)
@@ -39,6 +43,11 @@ def run_random_spec(seed, frames, max_cycles=200):
 @pytest.mark.parametrize("seed", range(14))
 def test_random_specs_match_golden(seed):
     run_random_spec(seed, frames=3)
+
+
+@pytest.mark.parametrize("seed", range(300, 306))
+def test_random_specs_with_registered_weights_match_golden(seed):
+    run_random_spec(seed, frames=3, register_weights=True)
 
 
 @pytest.mark.slow
