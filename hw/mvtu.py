@@ -30,7 +30,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from xnorflow.hw.popcount import argmax_tree, group_slices, popcount
+from xnorflow.hw.popcount import argmax_level, group_slices, popcount
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
 
 
@@ -153,6 +153,18 @@ class MVTU(wiring.Component):
         return stages
 
     @property
+    def argmax_levels(self) -> int:
+        """Registered levels of the output layer's per-fold argmax tree: ceil(log2(PE))."""
+        return (self.layer.pe - 1).bit_length()
+
+    @staticmethod
+    def _register(m: Module, value, name: str) -> Signal:
+        """``value`` one cycle later."""
+        register = Signal.like(Value.cast(value), name=name)
+        m.d.sync += register.eq(value)
+        return register
+
+    @property
     def unit_cycles(self) -> int:
         """Issue cycles per queue entry: a fold (SF) for a hidden layer, a frame (NF * SF) for the output."""
         layer = self.layer
@@ -162,7 +174,7 @@ class MVTU(wiring.Component):
     def latency(self) -> int:
         """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
         fetch, acc, queue = 2, 1, 1
-        fold_argmax = 2 if self.layer.is_output else 0      # the fold's scores, then its best
+        fold_argmax = 1 + self.argmax_levels if self.layer.is_output else 0   # scores, then the tree
         return fetch + self.count_stages + acc + fold_argmax + queue
 
     @property
@@ -321,15 +333,17 @@ class MVTU(wiring.Component):
         m.d.sync += [row_scores[r].eq(scores[r]) for r in range(pe)]
         m.d.sync += [row_classes[r].eq(fold * pe + r) for r in range(pe)]
 
-        # Stage 2: the fold's best (an argmax tree over registers), with its scores.
-        best_value, best_class = argmax_tree(row_scores, positions=row_classes)
-        fold_scores = [Signal(width, name=f"fold_score{r}") for r in range(pe)]
-        fold_best = Signal(width)
-        fold_best_class = Signal(range(nf_count * pe))
-        fold_valid, fold_number = Signal(), Signal(range(nf_count))
-        m.d.sync += [fold_valid.eq(rows_valid), fold_number.eq(rows_fold),
-                     fold_best.eq(best_value), fold_best_class.eq(best_class)]
-        m.d.sync += [fold_scores[r].eq(row_scores[r]) for r in range(pe)]
+        # Then the fold's best: an argmax tree with a register after every level, the fold's
+        # scores and number travelling alongside.
+        nodes = list(zip(row_scores, row_classes))
+        fold_scores, fold_valid, fold_number = row_scores, rows_valid, rows_fold
+        for level in range(self.argmax_levels):
+            nodes = [(self._register(m, value, f"best{level}_{k}"), self._register(m, where, f"best_class{level}_{k}"))
+                     for k, (value, where) in enumerate(argmax_level(nodes))]
+            fold_scores = [self._register(m, score, f"fold{level}_score{r}") for r, score in enumerate(fold_scores)]
+            fold_valid = self._register(m, fold_valid, f"fold{level}_valid")
+            fold_number = self._register(m, fold_number, f"fold{level}_number")
+        (fold_best, fold_best_class), = nodes
 
         # Running argmax: a later fold's best wins only when strictly greater (ties -> lowest index).
         run_best = Signal(width)

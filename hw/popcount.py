@@ -33,24 +33,14 @@ def group_slices(width: int, group: int = POPCOUNT_GROUP) -> list[tuple[int, int
     return [(start, min(start + group, width)) for start in range(0, width, group)]
 
 
-def argmax_tree(values: list[Value], positions: list | None = None) -> tuple[Value, Value]:
-    """(largest value, its position) over ``values``; ties go to the lowest position (the earliest
-    in the list, whatever ``positions`` says).
+def argmax_level(nodes: list[tuple]) -> list[tuple]:
+    """One level of an argmax tree: (value, position) pairs merged two by two. The right (later)
+    candidate wins only when strictly greater, so among equal values the earliest survives."""
+    merged = []
+    for (lo_val, lo_pos), (hi_val, hi_pos) in zip(nodes[0::2], nodes[1::2]):
+        hi_wins = hi_val > lo_val
+        merged.append((Mux(hi_wins, hi_val, lo_val), Mux(hi_wins, hi_pos, lo_pos)))
+    if len(nodes) % 2:
+        merged.append(nodes[-1])
+    return merged
 
-    A balanced tree of comparisons: at each node the right (higher-position) candidate wins only
-    when it is strictly greater, so among equal values the lowest position survives.
-    """
-    if not values:
-        raise ValueError("argmax over no values")
-    # A position is a Python int (the list index) or a Value given in ``positions`` (a class number).
-    nodes = list(zip(values, positions if positions is not None else range(len(values))))
-    while len(nodes) > 1:
-        merged = []
-        for (lo_val, lo_pos), (hi_val, hi_pos) in zip(nodes[0::2], nodes[1::2]):
-            hi_wins = hi_val > lo_val
-            merged.append((Mux(hi_wins, hi_val, lo_val), Mux(hi_wins, hi_pos, lo_pos)))
-        if len(nodes) % 2:
-            merged.append(nodes[-1])
-        nodes = merged
-    value, position = nodes[0]
-    return Value.cast(value), Value.cast(position)
