@@ -1,7 +1,7 @@
 """Calibrate the compiler's resource estimate against real Yosys + nextpnr runs.
 
 Synthesizes a spread of networks (random weights and thresholds, memories placed by
-`compiler.fit.place_memories` exactly as the compiler does) for the board top (UART + Network) and
+`compiler.fit.place_for_board` exactly as the compiler does) for the board top (UART + Network) and
 records into bench/calibration.json, per design:
 
 - the spec's shape: layer sizes, (PE, SIMD) per layer, where each memory was placed;
@@ -43,7 +43,7 @@ import numpy as np
 from xnorflow.boards.registry import get_board
 from xnorflow.boards.synth import STAT_FILE, SynthError, synthesize
 from xnorflow.compiler.analysis import estimate_resources
-from xnorflow.compiler.fit import place_memories
+from xnorflow.compiler.fit import place_for_board
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +87,9 @@ def random_spec(sizes: list[int], folding: list[tuple[int, int]], seed: int = 0)
 
 
 def placed_spec(board_name: str, sizes, folding, seed: int = 0) -> NetworkSpec:
-    """The spec as the compiler builds it for the board: memories placed by `place_memories`."""
+    """The spec as the compiler builds it for the board (`place_for_board`)."""
     board = get_board(board_name)
-    spec = place_memories(random_spec(sizes, folding, seed), board.family, board.bram_blocks)
+    spec = place_for_board(random_spec(sizes, folding, seed), board)
     spec.validate()
     return spec
 

@@ -163,10 +163,15 @@ def overflow(spec: NetworkSpec, board) -> list[str]:
 REGISTER_WEIGHTS = {"ice40": False, "ecp5": True}
 
 
-def lower_for_board(model: BnnModel, board) -> NetworkSpec:
-    spec = place_memories(lower_to_spec(model), board.family, board.bram_blocks)
+def place_for_board(spec: NetworkSpec, board) -> NetworkSpec:
+    """A folded spec as the compiler builds it for ``board``: memories placed, weight registers set."""
+    spec = place_memories(spec, board.family, board.bram_blocks)
     registered = REGISTER_WEIGHTS[board.family]
     return replace(spec, layers=tuple(replace(layer, register_weights=registered) for layer in spec.layers))
+
+
+def lower_for_board(model: BnnModel, board) -> NetworkSpec:
+    return place_for_board(lower_to_spec(model), board)
 
 
 def fits(model: BnnModel, board) -> bool:

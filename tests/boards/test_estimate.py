@@ -14,7 +14,7 @@ from board_helpers import random_network
 from xnorflow.boards.registry import get_board
 from xnorflow.boards.synth import synthesize
 from xnorflow.compiler.analysis import estimate_resources
-from xnorflow.compiler.fit import place_memories
+from xnorflow.compiler.fit import place_for_board
 from xnorflow.hw.spec import NetworkSpec
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "calibration.json"
@@ -65,14 +65,14 @@ def test_calibration_designs_are_still_what_the_compiler_places():
     for record in stored_designs():
         board = get_board(record["board"])
         spec = random_network(record["sizes"], [tuple(f) for f in record["folding"]])
-        placed = place_memories(spec, board.family, board.bram_blocks)
+        placed = place_for_board(spec, board)
         assert [(l.weight_style, l.buffer_style) for l in placed.layers] == \
             [(l["weight_style"], l["buffer_style"]) for l in record["layers"]], record["name"]
 
 
 def check_against_synthesis(spec, board_name: str, out_dir) -> None:
     board = get_board(board_name)
-    spec = place_memories(spec, board.family, board.bram_blocks)
+    spec = place_for_board(spec, board)
     estimate = estimate_resources(spec, board.family)
     result = synthesize(spec, board_name, out_dir, progress=False)
     assert abs(relative_error(estimate["luts"], result["luts"])) <= LOGIC_TOLERANCE, (estimate["luts"], result["luts"])
