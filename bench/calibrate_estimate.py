@@ -65,6 +65,8 @@ DESIGNS = {
     "tfc784-b": ("icebreaker", TFC784, [(8, 32), (4, 16), (4, 16), (1, 16)]),
     "tfc784-c": ("icebreaker", TFC784, [(16, 16), (4, 16), (4, 16), (1, 16)]),
     "tfc784-d": ("icebreaker", TFC784, [(2, 16), (1, 8), (1, 8), (1, 8)]),
+    # The compiler's own choice for Fashion-MNIST on the UP5K (banks that fill 16-bit EBRs).
+    "tfc784-e": ("icebreaker", TFC784, [(22, 16), (1, 32), (2, 16), (3, 8)]),
     # Does not fit the UP5K: nextpnr stops after packing, which still tells the logic cells needed.
     "tfc64-e": ("icebreaker", TFC64, [(8, 32)] * 3 + [(2, 32)]),
     "sfc-a": ("ulx3s-85f", SFC, [(16, 32), (16, 16), (16, 16), (2, 16)]),
@@ -119,9 +121,10 @@ def block_of(cell_name: str, adapters: set[str] = frozenset()) -> str:
         if parts[0] == "core" and len(parts) > 2 and parts[1] in ("uart_rx", "uart_tx", "rx_fifo"):
             return parts[1]
         return "top"
-    if len(parts) < 4 or not re.match(r"(mvtu|adapter)", parts[2]):
+    if len(parts) < 4 or not re.match(r"(mvtu|adapter|slice)", parts[2]):
         return "network"
-    block = parts[2]
+    # A width adapter's register slice (hw/network.py) counts as part of that adapter.
+    block = re.sub(r"^slice", "adapter", parts[2])
     if not parts[3].startswith("i__payload"):
         return block
     if block == "adapter_in":

@@ -146,7 +146,8 @@ class MVTU(wiring.Component):
     @property
     def count_stages(self) -> int:
         """Registered levels of the popcount: lanes in groups of POPCOUNT_GROUP, then sums of up to
-        POPCOUNT_GROUP partial counts until one is left (1 level up to 8 lanes, 2 up to 64, 3 up to 512)."""
+        POPCOUNT_GROUP partial counts until one is left (with groups of 4: 1 level up to 4 lanes, 2 up to
+        16, 3 up to 64, 5 for 392)."""
         stages, terms = 1, len(group_slices(self.layer.simd))
         while terms > 1:
             terms, stages = len(group_slices(terms)), stages + 1
