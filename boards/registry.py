@@ -56,6 +56,7 @@ class Board:
     spram_bits: int
     dsps: int
     uart: tuple[str, int] = ("uart", 0)   # (resource name, number) on the platform
+    pll_first_try_hz: float | None = None   # first PLL clock synthesize_at_best_clock tries (_FIRST_TRY_HZ)
     notes: str = ""
 
     @property
@@ -72,7 +73,7 @@ class Board:
 
     @property
     def clock_hz(self) -> float:
-        """The board oscillator, which the accelerator runs at (no PLL)."""
+        """The board oscillator: the design's clock without a PLL, and the PLL's input with one."""
         return float(self.platform().default_clk_frequency)
 
 
@@ -110,27 +111,36 @@ def _orangecrab_platform():
 _ICE40_EBR_BITS = 4096
 _ECP5_EBR_BITS = 18432
 
+# First PLL clock to try when building as fast as timing allows (synthesize_at_best_clock), from
+# the Fmax nextpnr reached with the current RTL (never-stalling MVTU, 4-lane popcount groups):
+# iCE40UP5K TFC on Fashion-MNIST at II 147 44.9 MHz, TFC-sized networks 41 MHz; ECP5 LFE5U-85F SFC
+# 75.8 MHz. Just under each, so most builds need no rebuild; one that misses is rebuilt lower. The
+# ULX3S 25F/45F share the 85F's fabric and speed grade; the OrangeCrab's 25F (speed grade 8) is
+# faster, so the 85F figure holds for all ECP5 boards.
+_FIRST_TRY_HZ = {"ice40": 40e6, "ecp5": 70e6}
+
 BOARDS: dict[str, Board] = {
     "icebreaker": Board(
         "icebreaker", _build_only(ICEBreakerPlatform, "ice40"), "ice40", "iCE40UP5K", "SG48",
         luts=5280, bram_blocks=30, bram_block_bits=_ICE40_EBR_BITS,
-        sprams=4, spram_bits=256 * 1024, dsps=8,
+        sprams=4, spram_bits=256 * 1024, dsps=8, pll_first_try_hz=_FIRST_TRY_HZ["ice40"],
         notes="UART through the FTDI's second channel; SPRAM unusable for weights (no init)"),
     "ulx3s-25f": Board(
         "ulx3s-25f", _build_only(ULX3S_25F_Platform, "ecp5"), "ecp5", "LFE5U-25F", "BG381",
         luts=24288, bram_blocks=56, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=28,
-        notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
     "ulx3s-45f": Board(
         "ulx3s-45f", _build_only(ULX3S_45F_Platform, "ecp5"), "ecp5", "LFE5U-45F", "BG381",
         luts=43848, bram_blocks=108, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=72,
-        notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
     "ulx3s-85f": Board(
         "ulx3s-85f", _build_only(ULX3S_85F_Platform, "ecp5"), "ecp5", "LFE5U-85F", "BG381",
         luts=83640, bram_blocks=208, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=156,
-        notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
     "orangecrab": Board(
         "orangecrab", _orangecrab_platform, "ecp5", "LFE5U-25F", "MG285",
         luts=24288, bram_blocks=56, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=28,
+        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"],
         notes="OrangeCrab r0.2 (25F); UART on Feather pins 0 (RX) / 1 (TX) via a 3.3 V USB-serial "
               "adapter; run dfu-suffix on the .bit before loading it with dfu-util"),
 }

