@@ -140,18 +140,20 @@ def _make_fixes() -> list[str]:
     return []
 
 
-def _verilator_runner(reuse: list[Path] = ()):
-    """cocotb's Verilator runner (what get_runner("verilator") returns) without --public-flat-rw
-    (see TOP_PORTS_VLT), with the verilated.mk repairs of _make_fixes, and keeping the ``reuse``
-    objects: verilated.mk makes them depend on the freshly written Vtop.mk, so they are touched
-    between Verilator and make (the cache key already covers the flags Vtop.mk carries)."""
+def verilator_runner(reuse: list[Path] = (), ports_only: bool = True):
+    """cocotb's Verilator runner (what get_runner("verilator") returns) with the verilated.mk
+    repairs of _make_fixes; ``ports_only`` drops --public-flat-rw (see TOP_PORTS_VLT, which the
+    build must then be given); the ``reuse`` objects are kept: verilated.mk makes them depend on the
+    freshly written Vtop.mk, so they are touched between Verilator and make (the cache key already
+    covers the flags Vtop.mk carries)."""
     from cocotb_tools.runner import Verilator
 
-    class PortsOnlyVerilator(Verilator):
+    class RepairedVerilator(Verilator):
         def _build_command(self):
             commands = []
             for cmd in super()._build_command():
-                cmd = [arg for arg in cmd if arg != "--public-flat-rw"]
+                if ports_only:
+                    cmd = [arg for arg in cmd if arg != "--public-flat-rw"]
                 if cmd and cmd[0] == "make":
                     if reuse:
                         commands.append(["touch", "-c", *map(str, reuse)])
@@ -159,7 +161,7 @@ def _verilator_runner(reuse: list[Path] = ()):
                 commands.append(cmd)
             return commands
 
-    return PortsOnlyVerilator()
+    return RepairedVerilator()
 
 
 def _fingerprint(*parts) -> str:
@@ -232,7 +234,7 @@ def build_model(verilog: Path, obj_dir: Path, waves: bool = False) -> float | No
     log = obj_dir / "build.log"
     start = time.perf_counter()
     try:
-        _verilator_runner(reuse).build(
+        verilator_runner(reuse).build(
             sources=[vlt, verilog], hdl_toplevel=TOP, build_dir=obj_dir, build_args=args,
             waves=waves, always=True, log_file=log)
     except (RuntimeError, SystemExit) as e:
@@ -287,7 +289,7 @@ class BenchSession:
         config_file.write_text(json.dumps(config, indent=1))
         log = run_dir / "sim.log"
         test_args = ["--trace-file", str(waves_file)] if waves_file else []
-        runner = _verilator_runner()
+        runner = verilator_runner()
         frames_total = (min(len(image_ids), measure_frames) + (0 if clean_only else len(image_ids)))
 
         def run_test():
