@@ -51,11 +51,32 @@ def probability(text: str) -> float:
     return value
 
 
+def clock_choice(text: str) -> float | str:
+    if text in ("auto", "board"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: give auto, board or a frequency in MHz such as 40")
+    return value
+
+
+def add_clock_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clock-mhz", type=clock_choice, default="auto", metavar="auto|board|MHZ",
+                   help="the clock the bitstream runs at: auto (default) sets the board's PLL as fast as "
+                        "timing allows, rebuilding at a lower clock when nextpnr misses the first; a number "
+                        "sets the PLL to it (or the nearest below) and fails if timing is not met; board "
+                        "uses the board's oscillator, no PLL")
+
+
 def add_board_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--board", default="icebreaker",
                    help="target board (default: icebreaker); sets the device the design must fit and its clock")
     p.add_argument("--fps", type=float, default=None,
-                   help="frames/s target: the cheapest folding that reaches it at the board's clock "
+                   help="frames/s target: the cheapest folding that reaches it at the clock the board's "
+                        "PLL is first set to "
                         "(default: the fastest folding that fits the board)")
     p.add_argument("--folding", type=parse_folding, default=None, metavar="PE,SIMD;...",
                    help="fold by hand: one PE,SIMD pair per layer, e.g. '8,16;4,8;4,8;1,8'")
@@ -101,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="Yosys + nextpnr -> bitstream, utilisation and Fmax",
                        description="Synthesize the build for its board with the open flow (YoWASP).")
     p.add_argument("build", type=Path, help="build folder written by `xnorflow compile`")
+    add_clock_option(p)
 
     p = sub.add_parser("flow", help="train (or take --model), compile, simulate, synthesize, report",
                        description="Everything from a dataset to a bitstream in one build folder; steps "
@@ -111,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="build folder")
     p.add_argument("--images", type=positive_int, default=None, help="images to simulate (default: all)")
     p.add_argument("--no-synth", action="store_true", help="stop before synthesis")
+    add_clock_option(p)
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: per dataset)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_board_options(p)
@@ -175,8 +198,9 @@ def cmd_simulate(args) -> int:
 def cmd_synth(args) -> int:
     from xnorflow.compiler.build import synthesize_build
 
-    report = synthesize_build(args.build, progress=sys.stderr.isatty())
-    print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "synth_seconds"))
+    report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz)
+    print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "clock_mhz",
+                           "timing_met", "fps_at_clock", "synth_seconds"))
     print(f"  bitstream                {report.get('bitstream')}")
     return 0
 

@@ -222,13 +222,23 @@ def smallest_board_that_fits(model: BnnModel, too_small) -> str | None:
     return None
 
 
+def expected_clock_hz(board) -> float:
+    """The clock a board's bitstream is first built at: its PLL's first try (synthesize_at_best_clock),
+    or the oscillator on a board without one. An --fps target is turned into cycles at this clock."""
+    from xnorflow.boards.pll import plan_pll
+
+    if board.pll_first_try_hz is None:
+        return board.clock_hz
+    return plan_pll(board.family, board.clock_hz, board.pll_first_try_hz).f_out_hz
+
+
 def fold_for_board(model: BnnModel, board, fps: float | None = None,
                    folding: list[tuple[int, int]] | None = None) -> tuple[BnnModel, str]:
     """Fold the model by hand, to an fps target at the board's clock, or as fast as fits the board.
 
     Returns the folded model and a sentence saying how the folding was chosen.
     """
-    clock = board.clock_hz
+    clock = expected_clock_hz(board)
     if folding is not None:
         return SetFolding(folding=folding)(model), "folding given by hand"
     best = fastest_fitting_target(model, board)

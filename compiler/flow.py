@@ -23,7 +23,7 @@ SUMMARY = (
     ("latency (cycles)", "latency_cycles"),
     ("Fmax (MHz)", "fmax_mhz"),
     ("frames/s at Fmax", "fps"),
-    ("frames/s at the board clock", "fps_at_board_clock"),
+    ("frames/s at the bitstream clock", "fps_at_clock"),
     ("LUTs", "luts"),
     ("memory blocks", "brams"),
 )
@@ -123,7 +123,8 @@ def run_flow(args) -> int:
     elif report.get("bitstream") and Path(report["bitstream"]).exists():
         steps.run("synth", None, skip_reason=f"reusing {report['bitstream']}")
     else:
-        steps.run("synth", lambda: synthesize_build(build_dir, progress=sys.stderr.isatty()))
+        steps.run("synth", lambda: synthesize_build(build_dir, progress=sys.stderr.isatty(),
+                                                    clock_mhz=args.clock_mhz))
 
     def do_report():
         from .html_report import write_html_report

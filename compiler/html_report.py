@@ -154,7 +154,7 @@ def write_html_report(build_dir) -> Path:
         ("latency (cycles)", _fmt(report.get("latency_cycles"))),
         ("Fmax (MHz)", _fmt(report.get("fmax_mhz"))),
         ("frames per second at Fmax", _fmt(report.get("fps"))),
-        ("frames per second at the board clock", _fmt(report.get("fps_at_board_clock"))),
+        ("frames per second at the bitstream clock", _fmt(report.get("fps_at_clock"))),
         ("compile / synthesis seconds", f"{_fmt(report.get('compile_seconds'))} / {_fmt(report.get('synth_seconds'))}"),
     ]
     summary = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{v}</td></tr>"

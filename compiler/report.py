@@ -23,7 +23,10 @@ REPORT_KEYS = (
 
 # The figures each step measures and merges in (a compile starts a fresh report without them).
 SIMULATION_KEYS = ("images_simulated", "rtl_mismatches", "accuracy_rtl", "cycles_per_frame", "latency_cycles")
-SYNTHESIS_KEYS = ("fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps", "synth_seconds")
+SYNTHESIS_KEYS = ("fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps", "synth_seconds",
+                  # beyond DESIGN.md: the clock the bitstream runs at (PLL output or oscillator),
+                  # the PLL's settings, whether nextpnr met timing there, and every build tried
+                  "clock_mhz", "pll", "timing_met", "clock_attempts_mhz", "fmax_attempts_mhz")
 
 
 def report_path(build_dir) -> Path:
