@@ -242,7 +242,7 @@ def first_error(text: str, tool: str) -> str:
 
 def fix_hint(text: str) -> str:
     """The fix for the failures a user can act on."""
-    if "Unable to place cell" in text or "no BELs remaining" in text:
+    if any(phrase in text for phrase in ("Unable to place cell", "no BELs remaining", "Failed to expand region")):
         return "; the network does not fit this device: fold it more (smaller PE/SIMD) or pick a bigger board"
     if "FAIL at" in text:
         return ("; timing is not met at this clock: ask for a lower clock (synthesize_at_best_clock finds "

@@ -125,6 +125,8 @@ def test_error_line_and_fit_hint_from_tool_output():
               "0 warnings, 1 error\n")
     assert first_error(output, "nextpnr-ice40").startswith("ERROR: Unable to place cell 'x'")
     assert "fold it more" in fix_hint(output)
+    # What nextpnr-ice40 says when the design has more logic cells than the device.
+    assert "fold it more" in fix_hint("ERROR: Failed to expand region (0, 0) |_> (25, 31) of 5285 ICESTORM_LCs")
     assert first_error("something odd\n", "yosys") == "something odd"
     assert fix_hint("Info: Max frequency for clock 'clk': 9.10 MHz (FAIL at 12.00 MHz)").startswith("; timing")
     assert "lower clock" in fix_hint("ERROR: Max frequency for clock 'clk': 40.32 MHz (FAIL at 60.00 MHz)")
