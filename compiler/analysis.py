@@ -4,12 +4,14 @@
 - ``estimate_resources``: memory blocks (exact, given where each memory is placed) and a logic/FF
   estimate per device family for the synthesized board top (UART + network), to refuse a design that
   cannot fit before any RTL is written. The logic figure is calibrated against Yosys + nextpnr
-  (bench/calibrate_estimate.py, bench/calibration.json): within 8% on the calibration designs.
+  (bench/calibrate_estimate.py, bench/calibration.json): within 4% on the 12 calibration designs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xnorflow.hw.mvtu import EngineTiming
+from xnorflow.hw.popcount import count_levels
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, bits_for, ceil_div
 
 
@@ -85,7 +87,8 @@ class LogicModel:
 
     Coefficients are least-squares fits (relative error, non-negative) over every engine of the
     calibration designs, from each engine's cells in the Yosys netlist (cell names keep the
-    hierarchy): 10 iCE40 designs (64- and 784-input TFCs, 40 engines) and 2 ECP5 SFCs (8 engines).
+    hierarchy): 10 iCE40 designs (64- and 784-input TFCs, 40 engines) and 2 ECP5 SFCs (8 engines),
+    synthesized 2026-11-22.
     What the data cannot separate is set from the structure instead (see bench/calibrate_estimate.py):
     ``ram_bit`` on iCE40 (every 64-input layer's buffer holds ~128 bits, confounded with ``engine``);
     on ECP5 the terms its two SFCs share with each other (engine, score_bit, block_mux, rom_lut,
@@ -109,12 +112,13 @@ class LogicModel:
 
 
 LOGIC_MODELS = {
-    # bench/calibrate_estimate.py --fit (10 designs, bench/calibration.json), rounded.
-    "ice40": LogicModel(simd_lane=2.91, acc_bit=2.02, engine=59, score_bit=0.24, block_mux=1.38,
-                        rom_lut=1.08, ram_bit=2.0, gearbox_bit=0.41, top=209),
-    # ECP5 storage FFs take no LUT slot and PFUMX/L6MUX21 widen the read multiplexers: ram_bit 1.07.
-    "ecp5": LogicModel(simd_lane=3.28, acc_bit=2.81, engine=59, score_bit=0.24, block_mux=1.38,
-                       rom_lut=1.08, ram_bit=1.07, gearbox_bit=0.41, top=296),
+    # bench/calibrate_estimate.py --fit (12 designs, bench/calibration.json, synthesized 2026-11-22 with
+    # the never-stalling MVTU: registered popcount levels, output queue, register slices), rounded.
+    "ice40": LogicModel(simd_lane=3.86, acc_bit=0.96, engine=158, score_bit=0.39, block_mux=1.38,
+                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.63, top=242, packing=1.027),
+    # ECP5 storage FFs take no LUT slot; acc_bit and ram_bit fit to ~0 there (FFs are separate cells).
+    "ecp5": LogicModel(simd_lane=4.57, acc_bit=0.11, engine=158, score_bit=0.39, block_mux=1.38,
+                       rom_lut=1.11, ram_bit=0.0, gearbox_bit=0.63, top=296, packing=1.007),
 }
 
 # Yosys' memory_libmap weighs a memory left in logic at 1 per RAM bit and 1/16 per ROM bit against
@@ -204,13 +208,21 @@ def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
     """Flip-flops of one engine and its input adapter, counted from the RTL (mvtu.py, adapters.py)."""
     pe, simd, acc = layer.pe, layer.simd, layer.popcount_width
     nf, sf = layer.neuron_folds, layer.synapse_folds
-    ffs = pe * (bits_for(simd) + acc)                                     # count and accumulator
+    engine = EngineTiming(layer)    # its pipeline depth and output queue, as the RTL builds them
+    levels = count_levels(simd)
+    ffs = pe * (sum(bits_for(most) for level in levels for most in level) + acc)   # popcount levels, acc
     ffs += simd + (pe * simd if layer.register_weights else 0)            # input word, weight words
-    ffs += 2 * bits_for(nf - 1) + bits_for(sf - 1) + bits_for(nf * sf - 1) + 12   # counters, stage control
+    ffs += 2 * bits_for(nf - 1) + bits_for(sf - 1) + bits_for(nf * sf - 1)   # counters
+    ffs += (engine.latency + 2) * (3 + bits_for(nf - 1))                  # stage control
+    class_bits = bits_for(layer.n_out - 1)
     if layer.is_output:
-        ffs += (pe + layer.n_out + 2) * acc + 3 * bits_for(layer.n_out)  # fold/class scores, argmax
+        levels_argmax = engine.argmax_levels
+        ffs += (layer.n_out + 2 + pe * (1 + levels_argmax)) * acc          # frame, row and fold scores
+        ffs += pe * (acc + class_bits) + 2 * class_bits                   # argmax tree, running best
+        payload = class_bits + layer.n_out * acc
     else:
-        ffs += pe                                                         # output bits
+        payload = pe
+    ffs += engine.queue_depth * payload + 2 * bits_for(engine.queue_depth)   # output queue
     for memory in layer_memories(layer, family):
         if memory["style"] == "logic" and memory["depth"] > 1:
             read_register = memory["count"] * memory["width"]
@@ -218,7 +230,7 @@ def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
             ffs += read_register + storage
     if in_width != simd:
         capacity = in_width + 2 * simd
-        ffs += capacity + 3 * bits_for(capacity)
+        ffs += capacity + 3 * bits_for(capacity) + 2 * (simd + 1)         # gearbox, register slice
     return ffs
 
 

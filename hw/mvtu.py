@@ -25,12 +25,14 @@ with no bubble as soon as its bank is full.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from xnorflow.hw.popcount import argmax_level, group_slices, popcount
+from xnorflow.hw.popcount import argmax_level, count_levels, group_slices, popcount
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
 
 
@@ -57,7 +59,49 @@ def memory_style_attrs(style: str) -> dict[str, str]:
     return {"ram_style": style, "rom_style": style}
 
 
-class MVTU(wiring.Component):
+@dataclass(eq=False)
+class EngineTiming:
+    """An MVTU's pipeline depth and output queue, which follow from its layer alone (the compiler's
+    resource estimate reads them without building the engine)."""
+
+    layer: LayerSpec
+
+    @property
+    def count_stages(self) -> int:
+        """Registered levels of the popcount (`count_levels`): with groups of 4, 1 level up to 4
+        lanes, 2 up to 16, 3 up to 64, 5 for 392."""
+        return len(count_levels(self.layer.simd))
+
+    @property
+    def argmax_levels(self) -> int:
+        """Registered levels of the output layer's per-fold argmax tree: ceil(log2(PE))."""
+        return (self.layer.pe - 1).bit_length()
+
+    @property
+    def unit_cycles(self) -> int:
+        """Issue cycles per queue entry: a fold (SF) for a hidden layer, a frame (NF * SF) for the output."""
+        layer = self.layer
+        return layer.synapse_folds * (layer.neuron_folds if layer.is_output else 1)
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
+        fetch, acc, queue = 2, 1, 1
+        fold_argmax = 1 + self.argmax_levels if self.layer.is_output else 0   # scores, then the tree
+        return fetch + self.count_stages + acc + fold_argmax + queue
+
+    @property
+    def queue_depth(self) -> int:
+        """Output queue entries for full rate with an always-ready consumer.
+
+        A unit holds its slot from its first issue until its result is taken, U + latency cycles
+        later (U = unit_cycles); a new unit starts every U cycles, so ceil((U + latency) / U) slots
+        keep issue from ever waiting on a slot.
+        """
+        return ceil_div(self.unit_cycles + self.latency, self.unit_cycles)
+
+
+class MVTU(wiring.Component, EngineTiming):
     """One binary dense layer. Hidden layers (with thresholds) emit NF beats of ``pe`` bits per frame;
     the output layer (``layer.thresholds is None``) emits one beat per frame holding the class index
     and every class's popcount (see :func:`class_scores_layout`).
@@ -142,51 +186,12 @@ class MVTU(wiring.Component):
         m.d.comb += port.addr.eq(fold)
         return [port.data[r * width:(r + 1) * width] for r in range(layer.pe)]
 
-    # --- timing ------------------------------------------------------------------------------
-    @property
-    def count_stages(self) -> int:
-        """Registered levels of the popcount: lanes in groups of POPCOUNT_GROUP, then sums of up to
-        POPCOUNT_GROUP partial counts until one is left (with groups of 4: 1 level up to 4 lanes, 2 up to
-        16, 3 up to 64, 5 for 392)."""
-        stages, terms = 1, len(group_slices(self.layer.simd))
-        while terms > 1:
-            terms, stages = len(group_slices(terms)), stages + 1
-        return stages
-
-    @property
-    def argmax_levels(self) -> int:
-        """Registered levels of the output layer's per-fold argmax tree: ceil(log2(PE))."""
-        return (self.layer.pe - 1).bit_length()
-
     @staticmethod
     def _register(m: Module, value, name: str) -> Signal:
         """``value`` one cycle later."""
         register = Signal.like(Value.cast(value), name=name)
         m.d.sync += register.eq(value)
         return register
-
-    @property
-    def unit_cycles(self) -> int:
-        """Issue cycles per queue entry: a fold (SF) for a hidden layer, a frame (NF * SF) for the output."""
-        layer = self.layer
-        return layer.synapse_folds * (layer.neuron_folds if layer.is_output else 1)
-
-    @property
-    def latency(self) -> int:
-        """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
-        fetch, acc, queue = 2, 1, 1
-        fold_argmax = 1 + self.argmax_levels if self.layer.is_output else 0   # scores, then the tree
-        return fetch + self.count_stages + acc + fold_argmax + queue
-
-    @property
-    def queue_depth(self) -> int:
-        """Output queue entries for full rate with an always-ready consumer.
-
-        A unit holds its slot from its first issue until its result is taken, U + latency cycles
-        later (U = unit_cycles); a new unit starts every U cycles, so ceil((U + latency) / U) slots
-        keep issue from ever waiting on a slot.
-        """
-        return ceil_div(self.unit_cycles + self.latency, self.unit_cycles)
 
     # --- the engine --------------------------------------------------------------------------
     def elaborate(self, platform):

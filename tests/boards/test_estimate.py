@@ -54,11 +54,6 @@ def test_estimate_matches_every_calibration_design():
     assert checked >= 8
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bench/calibration.json was synthesized before place_memories became a search that also puts input "
-    "buffers in block RAM; the new placements are checked against synthesis by the slow tests below and "
-    "by make bench. Re-run bench/calibrate_estimate.py, then remove this mark (strict: it fails once stale "
-    "no more)."))
 def test_calibration_designs_are_still_what_the_compiler_places():
     """The stored placements are place_memories' current choices, so the calibration covers the
     designs the compiler really builds (re-run bench/calibrate_estimate.py when this fails)."""
