@@ -83,7 +83,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     name = f"{arch}-{dataset}-{board}"
     model_path, record = trained_model(work, arch, dataset, log)
     build = work / "builds" / name
-    row = {"config": name, **{k: v for k, v in config.items() if k not in ("sim_images", "folding")},
+    row = {"config": name, "measured_at": time.strftime("%Y-%m-%d %H:%M"), **{k: v for k, v in config.items() if k not in ("sim_images", "folding")},
            "folding": "by hand" if config.get("folding") else "fastest that fits",
            "train_seconds": record["train"].get("seconds"),
            "train_epochs": record["train"].get("epochs")}
@@ -177,7 +177,8 @@ def markdown_table(rows: list[dict]) -> str:
 def extra_lines(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        lines.append(f"- {r['config']}: folding {r.get('folding', 'fastest that fits')}, golden model {fmt(r.get('golden_images_per_s'), 'int')} images/s "
+        when = f"measured {r['measured_at']}" if r.get("measured_at") else "measured in an earlier session, older RTL"
+        lines.append(f"- {r['config']} ({when}): folding {r.get('folding', 'fastest that fits')}, golden model {fmt(r.get('golden_images_per_s'), 'int')} images/s "
                      f"(one core, median of {r.get('golden_repeats')}), training {fmt(r.get('train_seconds'), 's')} "
                      f"({r.get('train_epochs')} epochs), Verilator build {fmt(r.get('verilator_build_seconds'), 's')}, "
                      f"simulation of {fmt(r.get('images_simulated'), 'int')} images {fmt(r.get('sim_seconds'), 's')}, "
