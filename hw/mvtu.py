@@ -235,16 +235,14 @@ class MVTU(wiring.Component, EngineTiming):
 
         # Stage control: valid, first/last beat of a fold, the fold number; moved every cycle.
         def stage(name, source):
-            regs = {key: Signal.like(value, name=f"{name}_{key}") for key, value in source.items()}
-            m.d.sync += [regs[key].eq(value) for key, value in source.items()]
-            return regs
+            return {key: self._register(m, value, f"{name}_{key}") for key, value in source.items()}
 
         s0 = {"valid": issue, "first": sf == 0, "last": last_sf, "nf": nf}
         s0 = {key: Value.cast(value) for key, value in s0.items()}
         s1 = stage("s1", s0)
         fetched = stage("x", s1)      # x and the weight words are both valid here
 
-        # S1 -> S2: XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
+        # XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
         # a named signal first: the tree slices it bit by bit, and slicing an expression would
         # re-emit the whole XNOR once per bit (Amaranth does not share subexpressions).
         agree = [Signal(layer.simd, name=f"agree_pe{r}") for r in range(pe)]
@@ -314,8 +312,9 @@ class MVTU(wiring.Component, EngineTiming):
         for k, entry in enumerate(entries):
             with m.If(write & (slot == k)):
                 m.d.sync += entry.eq(data)
-            with m.Elif(take & (k + 1 < depth)):
-                m.d.sync += entry.eq(entries[k + 1] if k + 1 < depth else entry)
+            if k + 1 < depth:       # the last entry has nothing above it to shift in
+                with m.Elif(take):
+                    m.d.sync += entry.eq(entries[k + 1])
         m.d.sync += [count.eq(count + write - take), reserved.eq(reserved + start - take)]
 
     def _frame_scores(self, m: Module, *, valid, fold, accs, result_valid):
