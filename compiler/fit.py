@@ -193,22 +193,30 @@ def folding_of(spec: NetworkSpec) -> list[tuple[int, int]]:
     return [(layer.pe, layer.simd) for layer in spec.layers]
 
 
-def fastest_fitting_target(model: BnnModel, board) -> int | None:
-    """The smallest cycles-per-frame target with a design that fits the board (None: nothing fits).
+def fastest_fitting_design(model: BnnModel, board) -> NetworkSpec | None:
+    """The design of the smallest cycles-per-frame target that fits the board (None: nothing fits).
 
     Fewer cycles need more parallel lanes and memory banks, so fitting is (close to) monotone in the
     target; a binary search over it finds the fastest design that fits.
     """
     lo, hi = 1, slowest_cycles(model)
-    if design_for_board(model, board, hi) is None:
+    fastest = design_for_board(model, board, hi)
+    if fastest is None:
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        if design_for_board(model, board, mid) is not None:
-            hi = mid
+        design = design_for_board(model, board, mid)
+        if design is not None:
+            hi, fastest = mid, design
         else:
             lo = mid + 1
-    return lo
+    return fastest
+
+
+def fastest_fitting_target(model: BnnModel, board) -> int | None:
+    """The fewest cycles per frame of a design that fits the board (None: nothing fits)."""
+    design = fastest_fitting_design(model, board)
+    return None if design is None else design.analytic_cycles_per_frame
 
 
 def smallest_board_that_fits(model: BnnModel, too_small) -> str | None:
@@ -241,17 +249,17 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
     clock = expected_clock_hz(board)
     if folding is not None:
         return SetFolding(folding=folding)(model), "folding given by hand"
-    best = fastest_fitting_target(model, board)
-    if best is None:
+    fastest = fastest_fitting_design(model, board)
+    if fastest is None:
         spec = lower_for_board(SetFolding(target_cycles=slowest_cycles(model))(model), board)
         bigger = smallest_board_that_fits(model, board)
         advice = f"choose a bigger board ({bigger} fits it)" if bigger else "no supported board fits it: choose a smaller arch"
         raise CompileError(f"the network does not fit {board.name} even fully folded "
                            f"({'; '.join(overflow(spec, board))}): {advice}")
+    best = fastest.analytic_cycles_per_frame
     if fps is None:
-        design = design_for_board(model, board, best)
-        return SetFolding(folding=folding_of(design))(model), (
-            f"the fastest folding that fits {board.name}: {design.analytic_cycles_per_frame} cycles per frame")
+        return SetFolding(folding=folding_of(fastest))(model), (
+            f"the fastest folding that fits {board.name}: {best} cycles per frame")
     if fps <= 0:
         raise CompileError(f"--fps {fps}: give a positive number of frames per second")
     target = int(clock // fps)
@@ -261,7 +269,7 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
                            f"{clock / 1e6:g} MHz, but the fastest folding that fits {board.name} takes "
                            f"{best} ({best_fps:,.0f} frames/s): lower --fps or choose a bigger board")
     # Fitting is close to, not exactly, monotone in the target: the fastest design reaches it too.
-    design = design_for_board(model, board, target) or design_for_board(model, board, best)
+    design = design_for_board(model, board, target) or fastest
     return SetFolding(folding=folding_of(design))(model), (
         f"the cheapest folding reaching {fps:,.0f} frames/s at {clock / 1e6:g} MHz: "
         f"at most {target} cycles per frame")
