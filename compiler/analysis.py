@@ -219,8 +219,10 @@ def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
         levels_argmax = engine.argmax_levels
         ffs += (layer.n_out + 2 + pe * (1 + levels_argmax)) * acc          # frame, row and fold scores
         ffs += pe * (acc + class_bits) + 2 * class_bits                   # argmax tree, running best
+        ffs += 2 * (1 + levels_argmax)                                    # first/last fold flags
         payload = class_bits + layer.n_out * acc
     else:
+        ffs += pe + 1                                                     # registered threshold compare
         payload = pe
     ffs += engine.queue_depth * payload + 2 * bits_for(engine.queue_depth)   # output queue
     for memory in layer_memories(layer, family):
@@ -248,7 +250,9 @@ def layer_estimate(layer: LayerSpec, family: str, in_width: int | None = None) -
             "ffs": ff_estimate(layer, in_width, family), "weight_bits": layer.weight_bits}
 
 
-TOP_FFS = 80   # UART RX/TX, the FIFO's pointers, the power-on reset timer (measured: 70-90)
+# UART RX/TX, the FIFO's pointers, the power-on reset timer (measured: 70-90), and the register
+# slices on each side of the network (2 x 18).
+TOP_FFS = 116
 
 
 def estimate_resources(spec: NetworkSpec, family: str) -> dict:

@@ -10,6 +10,7 @@ from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.spec import SpecError, ceil_div
 
 
@@ -67,19 +68,9 @@ class WidthAdapter(wiring.Component):
             self._gearbox(m)
         return m
 
-    def _frame_counter(self, m: Module, beats: int, step) -> Signal:
-        """A beat-in-frame counter that advances on ``step``; returns 'this is the frame's last beat',
-        kept in a register of its own so no comparator sits in front of the logic that uses it."""
-        beat = Signal(range(beats), name=f"beat_of_{beats}")
-        is_last = Signal(name="last_beat", init=beats == 1)
-        with m.If(step):
-            m.d.sync += [beat.eq(Mux(is_last, 0, beat + 1)),
-                         is_last.eq(Mux(is_last, beats == 1, beat == beats - 2))]
-        return is_last
-
     def _mask_last_beat(self, m: Module) -> None:
         real_bits = self.n - (self.in_beats - 1) * self.in_width
-        is_last = self._frame_counter(m, self.in_beats, self.i.valid & self.i.ready)
+        is_last = wrapping_counter(m, self.in_beats, self.i.valid & self.i.ready, "in_beat").is_last
         m.d.comb += [
             self.o.payload.eq(Mux(is_last, self.i.payload[:real_bits], self.i.payload)),
             self.o.valid.eq(self.i.valid),
@@ -99,8 +90,8 @@ class WidthAdapter(wiring.Component):
 
         accept = self.i.valid & self.i.ready
         emit = self.o.valid & self.o.ready
-        in_is_last = self._frame_counter(m, self.in_beats, accept)
-        out_is_last = self._frame_counter(m, self.out_beats, emit)
+        in_is_last = wrapping_counter(m, self.in_beats, accept, "in_beat").is_last
+        out_is_last = wrapping_counter(m, self.out_beats, emit, "out_beat").is_last
 
         taken = Mux(out_is_last, out_last_bits, b)           # bits this output beat consumes
         m.d.comb += [

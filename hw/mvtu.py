@@ -16,7 +16,7 @@ queue slot is free for its result: credit-based flow control, as FINN's MVAU str
     count      registered popcount(XNOR(x, w_r)) per group of POPCOUNT_GROUP lanes per PE, then
                registered sums of up to POPCOUNT_GROUP of those, until one count per PE is left
     acc        accumulated popcount per PE; complete at the last sf of a fold
-    hidden:    queue <- (acc_r >= T_r for each PE)
+    hidden:    registered (acc >= T) for each PE -> queue
     output:    fold argmax, then the class scores and running argmax -> one queue entry per frame
 
 Input: a ping-pong buffer of two banks of SF words. The producer fills one bank while the engine
@@ -32,6 +32,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.popcount import argmax_level, count_levels, group_slices, popcount
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
 
@@ -87,8 +88,11 @@ class EngineTiming:
     def latency(self) -> int:
         """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
         fetch, acc, queue = 2, 1, 1
-        fold_argmax = 1 + self.argmax_levels if self.layer.is_output else 0   # scores, then the tree
-        return fetch + self.count_stages + acc + fold_argmax + queue
+        if self.layer.is_output:
+            after_acc = 1 + self.argmax_levels          # the fold's scores, then the argmax tree
+        else:
+            after_acc = 1                               # the registered threshold compare
+        return fetch + self.count_stages + acc + after_acc + queue
 
     @property
     def queue_depth(self) -> int:
@@ -123,9 +127,10 @@ class MVTU(wiring.Component, EngineTiming):
         })
 
     # --- building blocks ---------------------------------------------------------------------
-    def _input_buffer(self, m: Module, *, read_bank_full, release, read_sf):
+    def _input_buffer(self, m: Module, *, read_bank_full, issue, last_sf, release):
         """Ping-pong input buffer; returns the S1 input word. Drives i.ready and ``read_bank_full``
-        (the bank the engine reads next holds a whole frame)."""
+        (the bank the engine reads next holds a whole frame). Each ``issue`` reads the next word of
+        the bank; ``last_sf`` wraps to the bank's first, ``release`` moves to the other bank."""
         sf_count = self.layer.synapse_folds
         m.submodules.input_buffer = buf = Memory(shape=unsigned(self.layer.simd), depth=2 * sf_count, init=[],
                                                  attrs=memory_style_attrs(self.layer.buffer_style))
@@ -135,6 +140,10 @@ class MVTU(wiring.Component, EngineTiming):
         write_bank = Signal()
         write_addr = Signal(range(sf_count))
         read_bank = Signal()
+        # The read address is a register of its own, stepped with the issue counters, rather than
+        # bank * SF + sf: a small buffer sits in logic as a multiplexer tree, and the address
+        # arithmetic in front of it was the longest path of TFC's output layer on the iCE40UP5K.
+        read_addr = Signal(range(2 * sf_count))
 
         accept = self.i.valid & self.i.ready
         last_write = accept & (write_addr == sf_count - 1)
@@ -144,8 +153,11 @@ class MVTU(wiring.Component, EngineTiming):
             write.data.eq(self.i.payload),
             write.en.eq(accept),
             read_bank_full.eq(Mux(read_bank, full[1], full[0])),
-            read.addr.eq(Mux(read_bank, read_sf + sf_count, read_sf)),
+            read.addr.eq(read_addr),
         ]
+        with m.If(issue):
+            m.d.sync += read_addr.eq(Mux(release, Mux(read_bank, 0, sf_count),
+                                         Mux(last_sf, read_addr - (sf_count - 1), read_addr + 1)))
         with m.If(accept):
             m.d.sync += write_addr.eq(Mux(write_addr == sf_count - 1, 0, write_addr + 1))
             with m.If(last_write):
@@ -200,22 +212,24 @@ class MVTU(wiring.Component, EngineTiming):
         acc_width = layer.popcount_width
         m = Module()
 
-        # S0: issue counters. A unit's first beat needs a free queue slot; its other beats follow.
-        nf = Signal(range(nf_count))
-        sf = Signal(range(sf_count))
+        # S0: issue counters, whose first/last flags are registers (they gate ``issue``, which
+        # fans out to the whole engine). A unit's first beat needs a free queue slot; its other
+        # beats follow.
+        issue = Signal()
+        sf_counter = wrapping_counter(m, sf_count, issue, "sf")
+        last_sf = sf_counter.is_last
+        nf_counter = wrapping_counter(m, nf_count, issue & last_sf, "nf")
+        nf, last_nf = nf_counter.value, nf_counter.is_last
         weight_addr = Signal(range(nf_count * sf_count))
         bank_full = Signal()
-        issue = Signal()
-        last_sf = sf == sf_count - 1
-        last_nf = nf == nf_count - 1
         release = Signal()
-        unit_first = (sf == 0) & (nf == 0) if layer.is_output else sf == 0
+        unit_first = sf_counter.is_first & nf_counter.is_first if layer.is_output else sf_counter.is_first
         slot_taken = Signal()   # set by the queue: a unit may start this cycle
         m.d.comb += [issue.eq(bank_full & (~unit_first | slot_taken)), release.eq(issue & last_sf & last_nf)]
         # The input word fans out to every PE across the chip, so it gets a register of its own
         # after the buffer's read: the weight banks are addressed one cycle later to stay aligned.
         # With register_weights the banks are read at once and their words registered like x.
-        buffered = self._input_buffer(m, read_bank_full=bank_full, release=release, read_sf=sf)
+        buffered = self._input_buffer(m, read_bank_full=bank_full, issue=issue, last_sf=last_sf, release=release)
         x = Signal(layer.simd)
         m.d.sync += x.eq(buffered)
         if layer.register_weights:
@@ -226,18 +240,13 @@ class MVTU(wiring.Component, EngineTiming):
             m.d.sync += weight_addr_s1.eq(weight_addr)
             weights = self._weight_words(m, address=weight_addr_s1)
         with m.If(issue):
-            m.d.sync += [
-                sf.eq(Mux(last_sf, 0, sf + 1)),
-                weight_addr.eq(Mux(release, 0, weight_addr + 1)),
-            ]
-            with m.If(last_sf):
-                m.d.sync += nf.eq(Mux(last_nf, 0, nf + 1))
+            m.d.sync += weight_addr.eq(Mux(release, 0, weight_addr + 1))
 
         # Stage control: valid, first/last beat of a fold, the fold number; moved every cycle.
         def stage(name, source):
             return {key: self._register(m, value, f"{name}_{key}") for key, value in source.items()}
 
-        s0 = {"valid": issue, "first": sf == 0, "last": last_sf, "nf": nf}
+        s0 = {"valid": issue, "first": sf_counter.is_first, "last": last_sf, "nf": nf}
         s0 = {key: Value.cast(value) for key, value in s0.items()}
         s1 = stage("s1", s0)
         fetched = stage("x", s1)      # x and the weight words are both valid here
@@ -285,9 +294,11 @@ class MVTU(wiring.Component, EngineTiming):
             result = self._frame_scores(m, valid=done["valid"], fold=done["nf"], accs=accs, result_valid=result_valid)
         else:
             # Thresholds are read one stage ahead so they arrive with the completed accumulators.
+            # The compare is registered: a carry chain from the threshold ROM into the queue's
+            # multiplexers was the longest path of TFC on the iCE40UP5K (45.9 MHz).
             thresholds = self._thresholds(m, fold=count_stage["nf"])
-            result = Cat(*(accs[r] >= thresholds[r] for r in range(pe)))
-            m.d.comb += result_valid.eq(done["valid"])
+            result = self._register(m, Cat(*(accs[r] >= thresholds[r] for r in range(pe))), "above_threshold")
+            m.d.comb += result_valid.eq(self._register(m, done["valid"], "above_threshold_valid"))
         self._output_queue(m, write=result_valid, data=result, start=issue & unit_first, may_start=slot_taken)
         return m
 
@@ -303,18 +314,20 @@ class MVTU(wiring.Component, EngineTiming):
         count = Signal(range(depth + 1))
         reserved = Signal(range(depth + 1))
         take = self.o.valid & self.o.ready
-        slot = count - take          # where a written entry lands after this cycle's shift
         m.d.comb += [
             self.o.valid.eq(count != 0),
             self.o.payload.eq(entries[0]),
             may_start.eq(reserved != depth),
         ]
+        # A written entry lands at count - take. Both outcomes are decoded from registers and
+        # ``take`` picks one in the last multiplexer: the consumer's ready (a comparator in the
+        # next gearbox) reached every entry through the subtraction and decoder before, the
+        # longest path of TFC on the iCE40UP5K (42.3 MHz).
         for k, entry in enumerate(entries):
-            with m.If(write & (slot == k)):
-                m.d.sync += entry.eq(data)
-            if k + 1 < depth:       # the last entry has nothing above it to shift in
-                with m.Elif(take):
-                    m.d.sync += entry.eq(entries[k + 1])
+            above = entries[k + 1] if k + 1 < depth else entry   # the last has nothing above it
+            if_taken = Mux(write & (count == k + 1), data, above)
+            if_kept = Mux(write & (count == k), data, entry)
+            m.d.sync += entry.eq(Mux(take, if_taken, if_kept))
         m.d.sync += [count.eq(count + write - take), reserved.eq(reserved + start - take)]
 
     def _frame_scores(self, m: Module, *, valid, fold, accs, result_valid):
@@ -334,7 +347,10 @@ class MVTU(wiring.Component, EngineTiming):
         row_scores = [Signal(width, name=f"row_score{r}") for r in range(pe)]
         row_classes = [Signal(range(nf_count * pe), name=f"row_class{r}") for r in range(pe)]
         rows_valid, rows_fold = Signal(), Signal(range(nf_count))
-        m.d.sync += [rows_valid.eq(valid), rows_fold.eq(fold)]
+        # Whether this is the frame's first or last fold travels as flags: a compare of the fold
+        # number sat in the running argmax's loop below, the longest path of TFC on the iCE40UP5K.
+        rows_first, rows_last = Signal(), Signal()
+        m.d.sync += [rows_valid.eq(valid), rows_fold.eq(fold), rows_first.eq(fold == 0), rows_last.eq(last_fold)]
         m.d.sync += [row_scores[r].eq(scores[r]) for r in range(pe)]
         m.d.sync += [row_classes[r].eq(fold * pe + r) for r in range(pe)]
 
@@ -342,18 +358,21 @@ class MVTU(wiring.Component, EngineTiming):
         # scores and number travelling alongside.
         nodes = list(zip(row_scores, row_classes))
         fold_scores, fold_valid, fold_number = row_scores, rows_valid, rows_fold
+        fold_first, fold_last = rows_first, rows_last
         for level in range(self.argmax_levels):
             nodes = [(self._register(m, value, f"best{level}_{k}"), self._register(m, where, f"best_class{level}_{k}"))
                      for k, (value, where) in enumerate(argmax_level(nodes))]
             fold_scores = [self._register(m, score, f"fold{level}_score{r}") for r, score in enumerate(fold_scores)]
             fold_valid = self._register(m, fold_valid, f"fold{level}_valid")
             fold_number = self._register(m, fold_number, f"fold{level}_number")
+            fold_first = self._register(m, fold_first, f"fold{level}_first")
+            fold_last = self._register(m, fold_last, f"fold{level}_last")
         (fold_best, fold_best_class), = nodes
 
         # Running argmax: a later fold's best wins only when strictly greater (ties -> lowest index).
         run_best = Signal(width)
         run_class = Signal(range(nf_count * pe))
-        take = (fold_number == 0) | (fold_best > run_best)
+        take = fold_first | (fold_best > run_best)
         frame_scores = [Signal(width, name=f"frame_score{c}") for c in range(n_classes)]
         with m.If(fold_valid):
             m.d.sync += [run_best.eq(Mux(take, fold_best, run_best)), run_class.eq(Mux(take, fold_best_class, run_class))]
@@ -365,7 +384,7 @@ class MVTU(wiring.Component, EngineTiming):
         result = Signal(class_scores_layout(layer))
         m.d.comb += [
             result.index.eq(Mux(take, fold_best_class, run_class)),
-            result_valid.eq(fold_valid & (fold_number == nf_count - 1)),
+            result_valid.eq(fold_valid & fold_last),
         ]
         for c in range(n_classes):
             m.d.comb += result.scores[c].eq(fold_scores[c % pe] if c // pe == nf_count - 1 else frame_scores[c])
