@@ -88,6 +88,11 @@ class BoardTopCore(wiring.Component):
         # One frame of slack on top of the network's own ping-pong input buffer.
         m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=max(2, frame_bytes(self.spec)))
         m.submodules.network = network = Network(self.spec, in_width=8)
+        # Register slices on both sides of the network: the FIFO's read logic and the first
+        # gearbox's ready were one combinational loop of 8 LUT levels, the longest path of TFC on
+        # the iCE40UP5K once the engines were pipelined; the transmitter's ready would likewise
+        # reach into the network's output queue.
+        m.submodules.question = question = RegisterSlice(8)
         m.submodules.answer = answer = RegisterSlice(8)
 
         m.d.comb += [
@@ -99,15 +104,15 @@ class BoardTopCore(wiring.Component):
             rx_fifo.w_data.eq(rx.o.payload),
             rx_fifo.w_en.eq(rx.o.valid),
             rx.o.ready.eq(rx_fifo.w_rdy),
-            network.i.payload.eq(rx_fifo.r_data),
-            network.i.valid.eq(rx_fifo.r_rdy),
-            rx_fifo.r_en.eq(network.i.ready),
-            # One answer byte per frame: the class index, zero-extended, through a register slice
-            # so the transmitter's ready does not reach into the network's output queue.
+            question.i.payload.eq(rx_fifo.r_data),
+            question.i.valid.eq(rx_fifo.r_rdy),
+            rx_fifo.r_en.eq(question.i.ready),
+            # One answer byte per frame: the class index, zero-extended.
             answer.i.payload.eq(network.o.payload.index),
             answer.i.valid.eq(network.o.valid),
             network.o.ready.eq(answer.i.ready),
         ]
+        wiring.connect(m, question.o, network.i)
         wiring.connect(m, answer.o, tx.i)
         return m
 
