@@ -27,8 +27,8 @@ class WidthAdapter(wiring.Component):
     - same width with a partial last beat: wires plus a mask that zeroes the last beat's padding;
     - otherwise a bit buffer of ``in_width + 2 * out_width`` bits with a fill count.
 
-    The gearbox accepts and emits in the same cycle. ``i.ready`` depends only on the fill count
-    (``count <= 2 * out_width``), so it never waits on the consumer combinationally, and the
+    The gearbox accepts and emits in the same cycle. ``i.ready`` is a register (the fill count
+    ``count <= 2 * out_width``), so it never waits on the consumer combinationally, and the
     2 * out_width of headroom keeps both sides at full rate: when the consumer is the slower side
     the count never falls below out_width (an output beat is always ready); when the producer is
     slower the count never rises above 2 * out_width (an input beat is always taken).
@@ -84,9 +84,16 @@ class WidthAdapter(wiring.Component):
         capacity = a + 2 * b
 
         # Bits [0, count) of the buffer are real, in stream order; bits above count are always 0,
-        # so a new beat is ORed in at position count.
+        # so a new beat is ORed in at position count. Beside count, registers hold what the next
+        # cycle's handshake needs from it: count - b and count - out_last_bits (an output beat is
+        # ready when the one it takes is >= 0; a beat taken leaves it as the fill count) and
+        # count <= 2b (room for an input beat). Computed from count they put a subtractor and a
+        # comparator in front of the shifter; TFC's gearboxes set the iCE40UP5K's Fmax with them.
         buffer = Signal(capacity)
         count = Signal(range(capacity + 1))
+        count_less_b = Signal(range(-b, capacity + 1), init=-b)
+        count_less_last = Signal(range(-out_last_bits, capacity + 1), init=-out_last_bits)
+        has_room = Signal(init=1)
 
         accept = self.i.valid & self.i.ready
         emit = self.o.valid & self.o.ready
@@ -94,9 +101,10 @@ class WidthAdapter(wiring.Component):
         out_is_last = wrapping_counter(m, self.out_beats, emit, "out_beat").is_last
 
         taken = Mux(out_is_last, out_last_bits, b)           # bits this output beat consumes
+        count_after_take = Mux(out_is_last, count_less_last, count_less_b)
         m.d.comb += [
-            self.i.ready.eq(count <= 2 * b),
-            self.o.valid.eq(count >= taken),
+            self.i.ready.eq(has_room),
+            self.o.valid.eq(count_after_take >= 0),
             # The frame's last output beat carries only that frame's bits; the next frame's (which
             # may already sit above them in the buffer) are masked off.
             self.o.payload.eq(Mux(out_is_last, buffer[:out_last_bits], buffer[:b])),
@@ -106,22 +114,27 @@ class WidthAdapter(wiring.Component):
         in_data = Mux(in_is_last, self.i.payload[:in_last_bits], self.i.payload)   # drop padding
         kept = Signal(capacity)
         kept_count = Signal(range(capacity + 1))
+        next_count = Signal(range(capacity + 1))
         # The new beat lands at the fill count after this cycle's output, which depends on whether
         # the consumer takes a beat; both positions are shifted from registers and ``emit`` picks
         # one at the end, so the consumer's ready reaches only the last multiplexer.
         landed_if_kept = Signal(capacity)
         landed_if_taken = Signal(capacity)
-        count_after_take = Signal(range(capacity + 1))     # only used when a beat is taken: >= 0
+        shift_width = len(count)
         m.d.comb += [
-            count_after_take.eq(count - taken),
             kept.eq(Mux(emit, Mux(out_is_last, buffer >> out_last_bits, buffer >> b), buffer)),
             kept_count.eq(count - Mux(emit, taken, 0)),
+            next_count.eq(kept_count + Mux(accept, in_bits, 0)),
             landed_if_kept.eq(in_data << count),
-            landed_if_taken.eq(in_data << count_after_take),
+            # count_after_take is >= 0 whenever a beat is taken, so its low bits are the position.
+            landed_if_taken.eq(in_data << count_after_take.as_unsigned()[:shift_width]),
         ]
         m.d.sync += [
             buffer.eq(kept | Mux(accept, Mux(emit, landed_if_taken, landed_if_kept), 0)),
-            count.eq(kept_count + Mux(accept, in_bits, 0)),
+            count.eq(next_count),
+            count_less_b.eq(next_count - b),
+            count_less_last.eq(next_count - out_last_bits),
+            has_room.eq(next_count <= 2 * b),
         ]
 
 

@@ -89,7 +89,7 @@ class EngineTiming:
         """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
         fetch, acc, queue = 2, 1, 1
         if self.layer.is_output:
-            after_acc = 1 + self.argmax_levels          # the fold's scores, then the argmax tree
+            after_acc = 2 + self.argmax_levels          # the fold's scores, the argmax tree, the frame's
         else:
             after_acc = 1                               # the registered threshold compare
         return fetch + self.count_stages + acc + after_acc + queue
@@ -380,12 +380,13 @@ class MVTU(wiring.Component, EngineTiming):
                 with m.If(fold_number == c // pe):
                     m.d.sync += frame_scores[c].eq(fold_scores[c % pe])
 
-        # The last fold's classes come straight from its scores; earlier folds' from frame_scores.
+        # The cycle after the last fold, run_class and frame_scores hold the frame's result: the
+        # queue takes it from those registers (taking the last fold's straight from the compare
+        # put the running argmax's loop in front of the queue, TFC/digits' longest path, 36.7 MHz).
         result = Signal(class_scores_layout(layer))
         m.d.comb += [
-            result.index.eq(Mux(take, fold_best_class, run_class)),
-            result_valid.eq(fold_valid & fold_last),
+            result.index.eq(run_class),
+            result_valid.eq(self._register(m, fold_valid & fold_last, "frame_valid")),
         ]
-        for c in range(n_classes):
-            m.d.comb += result.scores[c].eq(fold_scores[c % pe] if c // pe == nf_count - 1 else frame_scores[c])
+        m.d.comb += [result.scores[c].eq(frame_scores[c]) for c in range(n_classes)]
         return result
