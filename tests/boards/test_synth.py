@@ -8,6 +8,8 @@ from board_helpers import random_network
 from xnorflow.boards.pll import plan_pll
 from xnorflow.boards.registry import get_board
 from xnorflow.boards.synth import (
+    NEAR_MISS,
+    NEXTPNR_DEFAULT_SEED,
     RETRY_MARGIN,
     SynthError,
     find_tool,
@@ -15,6 +17,7 @@ from xnorflow.boards.synth import (
     fix_hint,
     fmax_mhz,
     memory_mapping,
+    next_attempt,
     synthesize,
     synthesize_at_best_clock,
 )
@@ -215,11 +218,28 @@ def test_best_clock_rebuilds_below_the_fmax_of_a_too_fast_first_try(tmp_path):
     assert clocks[0] == 60.0 and fmaxes[0] < 60.0 and len(clocks) >= 2, clocks   # 60 MHz missed: rebuilt
     assert len(fmaxes) == len(clocks) == len(result["attempt_seconds"])
     assert result["synth_seconds"] == pytest.approx(sum(result["attempt_seconds"]), abs=0.1)
-    # Each PLL rebuild runs at the highest PLL frequency not above RETRY_MARGIN x the lowest Fmax so far.
+    # Each PLL rebuild runs at the highest PLL frequency not above RETRY_MARGIN x the lowest Fmax so
+    # far, or (once, after a near miss) at the same clock with another seed.
+    seeds = result["seed_attempts"]
+    assert len(seeds) == len(clocks)
     for k, clock in enumerate(clocks[1:], start=1):
-        if clock != 12.0:   # 12 MHz: the last resort, the board oscillator
+        if seeds[k] != seeds[k - 1]:
+            assert clock == clocks[k - 1] and fmaxes[k - 1] >= NEAR_MISS * clocks[k - 1]
+        elif clock != 12.0:   # 12 MHz: the last resort, the board oscillator
             assert clock == plan_pll("ice40", 12e6, RETRY_MARGIN * min(fmaxes[:k]) * 1e6).f_out_hz / 1e6
     assert result["clock_mhz"] == clocks[-1] and result["fmax_mhz"] == fmaxes[-1]
     assert result["timing_met"] is True and result["fmax_mhz"] >= result["clock_mhz"]
     if result["pll"] is not None:
         assert_pll_build(result, tmp_path, "icebreaker", "SB_PLL40_PAD", "ICESTORM_PLL")
+
+
+def test_a_near_miss_is_rebuilt_once_with_another_seed_then_the_clock_drops():
+    # 43 MHz at a 45 MHz clock is within NEAR_MISS: same clock, the next seed.
+    assert next_attempt("ice40", 12e6, 45e6, None, [43.0], reseeded=False) == ("reseed", 45e6, NEXTPNR_DEFAULT_SEED + 1)
+    assert next_attempt("ice40", 12e6, 45e6, 7, [43.0], reseeded=False) == ("reseed", 45e6, 8)
+    # Once only; then, as for a wide miss, RETRY_MARGIN below the lowest Fmax so far, seed kept.
+    lowered = plan_pll("ice40", 12e6, RETRY_MARGIN * 42.0e6).f_out_hz
+    assert next_attempt("ice40", 12e6, 45e6, 8, [43.0, 42.0], reseeded=True) == ("lower", lowered, 8)
+    assert next_attempt("ice40", 12e6, 45e6, None, [30.0], reseeded=False)[0] == "lower"
+    # Below what the PLL makes: the board oscillator.
+    assert next_attempt("ice40", 12e6, 45e6, None, [10.0], reseeded=False) == ("oscillator", None, None)
