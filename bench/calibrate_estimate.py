@@ -22,7 +22,7 @@ Designs run one at a time (the machine is shared). Usage::
     .venv/bin/python bench/calibrate_estimate.py --table          # estimate vs synthesis, no synthesis
     .venv/bin/python bench/calibrate_estimate.py --fit            # refit compiler/analysis.py's LOGIC_MODELS
 
-The full run took 24.5 minutes of synthesis (bench/calibration.json: total_synth_seconds).
+The full run took 10.4 minutes of synthesis on 2026-11-29 (bench/calibration.json: total_synth_seconds).
 
 The stored figures are what tests/boards/test_estimate.py checks `estimate_resources` against.
 """

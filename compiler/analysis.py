@@ -112,13 +112,14 @@ class LogicModel:
 
 
 LOGIC_MODELS = {
-    # bench/calibrate_estimate.py --fit (12 designs, bench/calibration.json, synthesized 2026-11-22 with
-    # the never-stalling MVTU: registered popcount levels, output queue, register slices), rounded.
-    "ice40": LogicModel(simd_lane=3.86, acc_bit=0.96, engine=158, score_bit=0.39, block_mux=1.38,
-                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.63, top=242, packing=1.027),
+    # bench/calibrate_estimate.py --fit (12 designs, bench/calibration.json, synthesized 2026-11-29 with
+    # the never-stalling MVTU: registered popcount levels and threshold compare, output queue,
+    # register-flag counters, register slices), rounded.
+    "ice40": LogicModel(simd_lane=3.98, acc_bit=0.96, engine=168, score_bit=0.26, block_mux=1.27,
+                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.64, top=265, packing=1.03),
     # ECP5 storage FFs take no LUT slot; acc_bit and ram_bit fit to ~0 there (FFs are separate cells).
-    "ecp5": LogicModel(simd_lane=4.57, acc_bit=0.11, engine=158, score_bit=0.39, block_mux=1.38,
-                       rom_lut=1.11, ram_bit=0.0, gearbox_bit=0.63, top=296, packing=1.007),
+    "ecp5": LogicModel(simd_lane=4.52, acc_bit=0.0, engine=168, score_bit=0.26, block_mux=1.27,
+                       rom_lut=1.11, ram_bit=0.0, gearbox_bit=0.64, top=344, packing=1.007),
 }
 
 # Yosys' memory_libmap weighs a memory left in logic at 1 per RAM bit and 1/16 per ROM bit against
