@@ -15,10 +15,12 @@ from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
 # The share of a device's LUTs a design may take: room for the estimate's error and for routing.
-# On the iCE40UP5K, TFC on Fashion-MNIST at 79% of the logic cells (4189 of 5280) placed, routed
-# and met 44.9 MHz in 90 s. On the ECP5-85F, SFC at 11-17k LUTs routed in 4-6 minutes, while at
-# 59k (70%) nextpnr was still routing after 20 minutes, so ECP5 designs are held well under half.
-LUT_BUDGET_SHARE = {"ice40": 0.85, "ecp5": 0.35}
+# On the iCE40UP5K, TFC on Fashion-MNIST at 80% of the logic cells (4231 of 5280) placed, routed and
+# met 45 MHz in about a minute. On the ECP5-85F nextpnr's router is the limit, not the LUTs: SFC at
+# II 96 (19.4k LUTs, 23%) routed in 5 minutes at a 70 MHz clock and reached 97.6 MHz, while the II 88
+# design a 35% share allowed (24.8k) was still routing after 25 minutes (router1; router2 had 6k
+# overused wires after 9 iterations), for 8% more frames/s (make bench, 2026-11-29).
+LUT_BUDGET_SHARE = {"ice40": 0.85, "ecp5": 0.25}
 
 
 # Past this many layers the exhaustive placement search (4 ** layers estimates) gives way to a greedy one.
