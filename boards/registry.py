@@ -56,7 +56,7 @@ class Board:
     spram_bits: int
     dsps: int
     uart: tuple[str, int] = ("uart", 0)   # (resource name, number) on the platform
-    pll_first_try_hz: float | None = None   # first PLL clock synthesize_at_best_clock tries (_FIRST_TRY_HZ)
+    pll_first_try_hz: float | None = None   # first PLL clock synthesize_at_best_clock tries (FIRST_TRY_HZ)
     notes: str = ""
 
     @property
@@ -119,30 +119,30 @@ _ECP5_EBR_BITS = 18432
 # engines TFC reached 45.2-46.6 MHz (Fashion-MNIST) and 45.7 (digits) at a 48 MHz constraint
 # (2026-11-29; 36-43 before). ECP5 (LFE5U-85F SFC 75.8 MHz): 70 MHz, for every ECP5 board (the ULX3S
 # 25F/45F share the 85F's speed grade; the OrangeCrab's 25F is faster).
-_FIRST_TRY_HZ = {"ice40": 45e6, "ecp5": 70e6}
+FIRST_TRY_HZ = {"ice40": 45e6, "ecp5": 70e6}
 
 BOARDS: dict[str, Board] = {
     "icebreaker": Board(
         "icebreaker", _build_only(ICEBreakerPlatform, "ice40"), "ice40", "iCE40UP5K", "SG48",
         luts=5280, bram_blocks=30, bram_block_bits=_ICE40_EBR_BITS,
-        sprams=4, spram_bits=256 * 1024, dsps=8, pll_first_try_hz=_FIRST_TRY_HZ["ice40"],
+        sprams=4, spram_bits=256 * 1024, dsps=8, pll_first_try_hz=FIRST_TRY_HZ["ice40"],
         notes="UART through the FTDI's second channel; SPRAM unusable for weights (no init)"),
     "ulx3s-25f": Board(
         "ulx3s-25f", _build_only(ULX3S_25F_Platform, "ecp5"), "ecp5", "LFE5U-25F", "BG381",
         luts=24288, bram_blocks=56, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=28,
-        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
     "ulx3s-45f": Board(
         "ulx3s-45f", _build_only(ULX3S_45F_Platform, "ecp5"), "ecp5", "LFE5U-45F", "BG381",
         luts=43848, bram_blocks=108, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=72,
-        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
     "ulx3s-85f": Board(
         "ulx3s-85f", _build_only(ULX3S_85F_Platform, "ecp5"), "ecp5", "LFE5U-85F", "BG381",
         luts=83640, bram_blocks=208, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=156,
-        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
     "orangecrab": Board(
         "orangecrab", _orangecrab_platform, "ecp5", "LFE5U-25F", "MG285",
         luts=24288, bram_blocks=56, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=28,
-        pll_first_try_hz=_FIRST_TRY_HZ["ecp5"],
+        pll_first_try_hz=FIRST_TRY_HZ["ecp5"],
         notes="OrangeCrab r0.2 (25F); UART on Feather pins 0 (RX) / 1 (TX) via a 3.3 V USB-serial "
               "adapter; run dfu-suffix on the .bit before loading it with dfu-util"),
 }

@@ -64,9 +64,13 @@ def clock_choice(text: str) -> float | str:
 
 
 def add_clock_option(p: argparse.ArgumentParser) -> None:
+    from xnorflow.boards.registry import FIRST_TRY_HZ
+
     p.add_argument("--clock-mhz", type=clock_choice, default="auto", metavar="auto|board|MHZ",
                    help="the clock the bitstream runs at: auto (default) sets the board's PLL as fast as "
-                        "timing allows, rebuilding at a lower clock when nextpnr misses the first; a number "
+                        "timing allows: a first try per family (iCE40 "
+                        f"{FIRST_TRY_HZ['ice40'] / 1e6:g} MHz, ECP5 {FIRST_TRY_HZ['ecp5'] / 1e6:g} MHz), a near miss "
+                        "rebuilt once with another nextpnr seed, a wider one at a lower clock; a number "
                         "sets the PLL to it (or the nearest below) and fails if timing is not met; board "
                         "uses the board's oscillator, no PLL")
 
