@@ -93,8 +93,11 @@ def load_test_split(record: dict, dataset_override: str | None = None):
 
 def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: float | None = None,
                   folding: list[tuple[int, int]] | None = None, dataset: str | None = None,
-                  log=print) -> dict:
-    """Model file -> spec, golden vectors and Verilog in out_dir; returns the report."""
+                  log=print, lut_share: float | None = None) -> dict:
+    """Model file -> spec, golden vectors and Verilog in out_dir; returns the report.
+
+    ``lut_share``: the share of the board's LUTs the design may take (default: compiler.fit's
+    LUT_BUDGET_SHARE for the family, what places and routes in minutes)."""
     from xnorflow.boards.registry import get_board
     from xnorflow.sim.export import export_verilog
     from xnorflow.training.model_file import load_model_file, model_from_file, predict
@@ -106,14 +109,15 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
     record = load_model_file(model_path)
 
     streamlined = streamline(model_from_file_dict(record))
-    model, folding_reason = fold_for_board(streamlined, board, fps=fps, folding=folding)
+    model, folding_reason = fold_for_board(streamlined, board, fps=fps, folding=folding, lut_share=lut_share)
     spec = lower_for_board(model, board)
-    problems = overflow(spec, board)
+    problems = overflow(spec, board, lut_share)
     if problems:
-        best = fastest_fitting_target(streamlined, board)
+        best = fastest_fitting_target(streamlined, board, lut_share)
         raise CompileError(f"the design does not fit {board.name}: {'; '.join(problems)}: fold it more "
                            f"(without --folding, xnorflow picks the fastest folding that fits: {best} cycles "
-                           "per frame) or choose a bigger board")
+                           "per frame), allow more of its LUTs with --lut-share (longer place and route) or choose a "
+                           "bigger board")
     log(f"folding: {folding_reason}")
     for i, layer in enumerate(spec.layers):
         log(f"  layer {i}: {layer.n_in:>5} -> {layer.n_out:<5} PE={layer.pe:<4} SIMD={layer.simd:<4} "

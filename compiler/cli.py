@@ -84,6 +84,13 @@ def add_board_options(p: argparse.ArgumentParser) -> None:
                         "(default: the fastest folding that fits the board)")
     p.add_argument("--folding", type=parse_folding, default=None, metavar="PE,SIMD;...",
                    help="fold by hand: one PE,SIMD pair per layer, e.g. '8,16;4,8;4,8;1,8'")
+    from xnorflow.compiler.fit import LUT_BUDGET_SHARE
+
+    p.add_argument("--lut-share", type=float, default=None, metavar="SHARE",
+                   help="the share of the board's LUTs the design may take, 0-1 (default: "
+                        f"{LUT_BUDGET_SHARE['ice40']:g} on iCE40, {LUT_BUDGET_SHARE['ecp5']:g} on ECP5, what "
+                        "places and routes in minutes); more allows faster foldings "
+                        "that take longer to route (SFC on the ULX3S-85F at 0.5: II 48, 16 minutes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +183,7 @@ def cmd_compile(args) -> int:
     from xnorflow.compiler.build import compile_model
 
     report = compile_model(args.model, args.output, board_name=args.board, fps=args.fps, folding=args.folding,
+                           lut_share=args.lut_share,
                            dataset=args.dataset)
     print(f"compiled into {args.output}/ in {report['compile_seconds']:.1f} s")
     print_summary(report, ("accuracy_torch", "accuracy_golden", "torch_golden_agreement",

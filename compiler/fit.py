@@ -143,14 +143,25 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
     return replace(spec, layers=chosen)
 
 
-def overflow(spec: NetworkSpec, board) -> list[str]:
+def lut_budget_share(board, lut_share: float | None = None) -> float:
+    """The share of the board's LUTs a design may take: ``lut_share`` when given (the user trades
+    place-and-route time for speed), else the family's LUT_BUDGET_SHARE."""
+    if lut_share is None:
+        return LUT_BUDGET_SHARE[board.family]
+    if not 0 < lut_share <= 1:
+        raise CompileError(f"--lut-share {lut_share:g}: give the share of the board's LUTs the design may "
+                           f"take, above 0 and at most 1 (default {LUT_BUDGET_SHARE[board.family]:g} on {board.family})")
+    return float(lut_share)
+
+
+def overflow(spec: NetworkSpec, board, lut_share: float | None = None) -> list[str]:
     """What does not fit the board, as phrases like 'block RAM 34 of 30'; empty when it fits."""
     estimate = estimate_resources(spec, board.family)
     problems = []
     if estimate["weight_bits"] > board.bram_bits:
         problems.append(f"weights {estimate['weight_bits'] / 1024:,.0f} Kbit of the {board.bram_bits / 1024:,.0f} Kbit "
                         f"of block RAM")
-    share = LUT_BUDGET_SHARE[board.family]
+    share = lut_budget_share(board, lut_share)
     lut_budget = int(board.luts * share)
     if estimate["brams"] > board.bram_blocks:
         problems.append(f"block RAM {estimate['brams']} of {board.bram_blocks} blocks")
@@ -176,17 +187,17 @@ def lower_for_board(model: BnnModel, board) -> NetworkSpec:
     return place_for_board(lower_to_spec(model), board)
 
 
-def fits(model: BnnModel, board) -> bool:
-    return not overflow(lower_for_board(model, board), board)
+def fits(model: BnnModel, board, lut_share: float | None = None) -> bool:
+    return not overflow(lower_for_board(model, board), board, lut_share)
 
 
-def design_for_board(model: BnnModel, board, target_cycles: int) -> NetworkSpec | None:
+def design_for_board(model: BnnModel, board, target_cycles: int, lut_share: float | None = None) -> NetworkSpec | None:
     """The cheapest design (folding and memory placement) within ``target_cycles`` that fits the
     board, checked with the full estimate; None when there is none."""
     spec = lower_to_spec(model)
     top_blocks = estimate_resources(spec, board.family)["top"]["brams"]
     design = cheapest_design(spec, board.family, target_cycles, board.bram_blocks - top_blocks)
-    if design is None or overflow(design, board):
+    if design is None or overflow(design, board, lut_share):
         return None
     return design
 
@@ -195,19 +206,19 @@ def folding_of(spec: NetworkSpec) -> list[tuple[int, int]]:
     return [(layer.pe, layer.simd) for layer in spec.layers]
 
 
-def fastest_fitting_design(model: BnnModel, board) -> NetworkSpec | None:
+def fastest_fitting_design(model: BnnModel, board, lut_share: float | None = None) -> NetworkSpec | None:
     """The design of the smallest cycles-per-frame target that fits the board (None: nothing fits).
 
     Fewer cycles need more parallel lanes and memory banks, so fitting is (close to) monotone in the
     target; a binary search over it finds the fastest design that fits.
     """
     lo, hi = 1, slowest_cycles(model)
-    fastest = design_for_board(model, board, hi)
+    fastest = design_for_board(model, board, hi, lut_share)
     if fastest is None:
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        design = design_for_board(model, board, mid)
+        design = design_for_board(model, board, mid, lut_share)
         if design is not None:
             hi, fastest = mid, design
         else:
@@ -215,9 +226,9 @@ def fastest_fitting_design(model: BnnModel, board) -> NetworkSpec | None:
     return fastest
 
 
-def fastest_fitting_target(model: BnnModel, board) -> int | None:
+def fastest_fitting_target(model: BnnModel, board, lut_share: float | None = None) -> int | None:
     """The fewest cycles per frame of a design that fits the board (None: nothing fits)."""
-    design = fastest_fitting_design(model, board)
+    design = fastest_fitting_design(model, board, lut_share)
     return None if design is None else design.analytic_cycles_per_frame
 
 
@@ -243,21 +254,24 @@ def expected_clock_hz(board) -> float:
 
 
 def fold_for_board(model: BnnModel, board, fps: float | None = None,
-                   folding: list[tuple[int, int]] | None = None) -> tuple[BnnModel, str]:
-    """Fold the model by hand, to an fps target at the board's clock, or as fast as fits the board.
+                   folding: list[tuple[int, int]] | None = None,
+                   lut_share: float | None = None) -> tuple[BnnModel, str]:
+    """Fold the model by hand, to an fps target at the board's clock, or as fast as fits the board
+    (within ``lut_share`` of its LUTs, default `LUT_BUDGET_SHARE`).
 
     Returns the folded model and a sentence saying how the folding was chosen.
     """
     clock = expected_clock_hz(board)
     if folding is not None:
         return SetFolding(folding=folding)(model), "folding given by hand"
-    fastest = fastest_fitting_design(model, board)
+    share = lut_budget_share(board, lut_share)
+    fastest = fastest_fitting_design(model, board, share)
     if fastest is None:
         spec = lower_for_board(SetFolding(target_cycles=slowest_cycles(model))(model), board)
         bigger = smallest_board_that_fits(model, board)
         advice = f"choose a bigger board ({bigger} fits it)" if bigger else "no supported board fits it: choose a smaller arch"
         raise CompileError(f"the network does not fit {board.name} even fully folded "
-                           f"({'; '.join(overflow(spec, board))}): {advice}")
+                           f"({'; '.join(overflow(spec, board, share))}): {advice}")
     best = fastest.analytic_cycles_per_frame
     if fps is None:
         return SetFolding(folding=folding_of(fastest))(model), (
@@ -269,9 +283,10 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
         best_fps = clock / best
         raise CompileError(f"{fps:,.0f} frames/s needs at most {max(target, 0)} cycles per frame at "
                            f"{clock / 1e6:g} MHz, but the fastest folding that fits {board.name} takes "
-                           f"{best} ({best_fps:,.0f} frames/s): lower --fps or choose a bigger board")
+                           f"{best} ({best_fps:,.0f} frames/s within {share:.0%} of its LUTs): lower --fps, "
+                           "allow more LUTs with --lut-share (longer place and route) or choose a bigger board")
     # Fitting is close to, not exactly, monotone in the target: the fastest design reaches it too.
-    design = design_for_board(model, board, target) or fastest
+    design = design_for_board(model, board, target, share) or fastest
     return SetFolding(folding=folding_of(design))(model), (
         f"the cheapest folding reaching {fps:,.0f} frames/s at {clock / 1e6:g} MHz: "
         f"at most {target} cycles per frame")

@@ -75,7 +75,7 @@ def previous_compile_matches(report: dict, model_path: Path, args) -> bool:
 
 def compile_request(args) -> dict:
     folding = [list(p) for p in args.folding] if args.folding else None
-    return {"board": args.board, "fps": args.fps, "folding": folding}
+    return {"board": args.board, "fps": args.fps, "folding": folding, "lut_share": args.lut_share}
 
 
 def run_flow(args) -> int:
@@ -103,7 +103,8 @@ def run_flow(args) -> int:
         steps.run("compile", None, skip_reason="reusing the compiled design in the build folder")
     else:
         def do_compile():
-            compile_model(model_path, build_dir, board_name=args.board, fps=args.fps, folding=args.folding)
+            compile_model(model_path, build_dir, board_name=args.board, fps=args.fps, folding=args.folding,
+                          lut_share=args.lut_share)
             reports.update_report(build_dir, compile_request=compile_request(args))
         steps.run("compile", do_compile)
 

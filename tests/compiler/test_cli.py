@@ -109,6 +109,12 @@ def test_unreachable_fps_says_what_is_reachable(tfc_digits_model, tmp_path):
     assert_one_line_error(result, "frames/s", "lower --fps")
 
 
+def test_bad_lut_share_is_one_line(tfc_digits_model, tmp_path):
+    result = run_cli("compile", tfc_digits_model, "-o", tmp_path / "b", "--lut-share", "0")
+    assert_one_line_error(result, "--lut-share 0", "at most 1")
+    assert not (tmp_path / "b").exists()
+
+
 def test_fps_target_picks_a_folding_that_meets_it(tfc_digits_model, tmp_path):
     build = tmp_path / "b"
     assert run_cli("compile", tfc_digits_model, "-o", build, "--fps", "50000").returncode == 0

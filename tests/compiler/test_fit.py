@@ -55,3 +55,21 @@ def test_cheapest_design_beats_fewest_lanes_when_blocks_are_scarce():
     theirs = estimate_resources(placed, "ice40")
     assert sum(layer["brams"] for layer in ours["layers"]) <= 30
     assert theirs["brams"] > ours["brams"] or ours["luts"] < theirs["luts"]
+
+
+def test_a_larger_lut_share_admits_a_faster_design_and_a_bad_share_is_refused():
+    from xnorflow.boards.registry import get_board
+    from xnorflow.compiler.fit import LUT_BUDGET_SHARE, lut_budget_share, overflow, place_for_board
+    from xnorflow.compiler.model import CompileError
+
+    board = get_board("ulx3s-85f")
+    # SFC at II 48 (the 85F's fastest at half its LUTs): about 41k LUTs, over the default 25%.
+    spec = place_for_board(net([784, 256, 256, 256, 10], [(11, 392), (43, 32), (43, 32), (10, 8)]), board)
+    assert spec.analytic_cycles_per_frame == 48
+    default = overflow(spec, board)
+    assert len(default) == 1 and "LUTs" in default[0] and f"{LUT_BUDGET_SHARE['ecp5']:.0%}" in default[0]
+    assert overflow(spec, board, lut_share=0.5) == []
+    assert lut_budget_share(board) == LUT_BUDGET_SHARE["ecp5"] and lut_budget_share(board, 0.5) == 0.5
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(CompileError, match="--lut-share"):
+            overflow(spec, board, lut_share=bad)
