@@ -37,6 +37,12 @@ CONFIGS = [
 ]
 
 
+def config_name(config: dict) -> str:
+    """tfc-digits-icebreaker, or with a variant's suffix (sfc-fashion-mnist-ulx3s-85f-lut50)."""
+    base = f"{config['arch']}-{config['dataset']}-{config['board']}"
+    return f"{base}-{config['variant']}" if config.get("variant") else base
+
+
 def timed(fn, repeats=1):
     """(result of the last call, median seconds over repeats)."""
     times, result = [], None
@@ -80,18 +86,20 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     from xnorflow.compiler.report import read_report
 
     arch, dataset, board = config["arch"], config["dataset"], config["board"]
-    name = f"{arch}-{dataset}-{board}"
+    name = config_name(config)
     model_path, record = trained_model(work, arch, dataset, log)
     build = work / "builds" / name
-    row = {"config": name, "measured_at": time.strftime("%Y-%m-%d %H:%M"), **{k: v for k, v in config.items() if k not in ("sim_images", "folding")},
-           "folding": "by hand" if config.get("folding") else "fastest that fits",
+    row = {"config": name, "measured_at": time.strftime("%Y-%m-%d %H:%M"), **{k: v for k, v in config.items() if k in ("arch", "dataset", "board", "lut_share")},
+           "folding": "by hand" if config.get("folding") else (
+               f"fastest within {config['lut_share']:.0%} of the LUTs (--lut-share)" if config.get("lut_share")
+               else "fastest that fits"),
            "train_seconds": record["train"].get("seconds"),
            "train_epochs": record["train"].get("epochs")}
 
     log(f"{name}: compile (median of 3)")
     _, row["compile_seconds_median"] = timed(
         lambda: compile_model(model_path, build, board_name=board, folding=config.get("folding"),
-                              log=lambda *_: None), repeats=3)
+                              lut_share=config.get("lut_share"), log=lambda *_: None), repeats=3)
 
     sim_images = config.get("sim_images", sim_images)
     log(f"{name}: simulate {'all' if sim_images is None else sim_images} test images in Verilator")
@@ -100,7 +108,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     row["sim_seconds"] = time.perf_counter() - t0
     if synth:
         log(f"{name}: synthesize for {board}")
-        synthesize_build(build, progress=False)
+        synthesize_build(build, progress=False, clock_mhz=config.get("clock_mhz", "auto"))
     report = read_report(build)
     row.update({key: report.get(key) for key in (
         "accuracy_torch", "accuracy_golden", "torch_golden_agreement", "accuracy_rtl", "images_simulated",
@@ -123,7 +131,7 @@ def merged_rows(results_file: Path, new_rows: list[dict]) -> list[dict]:
     if results_file.exists():
         rows = {r["config"]: r for r in json.loads(results_file.read_text()).get("results", [])}
     rows.update({r["config"]: r for r in new_rows})
-    order = [f"{c['arch']}-{c['dataset']}-{c['board']}" for c in CONFIGS]
+    order = [config_name(c) for c in CONFIGS]
     return sorted(rows.values(), key=lambda r: order.index(r["config"]) if r["config"] in order else len(order))
 
 
@@ -145,16 +153,20 @@ def fmt(value, kind=""):
 
 def markdown_table(rows: list[dict]) -> str:
     header = ("| config | accuracy torch / golden / RTL | mismatches | II meas. / analytic | Fmax MHz | "
-              "frames/s | fps/LUT | LUTs (est.) | mem. blocks (est.) | compile | synth | RTL img/s |")
-    lines = [header, "|" + "|".join("---" for _ in range(12)) + "|"]
+              "frames/s | clock MHz | frames/s at clock | fps/LUT | LUTs (est.) | mem. blocks (est.) | compile | "
+              "synth | RTL img/s |")
+    lines = [header, "|" + "|".join("---" for _ in range(14)) + "|"]
     for r in rows:
         lines.append("| " + " | ".join([
-            f"{r['arch'].upper()} / {r['dataset']} / {r['board']}",
+            f"{r['arch'].upper()} / {r['dataset']} / {r['board']}"
+            + (f" (--lut-share {r['lut_share']:g})" if r.get("lut_share") else ""),
             " / ".join(fmt(r.get(k), "pct") for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl")),
             f"{fmt(r.get('rtl_mismatches'))} of {fmt(r.get('images_simulated'), 'int')}",
             f"{fmt(r.get('cycles_per_frame'))} / {fmt(r.get('analytic_cycles_per_frame'))}",
             fmt(r.get("fmax_mhz"), "f1"),
             fmt(r.get("fps"), "int"),
+            fmt(r.get("clock_mhz"), "f1"),
+            fmt(r.get("fps_at_clock"), "int"),
             fmt(r.get("fps_per_lut"), "f1"),
             f"{fmt(r.get('luts'), 'int')} ({fmt(r.get('estimate_luts'), 'int')})",
             f"{fmt(r.get('brams'))} ({fmt(r.get('estimate_brams'))})",
@@ -164,7 +176,8 @@ def markdown_table(rows: list[dict]) -> str:
         ]) + " |")
     lines.append("")
     lines.append("— : not measured in this run. RTL accuracy is over the images simulated. Frames/s are at Fmax (DESIGN.md); each bitstream runs at the "
-                 "clock its PLL was set to, at or below Fmax: `clock_mhz` and `fps_at_clock` in each build's report.json (bench/work/builds/).")
+                 "clock its PLL was set to, at or below Fmax, which gives the frames/s at clock (`clock_mhz`, `fps_at_clock` in each build's "
+                 "report.json, bench/work/builds/).")
     lines.append("")
     lines.append("| anchor (published) | accuracy | frames/s | LUTs | fps/LUT | build |")
     lines.append("|---|---|---|---|---|---|")
