@@ -76,6 +76,8 @@ def add_clock_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_board_options(p: argparse.ArgumentParser) -> None:
+    from xnorflow.compiler.fit import LUT_BUDGET_SHARE
+
     p.add_argument("--board", default="icebreaker",
                    help="target board (default: icebreaker); sets the device the design must fit and its clock")
     p.add_argument("--fps", type=float, default=None,
@@ -84,8 +86,6 @@ def add_board_options(p: argparse.ArgumentParser) -> None:
                         "(default: the fastest folding that fits the board)")
     p.add_argument("--folding", type=parse_folding, default=None, metavar="PE,SIMD;...",
                    help="fold by hand: one PE,SIMD pair per layer, e.g. '8,16;4,8;4,8;1,8'")
-    from xnorflow.compiler.fit import LUT_BUDGET_SHARE
-
     p.add_argument("--lut-share", type=float, default=None, metavar="SHARE",
                    help="the share of the board's LUTs the design may take, 0-1 (default: "
                         f"{LUT_BUDGET_SHARE['ice40']:g} on iCE40, {LUT_BUDGET_SHARE['ecp5']:g} on ECP5, what "
