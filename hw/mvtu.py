@@ -205,6 +205,11 @@ class MVTU(wiring.Component, EngineTiming):
         m.d.sync += register.eq(value)
         return register
 
+    @classmethod
+    def _register_stage(cls, m: Module, name: str, source: dict) -> dict:
+        """Every value of ``source`` one cycle later, as registers named ``{name}_{key}``."""
+        return {key: cls._register(m, value, f"{name}_{key}") for key, value in source.items()}
+
     # --- the engine --------------------------------------------------------------------------
     def elaborate(self, platform):
         layer = self.layer
@@ -243,13 +248,10 @@ class MVTU(wiring.Component, EngineTiming):
             m.d.sync += weight_addr.eq(Mux(release, 0, weight_addr + 1))
 
         # Stage control: valid, first/last beat of a fold, the fold number; moved every cycle.
-        def stage(name, source):
-            return {key: self._register(m, value, f"{name}_{key}") for key, value in source.items()}
-
         s0 = {"valid": issue, "first": sf_counter.is_first, "last": last_sf, "nf": nf}
         s0 = {key: Value.cast(value) for key, value in s0.items()}
-        s1 = stage("s1", s0)
-        fetched = stage("x", s1)      # x and the weight words are both valid here
+        s1 = self._register_stage(m, "s1", s0)
+        fetched = self._register_stage(m, "x", s1)      # x and the weight words are both valid here
 
         # XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
         # a named signal first: the tree slices it bit by bit, and slicing an expression would
@@ -276,10 +278,10 @@ class MVTU(wiring.Component, EngineTiming):
 
         counted = register_level(0, [[(popcount(agree[r][start:stop]), stop - start)
                                       for start, stop in group_slices(layer.simd)] for r in range(pe)])
-        control = stage("count0", fetched)
+        control = self._register_stage(m, "count0", fetched)
         for level in range(1, self.count_stages):
             counted = register_level(level, [grouped_sums(terms) for terms in counted])
-            control = stage(f"count{level}", control)
+            control = self._register_stage(m, f"count{level}", control)
         counts = [counted[r][0][0] for r in range(pe)]
         count_stage = control
 
@@ -287,7 +289,7 @@ class MVTU(wiring.Component, EngineTiming):
         accs = [Signal(acc_width, name=f"acc_pe{r}") for r in range(pe)]
         with m.If(count_stage["valid"]):
             m.d.sync += [accs[r].eq(Mux(count_stage["first"], counts[r], accs[r] + counts[r])) for r in range(pe)]
-        done = stage("acc", {"valid": count_stage["valid"] & count_stage["last"], "nf": count_stage["nf"]})
+        done = self._register_stage(m, "acc", {"valid": count_stage["valid"] & count_stage["last"], "nf": count_stage["nf"]})
 
         result_valid = Signal()
         if layer.is_output:
@@ -357,27 +359,24 @@ class MVTU(wiring.Component, EngineTiming):
         # Then the fold's best: an argmax tree with a register after every level, the fold's
         # scores and number travelling alongside.
         nodes = list(zip(row_scores, row_classes))
-        fold_scores, fold_valid, fold_number = row_scores, rows_valid, rows_fold
-        fold_first, fold_last = rows_first, rows_last
+        fold_scores = row_scores
+        fold = {"valid": rows_valid, "number": rows_fold, "first": rows_first, "last": rows_last}
         for level in range(self.argmax_levels):
             nodes = [(self._register(m, value, f"best{level}_{k}"), self._register(m, where, f"best_class{level}_{k}"))
                      for k, (value, where) in enumerate(argmax_level(nodes))]
             fold_scores = [self._register(m, score, f"fold{level}_score{r}") for r, score in enumerate(fold_scores)]
-            fold_valid = self._register(m, fold_valid, f"fold{level}_valid")
-            fold_number = self._register(m, fold_number, f"fold{level}_number")
-            fold_first = self._register(m, fold_first, f"fold{level}_first")
-            fold_last = self._register(m, fold_last, f"fold{level}_last")
+            fold = self._register_stage(m, f"fold{level}", fold)
         (fold_best, fold_best_class), = nodes
 
         # Running argmax: a later fold's best wins only when strictly greater (ties -> lowest index).
         run_best = Signal(width)
         run_class = Signal(range(nf_count * pe))
-        take = fold_first | (fold_best > run_best)
+        take = fold["first"] | (fold_best > run_best)
         frame_scores = [Signal(width, name=f"frame_score{c}") for c in range(n_classes)]
-        with m.If(fold_valid):
+        with m.If(fold["valid"]):
             m.d.sync += [run_best.eq(Mux(take, fold_best, run_best)), run_class.eq(Mux(take, fold_best_class, run_class))]
             for c in range(n_classes):
-                with m.If(fold_number == c // pe):
+                with m.If(fold["number"] == c // pe):
                     m.d.sync += frame_scores[c].eq(fold_scores[c % pe])
 
         # The cycle after the last fold, run_class and frame_scores hold the frame's result: the
@@ -386,7 +385,7 @@ class MVTU(wiring.Component, EngineTiming):
         result = Signal(class_scores_layout(layer))
         m.d.comb += [
             result.index.eq(run_class),
-            result_valid.eq(self._register(m, fold_valid & fold_last, "frame_valid")),
+            result_valid.eq(self._register(m, fold["valid"] & fold["last"], "frame_valid")),
         ]
         m.d.comb += [result.scores[c].eq(frame_scores[c]) for c in range(n_classes)]
         return result
