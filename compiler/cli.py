@@ -93,8 +93,15 @@ def add_board_options(p: argparse.ArgumentParser) -> None:
                         "that take longer to route (SFC on the ULX3S-85F at 0.5: II 48, 16 minutes)")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument ends in one line (the contract for bad input), not usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"xnorflow: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="xnorflow",
         description="Binarized neural networks from PyTorch to a bit-exact streaming FPGA accelerator: "
                     "train, compile to Amaranth RTL, simulate in Verilator against a golden model, "

@@ -115,6 +115,11 @@ def test_bad_lut_share_is_one_line(tfc_digits_model, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_bad_option_value_is_one_line_not_usage(tmp_path):
+    result = run_cli("simulate", tmp_path / "b", "--images", "0")
+    assert_one_line_error(result, "--images", "give a number >= 1", "xnorflow simulate --help")
+
+
 def test_fps_target_picks_a_folding_that_meets_it(tfc_digits_model, tmp_path):
     build = tmp_path / "b"
     assert run_cli("compile", tfc_digits_model, "-o", build, "--fps", "50000").returncode == 0
