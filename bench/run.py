@@ -112,7 +112,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     row["sim_seconds"] = time.perf_counter() - t0
     if synth:
         log(f"{name}: synthesize for {board}")
-        synthesize_build(build, progress=False, clock_mhz=config.get("clock_mhz", "auto"))
+        synthesize_build(build, progress=False, clock_mhz=config.get("clock_mhz", "auto"), seed=config.get("seed"))
     report = read_report(build)
     row.update({key: report.get(key) for key in (
         "accuracy_torch", "accuracy_golden", "torch_golden_agreement", "accuracy_rtl", "images_simulated",

@@ -203,12 +203,14 @@ def fps_from(fmax_mhz, cycles_per_frame):
     return fmax_mhz * 1e6 / cycles_per_frame
 
 
-def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = "auto") -> dict:
+def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = "auto",
+                     seed: int | None = None) -> dict:
     """Yosys + nextpnr for the build's board; merge utilisation, Fmax and fps into the report.
 
     ``clock_mhz``: "auto" builds with the board's PLL as fast as timing allows (a rebuild, at most
     a few, when the first clock is missed); a number builds with the PLL at that frequency (or the
     nearest below it) and fails if timing is not met; "board" builds at the board's oscillator.
+    ``seed``: nextpnr's placement seed (None: its default).
     """
     from xnorflow.boards.registry import get_board
     from xnorflow.boards.synth import synthesize, synthesize_at_best_clock
@@ -218,11 +220,12 @@ def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = 
     spec = load_spec(build_dir)
     out = build_dir / "synth"
     if clock_mhz == "auto":
-        results = synthesize_at_best_clock(spec, report["board"], out, progress=progress)
+        results = synthesize_at_best_clock(spec, report["board"], out, progress=progress, seed=seed)
     elif clock_mhz == "board":
-        results = synthesize(spec, report["board"], out, progress=progress)
+        results = synthesize(spec, report["board"], out, progress=progress, seed=seed)
     else:
-        results = synthesize(spec, report["board"], out, progress=progress, clock_hz=float(clock_mhz) * 1e6)
+        results = synthesize(spec, report["board"], out, progress=progress, seed=seed,
+                             clock_hz=float(clock_mhz) * 1e6)
 
     fields = {key: results.get(key) for key in reports.SYNTHESIS_KEYS if key in results}
     if fields.get("brams") is not None:

@@ -73,6 +73,9 @@ def add_clock_option(p: argparse.ArgumentParser) -> None:
                         "rebuilt once with another nextpnr seed, a wider one at a lower clock; a number "
                         "sets the PLL to it (or the nearest below) and fails if timing is not met; board "
                         "uses the board's oscillator, no PLL")
+    p.add_argument("--pnr-seed", type=positive_int, default=None, metavar="N",
+                   help="nextpnr's placement seed for the first build (default: nextpnr's, 1); a near "
+                        "miss is rebuilt with N+1. A seed gives the same bitstream every time")
 
 
 def add_board_options(p: argparse.ArgumentParser) -> None:
@@ -217,7 +220,7 @@ def cmd_simulate(args) -> int:
 def cmd_synth(args) -> int:
     from xnorflow.compiler.build import synthesize_build
 
-    report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz)
+    report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz, seed=args.pnr_seed)
     print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "clock_mhz",
                            "timing_met", "fps_at_clock", "synth_seconds"))
     print(f"  bitstream                {report.get('bitstream')}")

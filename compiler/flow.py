@@ -125,7 +125,7 @@ def run_flow(args) -> int:
         steps.run("synth", None, skip_reason=f"reusing {report['bitstream']}")
     else:
         steps.run("synth", lambda: synthesize_build(build_dir, progress=sys.stderr.isatty(),
-                                                    clock_mhz=args.clock_mhz))
+                                                    clock_mhz=args.clock_mhz, seed=args.pnr_seed))
 
     def do_report():
         from .html_report import write_html_report

@@ -97,8 +97,11 @@ def assert_pll_build(result: dict, out_dir: Path, board_name: str, primitive: st
 
 
 def test_tiny_network_on_icebreaker_with_the_pll(tmp_path):
-    result = synthesize(tiny_network(), "icebreaker", tmp_path, progress=False, clock_hz=24e6)
+    result = synthesize(tiny_network(), "icebreaker", tmp_path, progress=False, clock_hz=24e6, seed=3)
     assert result["clock_mhz"] == 24.0
+    [nextpnr] = [argv for argv in json.loads((tmp_path / "build_xnorflow.json").read_text())["commands"]
+                 if "nextpnr" in argv[0]]
+    assert nextpnr[nextpnr.index("--seed") + 1] == "3" and result["seed_attempts"] == [3]
     assert result["pll"]["parameters"] == {"FEEDBACK_PATH": "SIMPLE", "DIVR": 0, "DIVF": 63, "DIVQ": 5,
                                            "FILTER_RANGE": 1}
     assert_pll_build(result, tmp_path, "icebreaker", "SB_PLL40_PAD", "ICESTORM_PLL")

@@ -120,6 +120,11 @@ def test_a_bad_option_value_is_one_line_not_usage(tmp_path):
     assert_one_line_error(result, "--images", "give a number >= 1", "xnorflow simulate --help")
 
 
+def test_bad_pnr_seed_is_one_line(tmp_path):
+    result = run_cli("synth", tmp_path / "b", "--pnr-seed", "0")
+    assert_one_line_error(result, "--pnr-seed", "give a number >= 1")
+
+
 def test_fps_target_picks_a_folding_that_meets_it(tfc_digits_model, tmp_path):
     build = tmp_path / "b"
     assert run_cli("compile", tfc_digits_model, "-o", build, "--fps", "50000").returncode == 0
