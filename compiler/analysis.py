@@ -212,7 +212,7 @@ def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
     engine = EngineTiming(layer)    # its pipeline depth and output queue, as the RTL builds them
     levels = count_levels(simd)
     ffs = pe * (sum(bits_for(most) for level in levels for most in level) + acc)   # popcount levels, acc
-    ffs += simd * (engine.fetch_stages - 1) + pe * simd * layer.weight_registers   # x, weight words
+    ffs += simd + (pe * simd if layer.register_weights else 0)            # input word, weight words
     ffs += 2 * bits_for(nf - 1) + bits_for(sf - 1) + bits_for(nf * sf - 1)   # counters
     ffs += (engine.latency + 2) * (3 + bits_for(nf - 1))                  # stage control
     class_bits = bits_for(layer.n_out - 1)

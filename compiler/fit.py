@@ -171,17 +171,16 @@ def overflow(spec: NetworkSpec, board, lut_share: float | None = None) -> list[s
     return problems
 
 
-# Registers after each weight bank's read (LayerSpec.weight_registers), per family. On ECP5 the
-# DP16KD's unregistered output starts the longest path and flip-flops are plentiful: two registers
-# let the first sit beside its block. On iCE40 a register takes a logic cell of its own.
-WEIGHT_REGISTERS = {"ice40": 0, "ecp5": 2}
+# Families whose block RAM outputs are registered before the XNOR (LayerSpec.register_weights): on
+# ECP5 the flip-flops are plentiful and the DP16KD's unregistered output starts the longest path.
+REGISTER_WEIGHTS = {"ice40": False, "ecp5": True}
 
 
 def place_for_board(spec: NetworkSpec, board) -> NetworkSpec:
     """A folded spec as the compiler builds it for ``board``: memories placed, weight registers set."""
     spec = place_memories(spec, board.family, board.bram_blocks)
-    registers = WEIGHT_REGISTERS[board.family]
-    return replace(spec, layers=tuple(replace(layer, weight_registers=registers) for layer in spec.layers))
+    registered = REGISTER_WEIGHTS[board.family]
+    return replace(spec, layers=tuple(replace(layer, register_weights=registered) for layer in spec.layers))
 
 
 def lower_for_board(model: BnnModel, board) -> NetworkSpec:

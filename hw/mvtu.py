@@ -12,8 +12,7 @@ queue slot is free for its result: credit-based flow control, as FINN's MVAU str
 
     S0 issue   (nf, sf) counters drive the read address of the input buffer
     S1 fetch   the input word from the buffer; the weight banks' read address
-    S1x        the input word registered (it fans out to every PE); one weight word per PE,
-               after LayerSpec.weight_registers registers of its own (and x after as many)
+    S1x        the input word registered (it fans out to every PE); one weight word per PE
     count      registered popcount(XNOR(x, w_r)) per group of POPCOUNT_GROUP lanes per PE, then
                registered sums of up to POPCOUNT_GROUP of those, until one count per PE is left
     acc        accumulated popcount per PE; complete at the last sf of a fold
@@ -86,15 +85,9 @@ class EngineTiming:
         return layer.synapse_folds * (layer.neuron_folds if layer.is_output else 1)
 
     @property
-    def fetch_stages(self) -> int:
-        """Cycles from issue to the XNOR: the read of the memories, then the registers after it
-        (the input word's one, or the weight registers when there are more)."""
-        return 1 + max(1, self.layer.weight_registers)
-
-    @property
     def latency(self) -> int:
         """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
-        fetch, acc, queue = self.fetch_stages, 1, 1
+        fetch, acc, queue = 2, 1, 1
         if self.layer.is_output:
             after_acc = 2 + self.argmax_levels          # the fold's scores, the argmax tree, the frame's
         else:
@@ -239,31 +232,26 @@ class MVTU(wiring.Component, EngineTiming):
         slot_taken = Signal()   # set by the queue: a unit may start this cycle
         m.d.comb += [issue.eq(bank_full & (~unit_first | slot_taken)), release.eq(issue & last_sf & last_nf)]
         # The input word fans out to every PE across the chip, so it gets a register of its own
-        # after the buffer's read (more when the weights have more, to stay aligned with them).
-        # Without weight registers the weight banks are addressed one cycle later instead.
+        # after the buffer's read: the weight banks are addressed one cycle later to stay aligned.
+        # With register_weights the banks are read at once and their words registered like x.
         buffered = self._input_buffer(m, read_bank_full=bank_full, issue=issue, last_sf=last_sf, release=release)
-        x_registers = self.fetch_stages - 1
-        x = buffered
-        for stage in range(x_registers):
-            x = self._register(m, x, "x" if stage == x_registers - 1 else f"x_early{stage}")
-        if layer.weight_registers:
-            words = self._weight_words(m, address=weight_addr)
+        x = Signal(layer.simd)
+        m.d.sync += x.eq(buffered)
+        if layer.register_weights:
+            weights = [Signal(layer.simd, name=f"weight_pe{r}") for r in range(pe)]
+            m.d.sync += [reg.eq(word) for reg, word in zip(weights, self._weight_words(m, address=weight_addr))]
         else:
-            words = self._weight_words(m, address=self._register(m, weight_addr, "weight_addr_s1"))
-        weights = []
-        for r, word in enumerate(words):
-            for stage in range(layer.weight_registers):
-                last = stage == layer.weight_registers - 1
-                word = self._register(m, word, f"weight_pe{r}" if last else f"weight_pe{r}_near{stage}")
-            weights.append(word)
+            weight_addr_s1 = Signal.like(weight_addr)
+            m.d.sync += weight_addr_s1.eq(weight_addr)
+            weights = self._weight_words(m, address=weight_addr_s1)
         with m.If(issue):
             m.d.sync += weight_addr.eq(Mux(release, 0, weight_addr + 1))
 
         # Stage control: valid, first/last beat of a fold, the fold number; moved every cycle.
         s0 = {"valid": issue, "first": sf_counter.is_first, "last": last_sf, "nf": nf}
-        fetched = {key: Value.cast(value) for key, value in s0.items()}
-        for stage in range(1, self.fetch_stages + 1):   # x and the weight words are valid at the last
-            fetched = self._register_stage(m, "x" if stage == self.fetch_stages else f"s{stage}", fetched)
+        s0 = {key: Value.cast(value) for key, value in s0.items()}
+        s1 = self._register_stage(m, "s1", s0)
+        fetched = self._register_stage(m, "x", s1)      # x and the weight words are both valid here
 
         # XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
         # a named signal first: the tree slices it bit by bit, and slicing an expression would

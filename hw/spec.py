@@ -23,7 +23,6 @@ import numpy as np
 SPEC_FORMAT = "xnorflow-spec"
 SPEC_VERSION = 1
 MEMORY_STYLES = ("auto", "block", "logic")
-WEIGHT_REGISTERS = (0, 1, 2)    # LayerSpec.weight_registers
 
 
 class SpecError(ValueError):
@@ -59,12 +58,10 @@ class LayerSpec:
     # compiler's memory-block count is what synthesis gets.
     weight_style: str = "auto"
     buffer_style: str = "auto"
-    # Registers between the weight banks' read data and the XNOR (0, 1 or 2). ECP5's DP16KD block
-    # RAM has a 5.8 ns clock-to-output, the start of its longest path: one register cuts that path
-    # off the XNOR, a second lets the placer put the first beside its block (with one, 4.6 ns of
-    # routing to the register remained the longest path of SFC at II 48). On iCE40 each register
-    # takes a logic cell of its own, so the compiler sets this per device family.
-    weight_registers: int = 0
+    # Register the weight words read from the banks before the XNOR. ECP5's DP16KD block RAM has a
+    # 5.6 ns clock-to-output without it, the start of its longest path; on iCE40 the registers
+    # would each take a logic cell of their own, so the compiler sets this per device family.
+    register_weights: bool = False
 
     @property
     def is_output(self) -> bool:
@@ -136,9 +133,6 @@ class LayerSpec:
             raise SpecError(f"{where}: folding PE={self.pe}, SIMD={self.simd} does not fit "
                             f"{self.n_out} outputs x {self.n_in} inputs: choose 1 <= PE <= {self.n_out} "
                             f"and 1 <= SIMD <= {self.n_in}")
-        if self.weight_registers not in WEIGHT_REGISTERS:
-            raise SpecError(f"{where}: {self.weight_registers} weight registers: choose one of "
-                            f"{', '.join(map(str, WEIGHT_REGISTERS))}")
         for style in (self.weight_style, self.buffer_style):
             if style not in MEMORY_STYLES:
                 raise SpecError(f"{where}: memory style {style!r}: choose one of {', '.join(MEMORY_STYLES)}")
@@ -217,7 +211,7 @@ class NetworkSpec:
             "meta": self.meta,
             "layers": [{"n_in": l.n_in, "n_out": l.n_out, "pe": l.pe, "simd": l.simd,
                         "weight_style": l.weight_style, "buffer_style": l.buffer_style,
-                        "weight_registers": l.weight_registers} for l in self.layers],
+                        "register_weights": l.register_weights} for l in self.layers],
         }
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
         for i, layer in enumerate(self.layers):
@@ -240,8 +234,7 @@ class NetworkSpec:
                     thresholds = data.get(f"t{i}")
                     layers.append(LayerSpec(l["n_in"], l["n_out"], weights, thresholds, l["pe"], l["simd"],
                                             l.get("weight_style", "auto"), l.get("buffer_style", "auto"),
-                                            # specs before weight_registers had a bool register_weights
-                                            int(l.get("weight_registers", l.get("register_weights", 0)))))
+                                            bool(l.get("register_weights", False))))
         except SpecError:
             raise
         except (OSError, ValueError, KeyError) as e:
