@@ -92,12 +92,14 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
     ``timing_allow_fail``, which builds the bitstream anyway and reports ``timing_met: False``.
 
     Returns ``{device, board, luts, ffs, brams, sprams, dsps, fmax_mhz, clock_mhz, pll, timing_met,
-    synth_seconds, stage_seconds, bitstream, capacity, memories, seed_attempts}``: ``clock_mhz`` is the frequency
-    the bitstream runs at (the PLL's output, or the oscillator), ``fmax_mhz`` the achieved frequency
+    synth_seconds, stage_seconds, bitstream, capacity, memories, clock_attempts_mhz, fmax_attempts_mhz,
+    seed_attempts}``: ``clock_mhz`` is the frequency the bitstream runs at (the PLL's output, or the
+    oscillator), ``fmax_mhz`` the achieved frequency
     of that clock, ``timing_met`` whether fmax_mhz >= clock_mhz (None if nextpnr gave no Fmax),
     ``pll`` the PLL's settings (`PllPlan.as_dict`) or None, ``capacity`` the device totals nextpnr
-    reports, ``memories`` where Yosys put each memory (see `memory_mapping`), ``seed_attempts``
-    this build's nextpnr seed in a list (None: nextpnr's default), as `synthesize_at_best_clock` has.
+    reports, ``memories`` where Yosys put each memory (see `memory_mapping`), and this one build's
+    clock, Fmax and nextpnr seed (None: nextpnr's default) as the one-entry lists
+    `synthesize_at_best_clock` keeps for every build it tries.
     """
     board = get_board(board_name)
     out = Path(out_dir)
@@ -138,6 +140,9 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
         "synth_seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": stage_seconds,
         "bitstream": str(bitstream),
+        # One build: the same lists as synthesize_at_best_clock's, so every report has them.
+        "clock_attempts_mhz": [clock_mhz],
+        "fmax_attempts_mhz": [figures["fmax_mhz"]],
         "seed_attempts": [seed],
     })
     if progress:

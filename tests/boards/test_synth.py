@@ -102,6 +102,7 @@ def test_tiny_network_on_icebreaker_with_the_pll(tmp_path):
     [nextpnr] = [argv for argv in json.loads((tmp_path / "build_xnorflow.json").read_text())["commands"]
                  if "nextpnr" in argv[0]]
     assert nextpnr[nextpnr.index("--seed") + 1] == "3" and result["seed_attempts"] == [3]
+    assert result["clock_attempts_mhz"] == [24.0] and result["fmax_attempts_mhz"] == [result["fmax_mhz"]]
     assert result["pll"]["parameters"] == {"FEEDBACK_PATH": "SIMPLE", "DIVR": 0, "DIVF": 63, "DIVQ": 5,
                                            "FILTER_RANGE": 1}
     assert_pll_build(result, tmp_path, "icebreaker", "SB_PLL40_PAD", "ICESTORM_PLL")
