@@ -146,3 +146,28 @@ def test_a_hand_folding_that_does_not_fit_names_one_that_does(tfc_digits_model, 
     result = run_cli("compile", tfc_digits_model, "-o", tmp_path / "b", "--folding", "64,64;64,64;64,64;10,64")
     assert_one_line_error(result, "does not fit icebreaker", "LUTs", "fastest folding that fits")
     assert not (tmp_path / "b").exists()
+
+
+def test_synth_merges_the_build_it_made_into_the_report(tfc_digits_model, tmp_path):
+    """compile, simulate, synth through the command line, with real Yosys + nextpnr: the report gets
+    what synthesis measured, and the frames/s from the measured II."""
+    build = tmp_path / "b"
+    assert run_cli("compile", tfc_digits_model, "-o", build).returncode == 0
+    assert run_cli("simulate", build, "--images", "20").returncode == 0
+    result = run_cli("synth", build, "--clock-mhz", "board", "--pnr-seed", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((build / "report.json").read_text())
+    assert report["seed_attempts"] == [2] and report["clock_attempts_mhz"] == [report["clock_mhz"]] == [12.0]
+    assert report["fmax_attempts_mhz"] == [report["fmax_mhz"]] and report["timing_met"] is True
+    assert report["fps"] == report["fmax_mhz"] * 1e6 / report["cycles_per_frame"]
+    assert report["fps_at_clock"] == 12e6 / report["cycles_per_frame"]
+    # The compiler's block count is what synthesis made, and every bank it put in blocks is one.
+    from xnorflow.compiler.build import load_spec
+    assert report["brams"] == report["estimate"]["brams"] > 0
+    layers = load_spec(build).layers
+    assert any(layer.weight_style == "block" for layer in layers)
+    for i, layer in enumerate(layers):
+        banks = {name: kind for name, kind in report["memories"].items() if f".mvtu{i}.weights_pe" in name}
+        if layer.weight_style == "block":
+            assert len(banks) == layer.pe and set(banks.values()) == {"block"}, (i, banks)
+    assert (build / "synth" / "xnorflow.bin").stat().st_size > 0
