@@ -35,7 +35,7 @@ CONFIGS = [
     # SFC near the 85F's block-RAM bandwidth: half its LUTs (II 48, all 208 DP16KD), with the PLL at
     # 96.875 MHz (the step that gives 2.02M frames/s at II 48) and nextpnr's seed 2. Fmax by seed
     # and clock (2026-11-29): seed 1 95.9 at 90 MHz, 95.6 at 96.875 (missed); seed 2 99.2 at 90,
-    # 98.0 at 100 (missed).
+    # 98.9 at 96.875, 98.0 at 100 (missed); seed 3 95.1 at 96.875 (missed).
     {"arch": "sfc", "dataset": "fashion-mnist", "board": "ulx3s-85f", "variant": "lut50", "lut_share": 0.5,
      "pnr_seed": 2, "clock_mhz": 96.875},
     # LFC's 1024-wide layers make each Verilator cycle slow: a capped, stated number of images.
