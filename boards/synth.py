@@ -205,13 +205,12 @@ def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_
     target_hz = board.pll_first_try_hz if first_try_hz is None else first_try_hz
     if target_hz is None:
         raise SynthError(f"{board.name} has no first PLL clock to try: pass first_try_hz")
-    attempts, seeds = [], []
+    attempts = []
 
     def build(clock_hz: float | None, build_seed: int | None) -> dict:
         result = synthesize(spec, board_name, out_dir, progress=progress, baud=baud, seed=build_seed,
                             clock_hz=clock_hz, timing_allow_fail=True)
         attempts.append(result)
-        seeds.append(build_seed)
         return result
 
     clock_hz, reseeded = target_hz, False
@@ -232,9 +231,9 @@ def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_
             print(f"[synth] timing still missed at {result['clock_mhz']:g} MHz: rebuilding at the "
                   f"{board.clock_hz / 1e6:g} MHz board clock without the PLL", file=sys.stderr)
         result = build(None, seed)
-    result["clock_attempts_mhz"] = [a["clock_mhz"] for a in attempts]
-    result["fmax_attempts_mhz"] = [a["fmax_mhz"] for a in attempts]
-    result["seed_attempts"] = seeds
+    # Each build carries its own one-entry lists (`synthesize`); the run's are their concatenation.
+    for key in ("clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts"):
+        result[key] = [value for attempt in attempts for value in attempt[key]]
     result["attempt_seconds"] = [a["synth_seconds"] for a in attempts]
     result["synth_seconds"] = round(sum(result["attempt_seconds"]), 1)
     return result
