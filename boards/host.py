@@ -20,6 +20,7 @@ from typing import Self
 
 import numpy as np
 
+from xnorflow.errors import XnorflowError
 from xnorflow.hw.spec import NetworkSpec, ceil_div
 from xnorflow.sim.golden import execute
 
@@ -31,7 +32,7 @@ FRAMES_IN_FLIGHT = 2
 SPEC_FILE_NAME = "spec.npz"
 
 
-class HostError(ValueError):
+class HostError(XnorflowError):
     """The board did not answer as the protocol says; the message names what to check."""
 
 

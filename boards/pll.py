@@ -28,10 +28,12 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from xnorflow.errors import XnorflowError
+
 MHZ = 1_000_000
 
 
-class PllError(ValueError):
+class PllError(XnorflowError):
     """No PLL setting gives the requested clock; the message says which range is possible."""
 
 

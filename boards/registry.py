@@ -29,8 +29,10 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
 from amaranth_boards.ulx3s import ULX3S_25F_Platform, ULX3S_45F_Platform, ULX3S_85F_Platform
 
+from xnorflow.errors import XnorflowError
 
-class BoardError(ValueError):
+
+class BoardError(XnorflowError):
     """An unknown board name; the message lists the known ones."""
 
 

@@ -36,6 +36,7 @@ from xnorflow.boards.pll import PllError, plan_pll
 from xnorflow.boards.registry import Board, get_board
 from xnorflow.boards.top import BoardTop
 from xnorflow.boards.uart import DEFAULT_BAUD
+from xnorflow.errors import XnorflowError
 from xnorflow.hw.spec import NetworkSpec
 
 DESIGN_NAME = "xnorflow"
@@ -53,7 +54,7 @@ CELL_TYPES = {
 YOSYS_FF_CELLS = {"ice40": re.compile(r"^SB_DFF\w*$"), "ecp5": re.compile(r"^TRELLIS_FF$")}
 
 
-class SynthError(ValueError):
+class SynthError(XnorflowError):
     """Synthesis could not run or failed; the message is one line naming the cause and the fix."""
 
 

@@ -15,6 +15,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
+from xnorflow.errors import XnorflowError
+
 DEFAULT_BAUD = 115200
 # Largest baud-rate error (from rounding the divisor) we accept: a receiver on the other side
 # tolerates a few percent in total, and this leaves most of it to the other end's clock.
@@ -23,7 +25,7 @@ MAX_BAUD_ERROR = 0.02
 MIN_DIVISOR = 4
 
 
-class UARTError(ValueError):
+class UARTError(XnorflowError):
     """A baud rate the clock cannot make; the message names a fix."""
 
 

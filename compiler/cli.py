@@ -1,8 +1,8 @@
 """The `xnorflow` command: train, compile, simulate, synth, flow, run.
 
 User errors (a bad model file, a dataset folder without its files, a network too big for the board)
-are raised as ValueError subclasses defined in xnorflow's packages; they end the command with one
-line on stderr and exit code 2. Set XNORFLOW_DEBUG=1 to see the traceback as well.
+are raised as subclasses of xnorflow.errors.XnorflowError; they end the command with one line on
+stderr and exit code 2. Set XNORFLOW_DEBUG=1 to see the traceback as well.
 """
 from __future__ import annotations
 
@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def is_user_error(error: BaseException) -> bool:
     """Errors xnorflow raises on purpose for bad input, as opposed to bugs."""
-    return isinstance(error, ValueError) and type(error).__module__.startswith("xnorflow.")
+    from xnorflow.errors import XnorflowError
+
+    return isinstance(error, XnorflowError)
 
 
 def print_summary(report: dict, keys) -> None:

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from xnorflow.errors import XnorflowError
 
-class CompileError(ValueError):
+
+class CompileError(XnorflowError):
     """A model the compiler cannot take; the message names the cause and the fix."""
 
 

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from xnorflow.errors import XnorflowError
+
 SPEC_FORMAT = "xnorflow-spec"
 SPEC_VERSION = 1
 MEMORY_STYLES = ("auto", "block", "logic")
 
 
-class SpecError(ValueError):
+class SpecError(XnorflowError):
     """A network the hardware cannot take; the message names the cause and the fix."""
 
 

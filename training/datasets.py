@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xnorflow.errors import XnorflowError
+
 __all__ = [
     "BINARIZE_RULE",
     "DATASET_NAMES",
@@ -60,7 +62,7 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
 
-class DatasetError(ValueError):
+class DatasetError(XnorflowError):
     """A dataset that cannot be loaded; the message names the file and the fix."""
 
 

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from xnorflow.errors import XnorflowError
+
 from .layers import BinaryLinear, Scale, SignActivation
 
 __all__ = [
@@ -66,7 +68,7 @@ CHAIN_HINT = ("an xnorflow model is a chain of BinaryLinear [-> BatchNorm1d] -> 
               "ending in BinaryLinear [-> Scale]")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(XnorflowError):
     """A model file (or model) that cannot be used; the message names the cause and the fix."""
 
 

@@ -15,6 +15,8 @@ import math
 
 from torch import nn
 
+from xnorflow.errors import XnorflowError
+
 from .layers import BatchNorm, BinaryLinear, Scale, SignActivation
 
 # Hidden widths per architecture (FINN's BNN-PYNQ tiny / small / large fully connected nets).
@@ -25,7 +27,7 @@ ARCHS: dict[str, tuple[int, ...]] = {
 }
 
 
-class ArchError(ValueError):
+class ArchError(XnorflowError):
     """An unknown architecture or impossible layer sizes; the message names the fix."""
 
 
