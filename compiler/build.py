@@ -7,15 +7,17 @@ A build folder holds:
     verilog/          the accelerator's Verilog (xnorflow_top.v)
     sim/              Verilator build and results (xnorflow simulate)
     synth/            synthesis products and the bitstream (xnorflow synth)
-A step writes into a staging folder and moves its results in only once it has finished, so a failed
-step never leaves half its output looking like a good build.
+Each step claims and locks the folder and swaps its outputs in by renames once they are whole
+(compiler/build_folder.py): a failed or interrupted step never leaves half its output looking like a
+good build, and never deletes what xnorflow did not make. Each step records the inputs its result
+depends on (``compile_inputs``, ``simulation.inputs``, ``synthesis_inputs``) so `flow` reuses a
+result only when those are unchanged.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
+import json
+import math
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,17 @@ import numpy as np
 from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim import golden
 
+from . import build_folder
 from . import report as reports
 from .analysis import cycles_per_layer, estimate_resources
-from .fit import expected_clock_hz, fastest_fitting_target, fold_for_board, lower_for_board, overflow
+from .fit import (
+    expected_clock_hz,
+    fastest_fitting_target,
+    fold_for_board,
+    lower_for_board,
+    lut_budget_share,
+    overflow,
+)
 from .model import CompileError, model_from_file_dict
 from .passes import streamline
 
@@ -45,37 +55,16 @@ def load_spec(build_dir) -> NetworkSpec:
     return NetworkSpec.load(path)
 
 
-def check_build_folder(out_dir: Path) -> None:
-    """Refuse to write into a folder that holds something other than an xnorflow build."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise CompileError(f"{out_dir} is a file: choose a folder for -o")
-    foreign = [p.name for p in out_dir.iterdir()
-               if p.name not in COMPILE_OUTPUTS and p.suffix != ".pt" and not p.name.startswith(".")]
-    if foreign and not (out_dir / reports.REPORT_NAME).exists():
-        raise CompileError(f"{out_dir} already holds files that are not an xnorflow build ({foreign[0]}, ...): "
-                           "choose a new folder for -o")
-
-
-@contextmanager
-def staging(out_dir: Path):
-    """A scratch folder beside out_dir whose contents replace out_dir's compile outputs on success."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-staging-", dir=out_dir.parent))
-    try:
-        yield stage
-        out_dir.mkdir(exist_ok=True)
-        for name in COMPILE_OUTPUTS:
-            old = out_dir / name
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
-        for item in stage.iterdir():
-            shutil.move(str(item), str(out_dir / item.name))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+def check_claimable(out_dir: Path, model_path=None) -> None:
+    """Fail fast, before any work, on a folder the compile could not claim (build_folder.claim)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        build_folder.claim(out_dir, inputs=[model_path] if model_path else (), create=False)
+    else:
+        for parent in out_dir.absolute().parents:
+            if parent.exists() and not parent.is_dir():
+                raise build_folder.BuildFolderError(f"cannot make the build folder {out_dir}: {parent} is a file, "
+                                                    "not a folder; choose another path for -o")
 
 
 def load_test_split(record: dict, dataset_override: str | None = None):
@@ -104,8 +93,10 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    check_build_folder(out_dir)
     board = get_board(board_name)
+    check_compile_options(board, fps=fps, lut_share=lut_share)
+    check_claimable(out_dir, model_path)
+    model_digest = build_folder.file_digest(model_path)
     record = load_model_file(model_path)
 
     streamlined = streamline(model_from_file_dict(record))
@@ -128,7 +119,8 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
     result = golden.execute(spec, bits)
     torch_predictions = predict(model_from_file(record), bits)
 
-    with staging(out_dir) as stage:
+    folder = build_folder.claim(out_dir, inputs=[model_path])
+    with build_folder.locked(folder), build_folder.transaction(folder, COMPILE_OUTPUTS) as stage:
         spec.save(stage / SPEC_FILE)
         np.savez_compressed(stage / VECTORS_FILE, inputs=bits, labels=labels, golden_scores=result.scores,
                             golden_predictions=result.predictions, torch_predictions=torch_predictions)
@@ -147,18 +139,48 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
             clock_mhz=expected_clock_hz(board) / 1e6,
             estimate=estimate_resources(spec, board.family),
             model_file=str(Path(model_path).resolve()),
+            # What the compile read: a later step or flow reruns it when any of these differ.
+            compile_inputs=compile_inputs(model_digest, board.name, fps, folding, lut_share, dataset),
             compile_seconds=round(time.perf_counter() - started, 3),
         )
         reports.write_report(stage, report)
     return report
 
 
+def compile_inputs(model_digest, board, fps, folding, lut_share, dataset) -> dict:
+    """The inputs a compile's result depends on: the model file's bytes and the options."""
+    return {"model_sha256": model_digest, "board": board, "fps": fps,
+            "folding": [list(p) for p in folding] if folding else None, "lut_share": lut_share,
+            "dataset": dataset}
+
+
+def check_compile_options(board, fps=None, lut_share=None) -> None:
+    """Options that are wrong whatever the model: refused before anything is read or written."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise CompileError(f"--fps {fps}: give a positive number of frames per second, e.g. 100000")
+    lut_budget_share(board, lut_share)      # its range check
+
+
 def require_build(build_dir) -> Path:
-    build_dir = Path(build_dir)
+    build_dir = build_folder.require_owned(build_dir)
     if not (build_dir / reports.REPORT_NAME).exists():
         raise CompileError(f"{build_dir} is not a compiled build folder (no report.json): "
                            f"run `xnorflow compile MODEL -o {build_dir}` first")
     return build_dir
+
+
+def simulation_inputs(build_dir: Path, images, backpressure, seed) -> dict:
+    """The inputs a simulation's result depends on (flow reruns it when any differ)."""
+    return {"spec_sha256": build_folder.file_digest(build_dir / SPEC_FILE),
+            "vectors_sha256": build_folder.file_digest(build_dir / VECTORS_FILE),
+            "verilog_sha256": build_folder.file_digest(build_dir / VERILOG_DIR / f"{TOP_NAME}.v"),
+            "images": images, "backpressure": backpressure, "seed": seed}
+
+
+def synthesis_inputs(build_dir: Path, clock_mhz, seed) -> dict:
+    """The inputs a synthesis's result depends on (flow reruns it when any differ)."""
+    return {"spec_sha256": build_folder.file_digest(build_dir / SPEC_FILE), "clock_mhz": clock_mhz,
+            "pnr_seed": seed}
 
 
 def simulate_build(build_dir, images: int | None = None, backpressure: float = 0.5, waves: bool = False,
@@ -171,24 +193,39 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float = 0
     from xnorflow.sim.localise import mismatch_lines
     from xnorflow.sim.runner import simulate
 
+    if not 0.0 <= backpressure < 1.0:
+        raise CompileError(f"--backpressure {backpressure}: give a probability in [0, 1), e.g. 0.3")
     build_dir = require_build(build_dir)
-    results = simulate(build_dir, images=images, backpressure=backpressure, waves=waves, seed=seed,
-                       progress=progress)
-    fields = {key: results.get(key) for key in reports.SIMULATION_KEYS}
-    report = reports.read_report(build_dir)
-    fields["fps"] = fps_from(report.get("fmax_mhz"), fields["cycles_per_frame"])
-    fields["simulation"] = {
-        "reset_mid_frame_ok": results.get("reset_mid_frame_ok"),
-        "errors": results.get("errors") or [],
-        "images_per_second": results.get("frames_per_second"),
-        "sim_seconds": results.get("sim_seconds"),
-        "verilator_build_seconds": results.get("verilator_build_seconds"),
-        "backpressure": backpressure,
-        "waves": str(results["waves"]) if results.get("waves") else None,
-        "results_file": str(results.get("results_file")),
-    }
+    if any(c.isspace() for c in str(build_dir.resolve())):
+        raise CompileError(f"the build folder's path {str(build_dir.resolve())!r} has a space, which Verilator's "
+                           "generated Makefile cannot take: compile into a folder whose path has no spaces")
+    with build_folder.locked(build_dir):
+        report = reports.read_report(build_dir)      # unreadable: refused before the simulation runs
+        inputs = simulation_inputs(build_dir, images, backpressure, seed)
+        with build_folder.transaction(build_dir, ("sim", reports.REPORT_NAME)) as stage:
+            staged_sim = stage / "sim"
+            build_folder.link_tree(build_dir / "sim" / "obj", staged_sim / "obj")   # the Verilator model cache
+            results = simulate(build_dir, images=images, backpressure=backpressure, waves=waves, seed=seed,
+                               progress=progress, sim_dir=staged_sim)
+            results = build_folder.relocate(results, staged_sim, build_dir.resolve() / "sim")
+            _rewrite_paths(staged_sim / "results.json", staged_sim, build_dir.resolve() / "sim")
+            fields = {key: results.get(key) for key in reports.SIMULATION_KEYS}
+            fields["fps"] = fps_from(report.get("fmax_mhz"), fields["cycles_per_frame"])
+            fields["simulation"] = {
+                "reset_mid_frame_ok": results.get("reset_mid_frame_ok"),
+                "errors": results.get("errors") or [],
+                "images_per_second": results.get("frames_per_second"),
+                "sim_seconds": results.get("sim_seconds"),
+                "verilator_build_seconds": results.get("verilator_build_seconds"),
+                "backpressure": backpressure,
+                "waves": str(results["waves"]) if results.get("waves") else None,
+                "results_file": str(results.get("results_file")),
+                "inputs": inputs,
+            }
+            report.update(fields)
+            reports.write_report(stage, report)
     problems = mismatch_lines(results) + [f"check failed: {e}" for e in results.get("errors") or []]
-    return {**reports.update_report(build_dir, **fields), "problems": problems}
+    return {**report, "problems": problems}
 
 
 def simulation_failed(report: dict) -> bool:
@@ -216,27 +253,60 @@ def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = 
     from xnorflow.boards.synth import synthesize, synthesize_at_best_clock
 
     build_dir = require_build(build_dir)
-    report = reports.read_report(build_dir)
-    spec = load_spec(build_dir)
-    out = build_dir / "synth"
-    if clock_mhz == "auto":
-        results = synthesize_at_best_clock(spec, report["board"], out, progress=progress, seed=seed)
-    elif clock_mhz == "board":
-        results = synthesize(spec, report["board"], out, progress=progress, seed=seed)
-    else:
-        results = synthesize(spec, report["board"], out, progress=progress, seed=seed,
-                             clock_hz=float(clock_mhz) * 1e6)
+    with build_folder.locked(build_dir):
+        report = reports.read_report(build_dir)
+        spec = load_spec(build_dir)
+        board = get_board(report["board"])
+        if clock_mhz not in ("auto", "board"):
+            check_clock(board, float(clock_mhz))
+        inputs = synthesis_inputs(build_dir, clock_mhz, seed)
+        with build_folder.transaction(build_dir, ("synth", reports.REPORT_NAME)) as stage:
+            out = stage / "synth"
+            if clock_mhz == "auto":
+                results = synthesize_at_best_clock(spec, board.name, out, progress=progress, seed=seed)
+            elif clock_mhz == "board":
+                results = synthesize(spec, board.name, out, progress=progress, seed=seed)
+            else:
+                results = synthesize(spec, board.name, out, progress=progress, seed=seed,
+                                     clock_hz=float(clock_mhz) * 1e6)
+            results = build_folder.relocate(results, out, build_dir.resolve() / "synth")
 
-    fields = {key: results.get(key) for key in reports.SYNTHESIS_KEYS if key in results}
-    if fields.get("brams") is not None:
-        fields["bram_bits"] = fields["brams"] * get_board(report["board"]).bram_block_bits
-    fields["fps"] = fps_from(fields.get("fmax_mhz"), report.get("cycles_per_frame"))
-    fields["fps_analytic"] = fps_from(fields.get("fmax_mhz"), report.get("analytic_cycles_per_frame"))
-    # fps above is at Fmax (DESIGN.md); this is what the bitstream delivers at the clock it was
-    # built for, when the UART is not the bottleneck.
-    fields["fps_at_clock"] = fps_from(fields.get("clock_mhz"), report.get("cycles_per_frame"))
-    fields["bitstream"] = str(results.get("bitstream")) if results.get("bitstream") else None
-    return reports.update_report(build_dir, **fields)
+            fields = {key: results.get(key) for key in reports.SYNTHESIS_KEYS if key in results}
+            if fields.get("brams") is not None:
+                fields["bram_bits"] = fields["brams"] * board.bram_block_bits
+            fields["fps"] = fps_from(fields.get("fmax_mhz"), report.get("cycles_per_frame"))
+            fields["fps_analytic"] = fps_from(fields.get("fmax_mhz"), report.get("analytic_cycles_per_frame"))
+            # fps above is at Fmax (DESIGN.md); this is what the bitstream delivers at the clock it was
+            # built for, when the UART is not the bottleneck.
+            fields["fps_at_clock"] = fps_from(fields.get("clock_mhz"), report.get("cycles_per_frame"))
+            fields["bitstream"] = str(results.get("bitstream")) if results.get("bitstream") else None
+            fields["synthesis_inputs"] = inputs
+            report.update(fields)
+            reports.write_report(stage, report)
+    return report
+
+
+def check_clock(board, clock_mhz: float) -> None:
+    """A PLL clock the board can make, checked before any synthesis runs or any output is touched."""
+    from xnorflow.boards.pll import LIMITS, PllError, plan_pll
+
+    if not (math.isfinite(clock_mhz) and clock_mhz > 0):
+        raise CompileError(f"--clock-mhz {clock_mhz}: give auto, board or a frequency in MHz such as 40")
+    low, high = LIMITS[board.family].f_out
+    if clock_mhz * 1e6 > high:
+        raise CompileError(f"--clock-mhz {clock_mhz:g}: the {board.family} PLL makes {low / 1e6:g}-{high / 1e6:g} MHz; "
+                           "ask for a frequency in that range, or auto for the fastest that meets timing")
+    try:
+        plan_pll(board.family, board.clock_hz, clock_mhz * 1e6)
+    except PllError as e:
+        raise CompileError(f"--clock-mhz {clock_mhz:g}: {e}") from None
+
+
+def _rewrite_paths(json_file: Path, old: Path, new: Path) -> None:
+    """A JSON file written while staging, with its paths as they are after the swap."""
+    if json_file.is_file():
+        text = json.dumps(build_folder.relocate(json.loads(json_file.read_text()), old, new), indent=1)
+        build_folder.write_atomically(json_file, text)
 
 
 __all__ = ["compile_model", "load_spec", "simulate_build", "synthesize_build"]

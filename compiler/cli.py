@@ -7,6 +7,7 @@ stderr and exit code 2. Set XNORFLOW_DEBUG=1 to see the traceback as well.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -37,18 +38,23 @@ def parse_folding(text: str) -> list[tuple[int, int]]:
             f"bad folding {text!r}: give PE,SIMD per layer separated by ';', e.g. '8,16;4,8;4,8;1,8'") from None
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: give a number >= 1")
-    return value
+def checked_number(parse, accept, hint: str):
+    """An argparse type: ``parse`` the text and keep values ``accept`` takes; else one line with ``hint``."""
+    def check(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"{text}: {hint}")
+        return value
+    return check
 
 
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text}: give a probability in [0, 1)")
-    return value
+positive_int = checked_number(int, lambda v: v >= 1, "give a number >= 1")
+seed_value = checked_number(int, lambda v: 0 <= v < 2**63, "give a whole number in 0 .. 2**63 - 1")
+positive_float = checked_number(float, lambda v: math.isfinite(v) and v > 0, "give a positive number")
+probability = checked_number(float, lambda v: 0.0 <= v < 1.0, "give a probability in [0, 1)")
 
 
 def clock_choice(text: str) -> float | str:
@@ -83,7 +89,7 @@ def add_board_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--board", default="icebreaker",
                    help="target board (default: icebreaker); sets the device the design must fit and its clock")
-    p.add_argument("--fps", type=float, default=None,
+    p.add_argument("--fps", type=positive_float, default=None,
                    help="frames/s target: the cheapest folding that reaches it at the clock the board's "
                         "PLL is first set to "
                         "(default: the fastest folding that fits the board)")
@@ -118,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits", help="digits | fashion-mnist | idx:DIR (default: digits)")
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write, e.g. model.pt")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: per dataset)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="random seed (default: 0)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads (default: cores - 1, which stays fast when other jobs share the machine)")
+                   help="torch threads (default: 1, so a seed trains the same model on every machine; "
+                        "the thread count changes float sums and so the weights; the model file records it)")
 
     p = sub.add_parser("compile", help="model file -> folded spec, golden vectors and Verilog",
                        description="Fold batch-norm into thresholds, choose the folding, write the spec, "
@@ -138,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backpressure", type=probability, default=0.3,
                    help="probability that the output is not ready in a cycle (default: 0.3)")
     p.add_argument("--waves", action="store_true", help="write a waveform of the run into build/sim")
-    p.add_argument("--seed", type=int, default=0, help="seed for gaps and backpressure (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="seed for gaps and backpressure (default: 0)")
 
     p = sub.add_parser("synth", help="Yosys + nextpnr -> bitstream, utilisation and Fmax",
                        description="Synthesize the build for its board with the open flow (YoWASP).")
@@ -148,15 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flow", help="train (or take --model), compile, simulate, synthesize, report",
                        description="Everything from a dataset to a bitstream in one build folder; steps "
                                    "already done in the folder are reused.")
-    p.add_argument("--arch", default="tfc", help="tfc | sfc | lfc (default: tfc)")
-    p.add_argument("--dataset", default="digits", help="digits | fashion-mnist | idx:DIR (default: digits)")
+    p.add_argument("--arch", default=None,
+                   help="tfc | sfc | lfc (default: tfc, or the arch of the model.pt already in the folder)")
+    p.add_argument("--dataset", default=None,
+                   help="digits | fashion-mnist | idx:DIR (default: digits, or the model's own)")
     p.add_argument("--model", type=Path, default=None, help="use this model file instead of training")
     p.add_argument("-o", "--output", required=True, type=Path, help="build folder")
     p.add_argument("--images", type=positive_int, default=None, help="images to simulate (default: all)")
     p.add_argument("--no-synth", action="store_true", help="stop before synthesis")
     add_clock_option(p)
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: per dataset)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed_value, default=None,
+                   help="training seed (default: 0). A model.pt already in the folder is reused only when "
+                        "the --arch, --dataset, --seed and --epochs given match it; otherwise flow stops and "
+                        "says which differs")
     add_board_options(p)
 
     p = sub.add_parser("run", help="send test images to a board over its UART and measure accuracy",
@@ -266,9 +278,18 @@ def main(argv=None) -> int:
         print("xnorflow: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        if not is_user_error(error) or os.environ.get("XNORFLOW_DEBUG"):
+        if os.environ.get("XNORFLOW_DEBUG"):
             raise
-        print(f"xnorflow: error: {error}", file=sys.stderr)
+        if isinstance(error, OSError) and not is_user_error(error):
+            # The file system said no (a read-only folder, a full disk, a missing path): name it.
+            where = f" ({error.filename})" if error.filename else ""
+            print(f"xnorflow: error: {error.strerror or error}{where}: check that the path exists and that you "
+                  "can write there", file=sys.stderr)
+            return 2
+        if not is_user_error(error):
+            raise
+        print(f"xnorflow: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+              file=sys.stderr)
         return 2
 
 

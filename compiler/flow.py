@@ -1,7 +1,9 @@
 """`xnorflow flow`: dataset -> trained model -> Verilog -> bit-exact RTL simulation -> bitstream -> report.
 
-Every step writes into the build folder, and a step whose results are already there (for the same
-inputs) is reused, so an interrupted flow resumes where it stopped.
+Every step writes into the build folder, and a step whose results are already there for the same
+inputs (the model file's bytes, the spec's, the options that change the result: compiler/build.py
+records them) is reused, so an interrupted flow resumes where it stopped; the flow says why each step
+reruns. It holds the folder's lock for the whole run.
 """
 from __future__ import annotations
 
@@ -9,11 +11,26 @@ import sys
 import time
 from pathlib import Path
 
+from xnorflow.training.model_file import load_model_file
+
+from . import build_folder
 from . import report as reports
-from .build import compile_model, simulate_build, simulation_failed, synthesize_build
+from .build import (
+    check_compile_options,
+    compile_inputs,
+    compile_model,
+    simulate_build,
+    simulation_failed,
+    simulation_inputs,
+    synthesis_inputs,
+    synthesize_build,
+)
+from .model import CompileError
 from .report import format_figure
 
 MODEL_NAME = "model.pt"
+# The flow's simulation: random output backpressure at this probability (simulate_build's default).
+FLOW_BACKPRESSURE = 0.5
 
 SUMMARY = (
     ("accuracy (torch / golden / RTL)", None),
@@ -65,71 +82,127 @@ def summary_lines(report: dict, build_dir: Path) -> list[str]:
     return lines
 
 
-def previous_compile_matches(report: dict, model_path: Path, args) -> bool:
-    """A compile in the folder made from the same model, for the same board and folding request."""
-    request = report.get("compile_request") or {}
-    return (report.get("model_file") == str(model_path.resolve())
-            and request == compile_request(args)
-            and report.get("accuracy_golden") is not None)
+def changed(previous: dict | None, current: dict, labels: dict) -> str | None:
+    """Why a step must rerun: the first recorded input that differs, in words; None if none does."""
+    if not previous:
+        return "no earlier result in the build folder"
+    for key, value in current.items():
+        if previous.get(key) != value:
+            label = labels.get(key, key)
+            if key.endswith("sha256"):
+                return f"{label} changed"
+            return f"{label} changed ({previous.get(key)} -> {value})"
+    return None
 
 
 def compile_request(args) -> dict:
     folding = [list(p) for p in args.folding] if args.folding else None
-    return {"board": args.board, "fps": args.fps, "folding": folding, "lut_share": args.lut_share}
+    return {"board": args.board, "fps": args.fps, "folding": folding, "lut_share": args.lut_share,
+            "dataset": None}
+
+
+def check_model_matches(record: dict, model_path: Path, args) -> None:
+    """A model file already in the build folder must be what the options given ask for.
+
+    Only options given on the command line are compared; a mismatch is refused (never retrained over
+    silently: the file may be the user's own)."""
+    from xnorflow.training.datasets import canonical_dataset_name
+
+    trained = record.get("train") or {}
+    asked = {"--arch": (args.arch, record.get("arch")),
+             "--dataset": (args.dataset and canonical_dataset_name(args.dataset), record.get("dataset")),
+             "--seed": (args.seed, trained.get("seed")),
+             "--epochs": (args.epochs, trained.get("epochs"))}
+    for option, (wanted, has) in asked.items():
+        if wanted is not None and wanted != has:
+            raise CompileError(f"{model_path} was trained with {option} {has}, not {wanted}: pass {option} {has} "
+                               f"to use it, or move {model_path} away to train a new model into the folder")
 
 
 def run_flow(args) -> int:
+    build_dir = Path(args.output)
+    model_path = Path(args.model) if args.model else build_dir / MODEL_NAME
+    from xnorflow.boards.registry import get_board
+
+    check_compile_options(get_board(args.board), fps=args.fps, lut_share=args.lut_share)
+    if args.model:
+        load_model_file(model_path)          # a bad --model fails before the folder is touched
+    folder = build_folder.claim(build_dir, inputs=[model_path])
+    with build_folder.locked(folder):
+        return _run_flow_locked(args, folder, model_path)
+
+
+def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
     from xnorflow.training.train import format_summary, train
 
-    build_dir = Path(args.output)
     names = ["train", "compile", "simulate", "synth", "report"]
     steps = Steps(names)
-    model_path = Path(args.model) if args.model else build_dir / MODEL_NAME
 
     if args.model:
         steps.run("train", None, skip_reason=f"using {args.model}")
     elif model_path.exists():
-        steps.run("train", None, skip_reason=f"reusing {model_path}")
+        check_model_matches(load_model_file(model_path), model_path, args)
+        steps.run("train", None, skip_reason=f"reusing {model_path} (its arch, dataset, seed and epochs "
+                                             "match the options given)")
     else:
         def do_train():
-            build_dir.mkdir(parents=True, exist_ok=True)
-            summary = train(args.arch, args.dataset, model_path, epochs=args.epochs, seed=args.seed,
-                            progress=sys.stderr.isatty())
+            summary = train(args.arch or "tfc", args.dataset or "digits", model_path, epochs=args.epochs,
+                            seed=args.seed or 0, progress=sys.stderr.isatty())
             print(format_summary(summary))
         steps.run("train", do_train)
 
     report = reports.read_report(build_dir)
-    if previous_compile_matches(report, model_path, args):
-        steps.run("compile", None, skip_reason="reusing the compiled design in the build folder")
+    request = compile_request(args)
+    current = compile_inputs(build_folder.file_digest(model_path), **{k: request[k] for k in
+                             ("board", "fps", "folding", "lut_share", "dataset")})
+    why = changed(report.get("compile_inputs"), current,
+                  {"model_sha256": "the model file", "board": "--board", "fps": "--fps",
+                   "folding": "--folding", "lut_share": "--lut-share", "dataset": "--dataset"})
+    if why is None and report.get("accuracy_golden") is not None:
+        steps.run("compile", None, skip_reason="reusing the compiled design (same model file and options)")
     else:
-        def do_compile():
-            compile_model(model_path, build_dir, board_name=args.board, fps=args.fps, folding=args.folding,
-                          lut_share=args.lut_share)
-            reports.update_report(build_dir, compile_request=compile_request(args))
-        steps.run("compile", do_compile)
+        print(f"  compiling: {why or 'the earlier compile did not finish'}", flush=True)
+        steps.run("compile", lambda: compile_model(model_path, build_dir, board_name=args.board, fps=args.fps,
+                                                   folding=args.folding, lut_share=args.lut_share))
 
     report = reports.read_report(build_dir)
     wanted = args.images or report.get("test_images")
+    previous = (report.get("simulation") or {}).get("inputs") or {}
+    current = simulation_inputs(build_dir, previous.get("images"), FLOW_BACKPRESSURE, 0)
+    why = changed(previous, current, {"spec_sha256": "the spec", "vectors_sha256": "the test vectors",
+                                      "verilog_sha256": "the Verilog", "backpressure": "backpressure",
+                                      "seed": "the simulation seed"})
     problems = []
-    if report.get("images_simulated") and report["images_simulated"] >= (wanted or 0):
-        steps.run("simulate", None, skip_reason=f"reusing {report['images_simulated']} simulated images")
+    if why is None and report.get("images_simulated") and report["images_simulated"] >= (wanted or 0):
+        steps.run("simulate", None, skip_reason=f"reusing {report['images_simulated']} simulated images "
+                                                "(same spec, vectors and Verilog)")
     else:
+        if why is None:
+            why = f"{wanted} images wanted, {report.get('images_simulated') or 0} simulated"
+        print(f"  simulating: {why}", flush=True)
         result = steps.run("simulate", lambda: simulate_build(build_dir, images=args.images,
+                                                              backpressure=FLOW_BACKPRESSURE,
                                                               progress=sys.stderr.isatty()))
         problems = result["problems"]
 
     report = reports.read_report(build_dir)
     if args.no_synth:
         steps.run("synth", None, skip_reason="skipped (--no-synth)")
-    elif report.get("bitstream") and Path(report["bitstream"]).exists():
-        steps.run("synth", None, skip_reason=f"reusing {report['bitstream']}")
     else:
-        steps.run("synth", lambda: synthesize_build(build_dir, progress=sys.stderr.isatty(),
-                                                    clock_mhz=args.clock_mhz, seed=args.pnr_seed))
+        current = synthesis_inputs(build_dir, args.clock_mhz, args.pnr_seed)
+        why = changed(report.get("synthesis_inputs"), current,
+                      {"spec_sha256": "the spec", "clock_mhz": "--clock-mhz", "pnr_seed": "--pnr-seed"})
+        if why is None and report.get("bitstream") and Path(report["bitstream"]).is_file():
+            steps.run("synth", None, skip_reason=f"reusing {report['bitstream']} (same spec, clock and seed)")
+        else:
+            print(f"  synthesizing: {why or 'no bitstream in the build folder'}", flush=True)
+            steps.run("synth", lambda: synthesize_build(build_dir, progress=sys.stderr.isatty(),
+                                                        clock_mhz=args.clock_mhz, seed=args.pnr_seed))
 
     def do_report():
-        from .html_report import write_html_report
-        write_html_report(build_dir)
+        from .html_report import FIGURES_DIR, write_html_report
+        with build_folder.transaction(build_dir, ("report.html", FIGURES_DIR)) as stage:
+            write_html_report(build_dir, stage)
     steps.run("report", do_report)
 
     report = reports.read_report(build_dir)

@@ -50,13 +50,48 @@ def thresholds_from_batchnorm(layer: DenseLayer) -> tuple[np.ndarray, np.ndarray
         gamma, beta = bn.gamma, bn.beta
         with np.errstate(divide="ignore", invalid="ignore"):
             tau = bn.mean - bias - beta * bn.sigma / gamma
-    thresholds = np.empty(rows, dtype=np.int64)
+    # In float64 and clipped into [0, N + 1] before the integer cast: a huge tau (a tiny gamma) is a
+    # channel that is always -1 or always +1, never a wrapped-around integer. Non-finite statistics
+    # were refused by check_foldable, so every tau of a non-constant channel is finite here.
+    thresholds = np.empty(rows, dtype=np.float64)
     positive, negative, constant = gamma > 0, gamma < 0, gamma == 0
     thresholds[positive] = np.ceil((n + tau[positive]) / 2)
     thresholds[negative] = n - np.floor((n + tau[negative]) / 2)
     thresholds[constant] = np.where(beta[constant] >= 0, 0, n + 1)
     weights[negative] = 1 - weights[negative]
-    return np.clip(thresholds, 0, n + 1), weights
+    return np.clip(thresholds, 0, n + 1).astype(np.int64), weights
+
+
+def check_foldable(layer: DenseLayer, index: int) -> None:
+    """Refuse statistics that cannot fold into an exact threshold, naming the layer and channel:
+    every bias and batch-norm value finite, var + eps > 0, and a finite tau for gamma != 0."""
+    def refuse(what: str, channel: int | None = None):
+        where = f"layer {index}" + ("" if channel is None else f" channel {channel}")
+        raise CompileError(f"{where}: {what}, which no integer threshold can implement: the model file is "
+                           "corrupt or training diverged; retrain it")
+
+    if layer.bias is not None and not np.all(np.isfinite(layer.bias)):
+        refuse("the bias is not finite", int(np.flatnonzero(~np.isfinite(layer.bias))[0]))
+    bn = layer.bn
+    if bn is None:
+        return
+    if not np.isfinite(bn.eps):
+        refuse(f"the batch-norm eps is {bn.eps}")
+    for name in ("gamma", "beta", "mean", "var"):
+        values = np.asarray(getattr(bn, name), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            refuse(f"the batch-norm {name} is {values[bad[0]]}", int(bad[0]))
+    bad = np.flatnonzero(~(bn.var + bn.eps > 0))
+    if bad.size:
+        refuse(f"the batch-norm variance + eps is {bn.var[bad[0]] + bn.eps} (it must be positive)", int(bad[0]))
+    bias = layer.bias if layer.bias is not None else 0.0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tau = bn.mean - bias - bn.beta * bn.sigma / bn.gamma
+    bad = np.flatnonzero((bn.gamma != 0) & ~np.isfinite(tau))
+    if bad.size:
+        refuse(f"gamma {bn.gamma[bad[0]]:g} is too small for its beta {bn.beta[bad[0]]:g} (the threshold "
+               "overflows)", int(bad[0]))
 
 
 class FoldBatchNormIntoThresholds(Pass):
@@ -64,12 +99,11 @@ class FoldBatchNormIntoThresholds(Pass):
 
     def apply(self, model: BnnModel) -> BnnModel:
         layers = []
-        for layer in model.layers:
+        for index, layer in enumerate(model.layers):
             if layer.is_output or layer.thresholds is not None:
                 layers.append(layer)
                 continue
-            if np.any(~np.isfinite(layer.bn.gamma if layer.bn else [0.0])):
-                raise CompileError("a batch-norm has a non-finite gamma: the model file is corrupt, retrain it")
+            check_foldable(layer, index)
             thresholds, weights = thresholds_from_batchnorm(layer)
             layers.append(replace(layer, weights=weights, thresholds=thresholds, bias=None, bn=None))
         return model.with_layers(layers)
@@ -92,7 +126,10 @@ class RemoveArgmaxInvariantOutputScale(Pass):
             bn = last.bn
             slope = bn.gamma / bn.sigma
             offset = slope * (offset - bn.mean) + bn.beta
+        check_foldable(last, len(model.layers) - 1)
         scale = 1.0 if last.output_scale is None else last.output_scale
+        if not np.isfinite(scale):
+            raise CompileError(f"the output layer's scale is {scale}: the model file is corrupt, retrain it")
         if scale <= 0 or not np.all(slope == slope[0]) or slope[0] <= 0 or not np.all(offset == offset[0]):
             raise CompileError("the output layer has a per-class bias, batch-norm or a non-positive scale, "
                                "which changes the argmax of the popcounts the hardware emits: end the "

@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from xnorflow.errors import XnorflowError
+
 REPORT_NAME = "report.json"
 
 REPORT_KEYS = (
@@ -39,12 +41,22 @@ def empty_report() -> dict:
     return {key: None for key in REPORT_KEYS}
 
 
+class ReportError(XnorflowError):
+    """A report.json that cannot be read; the message names the file and the fix."""
+
+
 def read_report(build_dir) -> dict:
     path = report_path(build_dir)
     if not path.exists():
         return empty_report()
-    with open(path) as f:
-        report = json.load(f)
+    try:
+        report = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ReportError(f"cannot read {path} ({type(e).__name__}: {e}): run `xnorflow compile` again to "
+                          "rebuild the folder's report") from None
+    if not isinstance(report, dict):
+        raise ReportError(f"{path} holds a JSON {type(report).__name__}, not the report's object: run "
+                          "`xnorflow compile` again to rebuild the folder's report")
     return {**empty_report(), **report}
 
 
@@ -52,11 +64,15 @@ def write_report(build_dir, report: dict) -> Path:
     path = report_path(build_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=False, default=_jsonable)
-        f.write("\n")
-    os.chmod(tmp, 0o644)   # mkstemp makes it private; a report is for everyone who can read the folder
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=False, default=_jsonable)
+            f.write("\n")
+        os.chmod(tmp, 0o644)   # mkstemp makes it private; a report is for everyone who can read the folder
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

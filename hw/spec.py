@@ -15,6 +15,7 @@ Folding: a layer runs ``pe`` output channels and ``simd`` input bits in parallel
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -239,7 +240,7 @@ class NetworkSpec:
                                             bool(l.get("register_weights", False))))
         except SpecError:
             raise
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise SpecError(f"cannot read the spec {path} ({e}): run `xnorflow compile` again") from e
         return cls(tuple(layers), header.get("name", "network"), header.get("meta", {}))
 

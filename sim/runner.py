@@ -19,9 +19,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,19 +57,17 @@ class BuildFolder:
     verilog: Path
     spec: Path
     vectors: Path
-
-    @property
-    def sim_dir(self) -> Path:
-        return self.root / "sim"
+    sim_dir: Path        # where this run writes (build/sim, or the compiler's staging copy of it)
 
     @classmethod
-    def open(cls, build_dir) -> BuildFolder:
+    def open(cls, build_dir, sim_dir=None) -> BuildFolder:
         root = Path(build_dir)
         if not root.is_dir():
             raise SimulationError(f"build folder {root} does not exist: run `xnorflow compile MODEL -o {root}` first")
         # Absolute: the simulator runs in its own working folder and reads these paths from there.
         root = root.resolve()
-        folder = cls(root, root / "verilog" / f"{TOP}.v", root / "spec.npz", root / "vectors.npz")
+        sim_dir = Path(sim_dir).absolute() if sim_dir is not None else root / "sim"
+        folder = cls(root, root / "verilog" / f"{TOP}.v", root / "spec.npz", root / "vectors.npz", sim_dir)
         for path, what in ((folder.verilog, "Verilog"), (folder.spec, "spec"), (folder.vectors, "test vectors")):
             if not path.is_file():
                 raise SimulationError(f"no {what} in {root} ({path.relative_to(root)} is missing): "
@@ -179,7 +179,6 @@ def _runtime_cache(install, args: list[str], waves: bool) -> Path:
 
 def _restore_runtime(cache: Path, obj_dir: Path) -> list[Path]:
     """Copy the cached runtime objects into ``obj_dir``; returns the objects restored."""
-    import shutil
     if not all((cache / f"{name}{ext}").is_file() for name in RUNTIME_OBJECTS for ext in (".o", ".d")):
         return []
     restored = []
@@ -193,7 +192,6 @@ def _restore_runtime(cache: Path, obj_dir: Path) -> list[Path]:
 def _save_runtime(cache: Path, obj_dir: Path) -> None:
     """Copy the runtime objects into the cache, each file atomically (parallel test workers share it):
     the .d before the .o, and _restore_runtime only trusts a cache whose .o files all exist."""
-    import shutil
     if all((cache / f"{name}.o").is_file() for name in RUNTIME_OBJECTS):
         return
     try:
@@ -226,8 +224,10 @@ def build_model(verilog: Path, obj_dir: Path, waves: bool = False) -> float | No
     if (stamp.is_file() and (obj_dir / TOP).is_file()
             and json.loads(stamp.read_text()).get("fingerprint") == fingerprint):
         return None
+    # A fresh folder: an old model's files may be hard links shared with the build folder's
+    # previous sim/ (compiler/build_folder.link_tree), which must not be written through.
+    shutil.rmtree(obj_dir, ignore_errors=True)
     obj_dir.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)
     vlt = obj_dir / "top_ports.vlt"
     vlt.write_text(TOP_PORTS_VLT)
     cache = _runtime_cache(install, args, waves)
@@ -355,7 +355,7 @@ def load_vectors(folder: BuildFolder, images: int | None):
             inputs = data["inputs"].astype(np.uint8)
             labels = data["labels"].astype(np.int64) if "labels" in data else None
             golden_scores = data.get("golden_scores")
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise SimulationError(f"cannot read {folder.vectors} ({e}): run `xnorflow compile` again") from e
     if images is not None:
         if images < 1:
@@ -369,7 +369,8 @@ def load_vectors(folder: BuildFolder, images: int | None):
 
 
 def simulate(build_dir, images: int | None = None, backpressure: float = 0.5, gaps: float = 0.3,
-             waves: bool = False, seed: int = 0, progress: bool = True, update_report: bool = False) -> dict:
+             waves: bool = False, seed: int = 0, progress: bool = True, update_report: bool = False,
+             sim_dir=None) -> dict:
     """Check the RTL of a build folder against the golden model on its test vectors.
 
     ``images`` limits the frames (the first N of vectors.npz). In the random-flow phase each cycle
@@ -380,12 +381,12 @@ def simulate(build_dir, images: int | None = None, backpressure: float = 0.5, ga
     latency_cycles``) and ``mismatches`` (one dict per failing image, localised), ``waves`` (path
     or None), ``reset_mid_frame_ok``, ``errors``; writes build/sim/results.json and, with
     ``update_report`` (off: the compiler's simulate step owns report.json), merges the report keys
-    into build/report.json.
+    into build/report.json. ``sim_dir``: write there instead of build/sim.
     """
     for name, p in (("backpressure", backpressure), ("gaps", gaps)):
         if not 0.0 <= p < 1.0:
             raise SimulationError(f"{name} {p} is not a probability in [0, 1): give e.g. 0.5")
-    folder = BuildFolder.open(build_dir)
+    folder = BuildFolder.open(build_dir, sim_dir)
     try:
         spec = NetworkSpec.load(folder.spec)
         spec.validate()

@@ -143,6 +143,19 @@ def load_idx_folder(folder: str | Path, name: str, fix: str) -> Dataset:
         if len(images) == 0:
             raise DatasetError(f"{folder}: {IDX_FILES[f'{split}_images']} holds no images: "
                                "replace it with a non-empty IDX file")
+    # The class count is the largest label + 1. A label far beyond the others (a stray 255 among
+    # 0..9) would silently make hundreds of classes: refused when fewer than half of 0 .. K-1 occur
+    # (EMNIST letters, 1..26, leaves one class unused and passes).
+    labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
+    classes = np.unique(labels)
+    n_classes = int(classes.max()) + 1
+    if 2 * classes.size < n_classes:
+        odd = int(classes.max())
+        raise DatasetError(f"{folder}: label {odd} would make {n_classes} classes but only {classes.size} "
+                           f"distinct labels occur: labels must be class numbers 0 .. K-1; fix the label files")
+    if int(arrays["test_labels"].max()) > int(arrays["train_labels"].max()):
+        raise DatasetError(f"{folder}: test label {int(arrays['test_labels'].max())} never occurs in training "
+                           f"(training labels stop at {int(arrays['train_labels'].max())}): fix the label files")
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise DatasetError(f"{folder}: train images are {arrays['train_images'].shape[1:]} but test images "
                            f"are {arrays['test_images'].shape[1:]}: use files of the same dataset")
@@ -180,6 +193,13 @@ def load_digits_dataset() -> Dataset:
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=DIGITS_SPLIT_SEED)
     return Dataset("digits", train_x, train_y, test_x, test_y, max_value=16, image_shape=(8, 8))
+
+
+def canonical_dataset_name(name: str) -> str:
+    """``idx:DIR`` with DIR made absolute, so the name means the same folder from any directory."""
+    if isinstance(name, str) and name.startswith("idx:") and len(name) > len("idx:"):
+        return "idx:" + str(Path(name[len("idx:"):]).expanduser().resolve())
+    return name
 
 
 def load_dataset(name: str) -> Dataset:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -177,11 +178,22 @@ def save_model_file(path: str | Path, model: nn.Module, *, arch: str, dataset: s
         record["image_shape"] = [int(d) for d in image_shape]
     _validate(record, Path(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a crash never leaves a half-written model file.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if path.is_symlink() or path.is_dir():
+        raise ModelFileError(f"{path} is a {'symbolic link' if path.is_symlink() else 'folder'}: give -o a "
+                             "plain file path for the model, e.g. model.pt")
     try:
-        torch.save(record, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A fresh temp file beside the target (O_EXCL: an unpredictable name, never a followed
+        # symlink), renamed over it: a crash never leaves a half-written model file.
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ModelFileError(f"cannot write the model file {path} ({e.strerror}): choose a path in a folder "
+                             "you can write") from e
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(record, f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -13,7 +13,6 @@ epochs (threshold 8): lr 0.003 87.8%, lr 0.03 87.5%, batch 128 87.9%: the result
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .datasets import Dataset, binarize, default_rule, load_dataset, make_rule
+from .datasets import Dataset, binarize, canonical_dataset_name, default_rule, load_dataset, make_rule
 from .layers import clip_latent_weights
 from .model_file import ModelFileError, predict, save_model_file
 from .zoo import build_model, hidden_widths
@@ -46,14 +45,15 @@ def _defaults_for(dataset_name: str) -> dict:
     return TRAIN_DEFAULTS["idx" if dataset_name.startswith("idx:") else dataset_name]
 
 
-def default_threads() -> int:
-    """Leave one core to the rest of the machine.
+# torch's float reductions split work by thread, so the thread count changes the trained weights: a
+# fixed default makes a seed give the same model on every machine (the model file records the count).
+# One thread also stays fast when other jobs share a small machine (bench/results.md, training times).
+DEFAULT_THREADS = 1
 
-    Measured on the 2-core reference machine: SFC takes 3.2 s/epoch with 2 threads and 5.6 s with 1
-    when idle, but 78 s with 2 threads and 13.5 s with 1 while other jobs run (OpenMP threads spin
-    waiting for a busy core), so a shared small machine is far better off with one thread fewer.
-    """
-    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+
+def default_threads() -> int:
+    """The thread count when none is given: fixed, so results do not depend on the machine's cores."""
+    return DEFAULT_THREADS
 
 
 @contextmanager
@@ -138,9 +138,12 @@ def train(arch: str, dataset_name: str, out_path: str | Path, epochs: int | None
     ``dataset_name``). Returns a summary dict (the model file's facts plus the output path).
     """
     hidden_widths(arch)                       # unknown arch: fail before loading any data
+    if not 0 <= int(seed) < 2**63:
+        raise ModelFileError(f"seed {seed}: give a seed in 0 .. 2**63 - 1")
     if dataset is not None and dataset.name != dataset_name:
         raise ValueError(f"the dataset passed is {dataset.name!r} but dataset_name is {dataset_name!r}: "
                          "pass matching ones")
+    dataset_name = canonical_dataset_name(dataset_name)   # the model file names the folder from anywhere
     if Path(out_path).is_dir():                 # fail before spending minutes on training
         raise ModelFileError(f"output {out_path} is a folder: give a file path such as {Path(out_path) / 'model.pt'}")
     data = dataset if dataset is not None else load_dataset(dataset_name)
