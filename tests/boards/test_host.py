@@ -4,9 +4,11 @@ import os
 import numpy as np
 import pytest
 from board_helpers import random_frames, random_network
+from conftest import run_cli
 
 from xnorflow.boards.host import BoardModel, HostError, pack_frames, run_on_board
 from xnorflow.boards.protocol import answer
+from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim.golden import execute
 
 
@@ -163,3 +165,120 @@ def test_a_stray_byte_reports_how_many_answers_were_confirmed():
                                        before=answer(50, 1) + answer(51, 2)), spec, frames)
     assert result["predictions"].tolist() == golden
 
+
+# --- `xnorflow run` through the real command line, against software boards on real ptys ------------
+@pytest.fixture(scope="module")
+def tfc_build(tfc_digits_model, tmp_path_factory):
+    build = tmp_path_factory.mktemp("run") / "build"
+    result = run_cli("compile", tfc_digits_model, "-o", build)
+    assert result.returncode == 0, result.stderr
+    with np.load(build / "vectors.npz") as v:
+        return build, NetworkSpec.load(build / "spec.npz"), v["golden_predictions"], v["labels"]
+
+
+def one_error_line(result) -> str:
+    """The CLI's stderr when it is exactly one `xnorflow: error:` line (no traceback)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xnorflow: error: "), result.stderr
+    return lines[0]
+
+
+class StrayByteBoard(BoardModel):
+    """A board whose line picks up one stray byte, a valid-looking class, after its answer to frame
+    ``after`` (counting from 0)."""
+
+    def __init__(self, spec, after: int, **kw):
+        super().__init__(spec, **kw)
+        self.after = after
+
+    def reply(self, frame):
+        data = super().reply(frame)
+        return data + bytes([3]) if self.frames_answered == self.after else data
+
+
+class WrongClassBoard(BoardModel):
+    """A board that computes a different class for every 7th frame (a bitstream of another build)."""
+
+    def reply(self, frame):
+        data = super().reply(frame)
+        return data[:1] + bytes([(data[1] + 1) % self.spec.n_classes]) if self.frames_answered % 7 == 3 else data
+
+
+class UnpluggedBoard(BoardModel):
+    """A board unplugged after ``after`` answers (the frame after them gets none)."""
+
+    def __init__(self, spec, after: int, **kw):
+        super().__init__(spec, **kw)
+        self.after = after
+
+    def reply(self, frame):
+        return None if self.frames_answered == self.after else super().reply(frame)
+
+
+def test_run_checks_every_answer_against_the_golden_model(tfc_build):
+    build, spec, golden, labels = tfc_build
+    with BoardModel(spec, first_count=110) as board:     # tags wrap from 0xff to 0x80 during the run
+        result = run_cli("run", build, "--port", board.port, "--images", "40")
+    assert result.returncode == 0, result.stderr
+    assert f"accuracy                 {np.mean(golden[:40] == labels[:40]):.4f}" in result.stdout
+    assert "golden agreement         1.0000 (0 frames differ from the golden model)" in result.stdout
+
+
+def test_run_stops_at_a_stray_byte_instead_of_shifting_the_answers(tfc_build):
+    build, spec, _, _ = tfc_build
+    with StrayByteBoard(spec, after=10) as board:
+        result = run_cli("run", build, "--port", board.port, "--images", "30")
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "out of step" in line and board.port in line
+    # Frame 10's answer was followed by the stray, not by frame 11's tag: frames 0-9 are confirmed.
+    assert "(byte 0x03 where the tag of frame 11 was due) after 10 of 30 answers confirmed" in line
+
+
+def test_run_fails_when_the_board_disagrees_with_the_golden_model(tfc_build):
+    build, spec, golden, _ = tfc_build
+    with WrongClassBoard(spec) as board:
+        result = run_cli("run", build, "--port", board.port, "--images", "30")
+    assert result.returncode == 1, result.stderr
+    line = one_error_line(result)
+    assert "disagrees with the golden model on 4 of 30 frames" in line
+    assert f"first: frame 3, board class {(golden[3] + 1) % 10}, golden {golden[3]}" in line
+    assert "golden agreement         0.8667 (4 frames differ" in result.stdout
+
+
+def test_run_names_the_port_when_the_board_is_unplugged_mid_run(tfc_build):
+    build, spec, _, _ = tfc_build
+    with UnpluggedBoard(spec, after=12) as board:
+        result = run_cli("run", build, "--port", board.port, "--images", "30")
+        port = board.port
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"lost the connection to the board on {port} after 12 of 30 answers" in line
+
+
+def test_run_names_the_port_of_a_silent_board(tfc_build):
+    build, _, _, _ = tfc_build
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        result = run_cli("run", build, "--port", name, "--images", "5")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == 2
+    assert f"no answer from the board on {name} after 0 of 5 answers" in one_error_line(result)
+
+
+@pytest.mark.parametrize("baud", ["-5", "0", "fast"])
+def test_run_refuses_a_bad_baud_rate_in_one_line(tfc_build, baud):
+    build, _, _, _ = tfc_build
+    result = run_cli("run", build, "--port", "/dev/null", "--baud", baud)
+    assert result.returncode == 2
+    assert "--baud" in one_error_line(result)
+
+
+def test_run_names_a_missing_port(tfc_build, tmp_path):
+    build, _, _, _ = tfc_build
+    result = run_cli("run", build, "--port", tmp_path / "ttyUSB9")
+    assert result.returncode == 2
+    assert f"cannot open {tmp_path / 'ttyUSB9'}" in one_error_line(result)
