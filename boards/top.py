@@ -1,9 +1,14 @@
 """The board top: the network behind a UART, clocked by the board oscillator or a PLL.
 
-Protocol (what `xnorflow.boards.host` speaks): the host sends each frame as ceil(input_bits / 8) bytes,
-element i of the input vector being bit i % 8 of byte i // 8 (LSB first, the last byte zero-padded);
-the board answers one byte per frame, the class index. Frames may be sent back to back: a FIFO of one
-frame's bytes sits between the UART and the network, whose own ping-pong buffer holds another.
+Protocol (what `xnorflow.boards.host` speaks; `xnorflow.boards.protocol` has its bytes): the host sends
+each frame as ceil(input_bits / 8) bytes, element i of the input vector being bit i % 8 of byte i // 8
+(LSB first, the last byte zero-padded); the board answers two bytes per frame: a tag,
+``0x80 | (n mod 128)`` where n counts the frames the board has answered since configuration, then the
+class index (below 128, so its top bit is 0). The top bit tells tags from classes and the counter tells
+the host which frame an answer belongs to, so a byte lost, duplicated or added on the line shows up at
+the next byte the host reads instead of shifting every later answer onto the wrong frame. Frames may
+be sent back to back: a FIFO of one frame's bytes sits between the UART and the network, whose own
+ping-pong buffer holds another.
 
 Clock: ``BoardTop(..., clock_hz=None)`` runs the design at the board oscillator (12 MHz iCE40 /
 25 MHz ULX3S / 48 MHz OrangeCrab). ``clock_hz=F`` puts the family's PLL (iCE40 SB_PLL40_PAD, ECP5
@@ -24,21 +29,20 @@ it for an amaranth-boards platform.
 """
 from __future__ import annotations
 
-from amaranth import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal
 from amaranth.build import ResourceError
 from amaranth.lib import fifo, io, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from xnorflow.boards.pll import PllPlan, plan_pll
+from xnorflow.boards.protocol import MAX_CLASSES, TAG_BITS, TAG_MARK
 from xnorflow.boards.registry import Board
 from xnorflow.boards.uart import DEFAULT_BAUD, UARTRx, UARTTx, uart_divisor
 from xnorflow.hw.adapters import RegisterSlice
 from xnorflow.hw.network import Network
 from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div
 
-# The UART answers with one byte per frame, so the class index must fit in a byte.
-MAX_CLASSES = 256
 # iCE40 block RAMs read as zero for ~3 us after configuration: amaranth's iCE40 platform holds its
 # default domain in reset for 15 us of clock (5x margin); we count the same after the PLL locks.
 ICE40_POWER_ON_RESET_SECONDS = 15e-6
@@ -51,12 +55,12 @@ def frame_bytes(spec: NetworkSpec) -> int:
 
 def check_protocol(spec: NetworkSpec) -> None:
     if spec.n_classes > MAX_CLASSES:
-        raise SpecError(f"the network has {spec.n_classes} classes but the board answers one byte per "
-                        f"frame: use at most {MAX_CLASSES} classes")
+        raise SpecError(f"the network has {spec.n_classes} classes but the board answers each frame with "
+                        f"a 7-bit class index: use at most {MAX_CLASSES} classes")
 
 
 class BoardTopCore(wiring.Component):
-    """UART RX -> byte FIFO -> Network(in_width=8) -> class index -> UART TX.
+    """UART RX -> byte FIFO -> Network(in_width=8) -> (frame tag, class index) -> UART TX.
 
     ``overrun`` (sticky) means a byte arrived while the FIFO was full and was lost: the host sent
     faster than the network computes. ``framing_error`` (sticky) means a byte had no stop bit: the
@@ -107,13 +111,27 @@ class BoardTopCore(wiring.Component):
             question.i.payload.eq(rx_fifo.r_data),
             question.i.valid.eq(rx_fifo.r_rdy),
             rx_fifo.r_en.eq(question.i.ready),
-            # One answer byte per frame: the class index, zero-extended.
+            # The class index, zero-extended; the answer slice holds it while its tag goes out.
             answer.i.payload.eq(network.o.payload.index),
             answer.i.valid.eq(network.o.valid),
             network.o.ready.eq(answer.i.ready),
         ]
         wiring.connect(m, question.o, network.i)
-        wiring.connect(m, answer.o, tx.i)
+
+        # Two bytes per answer: the tag (TAG_MARK | frame counter) then the class. ``second`` says the
+        # class byte is due; the answer leaves the slice, and the counter steps, when that byte is taken.
+        # The transmitter's valid is the slice's, never waiting for its ready (the stream rule).
+        frame_count = Signal(TAG_BITS)
+        second = Signal()
+        m.d.comb += [
+            tx.i.payload.eq(Mux(second, answer.o.payload, TAG_MARK | frame_count)),
+            tx.i.valid.eq(answer.o.valid),
+            answer.o.ready.eq(tx.i.ready & second),
+        ]
+        with m.If(tx.i.valid & tx.i.ready):
+            m.d.sync += second.eq(~second)
+            with m.If(second):
+                m.d.sync += frame_count.eq(frame_count + 1)
         return m
 
 

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("build", type=Path, help="build folder (its spec and test vectors)")
     p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
     p.add_argument("--images", type=positive_int, default=None, help="images to send (default: all)")
-    p.add_argument("--baud", type=int, default=115200, help="baud rate (default: 115200)")
+    p.add_argument("--baud", type=positive_int, default=115200, help="baud rate (default: 115200)")
     return parser
 
 
@@ -257,12 +257,24 @@ def cmd_run(args) -> int:
     spec = load_spec(build)
     with np.load(build / VECTORS_FILE) as vectors:
         inputs, labels = vectors["inputs"], vectors["labels"]
+        golden = vectors.get("golden_predictions")
     if args.images is not None:
         inputs, labels = inputs[:args.images], labels[:args.images]
-    result = run_on_board(args.port, spec, inputs, labels, baudrate=args.baud)
+        golden = None if golden is None else golden[:args.images]
+    result = run_on_board(args.port, spec, inputs, labels, baudrate=args.baud, golden=golden)
     print(f"  frames                   {result['frames']}")
     print(f"  accuracy                 {result['accuracy']:.4f}")
+    if golden is not None:
+        print(f"  golden agreement         {result['golden_agreement']:.4f} "
+              f"({result['golden_mismatches']} frames differ from the golden model)")
     print(f"  frames/s                 {result['fps']:,.1f} (host to board and back, over the UART)")
+    if result["golden_mismatches"]:
+        first = result["mismatched_frames"][0]
+        print(f"xnorflow: error: the board disagrees with the golden model on {result['golden_mismatches']} of "
+              f"{result['frames']} frames (first: frame {first}, board class {result['predictions'][first]}, "
+              f"golden {golden[first]}): is the bitstream built from {args.build}? "
+              f"`xnorflow simulate {args.build}` checks the RTL", file=sys.stderr)
+        return 1
     return 0
 
 

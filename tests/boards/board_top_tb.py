@@ -66,7 +66,8 @@ async def frames_in_classes_out(dut):
 
     frames = config["frames"]
     received, errors = [], []
-    receiver = cocotb.start_soon(uart_receive(dut.tx, bit_ns, len(frames), received, errors))
+    # Two answer bytes per frame (tag, class); the pytest side checks both.
+    receiver = cocotb.start_soon(uart_receive(dut.tx, bit_ns, 2 * len(frames), received, errors))
     for frame in frames:
         for byte in frame:
             await uart_send(dut.rx, byte, bit_ns)
@@ -76,7 +77,7 @@ async def frames_in_classes_out(dut):
     try:
         await with_timeout(receiver, config["drain_ns"], "ns")
     except TimeoutError:
-        errors.append(f"timed out with {len(received)} of {len(frames)} answers")
+        errors.append(f"timed out with {len(received)} of {2 * len(frames)} answer bytes")
 
     Path(config["results_file"]).write_text(json.dumps({
         "idle_tx": idle_tx,

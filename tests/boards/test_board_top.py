@@ -11,7 +11,7 @@ from board_helpers import random_frames, random_network
 
 from xnorflow.boards.host import pack_frames
 from xnorflow.boards.registry import get_board
-from xnorflow.boards.top import BoardTop, BoardTopCore, frame_bytes
+from xnorflow.boards.top import TAG_MARK, BoardTop, BoardTopCore, check_protocol, frame_bytes
 from xnorflow.hw.spec import SpecError
 from xnorflow.sim.golden import execute
 from xnorflow.sim.verilator import activate_verilator
@@ -42,7 +42,7 @@ def run_board_top(spec, frames_bits, work: Path, gap_probability: float = 0.1, s
         "seed": seed,
         "gap_probability": gap_probability,
         # After the last byte: at most two frames still queued (FIFO + ping-pong), each answered in
-        # its compute time plus one 10-bit answer byte.
+        # its compute time plus two 10-bit answer bytes (tag, class); generous margin on top.
         "drain_ns": CLOCK_NS * (4 * spec.analytic_cycles_per_frame + 200 + 40 * bit_cycles * 10),
         "results_file": str(results_file),
     }
@@ -60,10 +60,11 @@ def run_board_top(spec, frames_bits, work: Path, gap_probability: float = 0.1, s
     return json.loads(results_file.read_text())
 
 
-def test_board_top_answers_the_golden_classes_over_uart(tmp_path):
+def test_board_top_answers_tagged_golden_classes_over_uart(tmp_path):
     # 37 input bits = 5 bytes per frame, fed through the 8 -> 5 bit input adapter; three layers.
     spec = random_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
-    frames_bits = random_frames(spec, 24, seed=4)
+    # 140 frames: the 7-bit frame counter in the tags wraps from 127 to 0 along the way.
+    frames_bits = random_frames(spec, 140, seed=4)
     expected = execute(spec, frames_bits).predictions.tolist()
     assert len(set(expected)) > 1, "a test whose frames all give one class could not catch mix-ups"
 
@@ -71,16 +72,21 @@ def test_board_top_answers_the_golden_classes_over_uart(tmp_path):
 
     assert seen["idle_tx"] == 1
     assert seen["errors"] == []
-    assert seen["received"] == expected
+    received = seen["received"]
+    assert len(received) == 2 * len(expected)
+    # Each answer: the tag 0x80 | (frame number mod 128), then the class index with its top bit clear.
+    assert received[0::2] == [TAG_MARK | (n % 128) for n in range(len(expected))]
+    assert received[1::2] == expected
     assert (seen["overrun"], seen["framing_error"]) == (0, 0)
 
 
 def test_frame_bytes_and_class_limit():
     spec = random_network([37, 5], [(1, 5)])
     assert frame_bytes(spec) == 5
-    too_many = random_network([8, 300], [(1, 8)])
-    with pytest.raises(SpecError, match="one byte per frame"):
+    too_many = random_network([8, 129], [(1, 8)])
+    with pytest.raises(SpecError, match="at most 128 classes"):
         BoardTopCore(too_many, clk_hz=12e6)
+    check_protocol(random_network([8, 128], [(1, 8)]))    # 127 is the largest class index: accepted
 
 
 def test_board_top_elaborates_on_every_platform():
