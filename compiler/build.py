@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,16 @@ def load_spec(build_dir) -> NetworkSpec:
     if not path.exists():
         raise CompileError(f"{build_dir} has no {SPEC_FILE}: run `xnorflow compile MODEL -o {build_dir}` first")
     return NetworkSpec.load(path)
+
+
+def load_vectors(build_dir) -> dict:
+    """The build's golden test vectors (inputs, labels, golden and PyTorch predictions) as arrays."""
+    path = Path(build_dir) / VECTORS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as vectors:
+            return {name: vectors[name] for name in vectors.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CompileError(f"cannot read {path} ({e}): run `xnorflow compile MODEL -o {build_dir}` again") from None
 
 
 def check_claimable(out_dir: Path, model_path=None) -> None:

@@ -248,16 +248,14 @@ def cmd_flow(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import numpy as np
 
     from xnorflow.boards.host import run_on_board
-    from xnorflow.compiler.build import VECTORS_FILE, load_spec, require_build
+    from xnorflow.compiler.build import load_spec, load_vectors, require_build
 
     build = require_build(args.build)
     spec = load_spec(build)
-    with np.load(build / VECTORS_FILE) as vectors:
-        inputs, labels = vectors["inputs"], vectors["labels"]
-        golden = vectors.get("golden_predictions")
+    vectors = load_vectors(build)
+    inputs, labels, golden = vectors["inputs"], vectors["labels"], vectors.get("golden_predictions")
     if args.images is not None:
         inputs, labels = inputs[:args.images], labels[:args.images]
         golden = None if golden is None else golden[:args.images]

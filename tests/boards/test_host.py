@@ -253,7 +253,10 @@ def test_run_names_the_port_when_the_board_is_unplugged_mid_run(tfc_build):
         port = board.port
     assert result.returncode == 2
     line = one_error_line(result)
-    assert f"lost the connection to the board on {port} after 12 of 30 answers" in line
+    # The 12th answer was written just before the hang-up; whether the host read it before the
+    # pty closed depends on scheduling (Linux drops a closed master's unread bytes).
+    assert (f"lost the connection to the board on {port} after 12 of 30 answers" in line
+            or f"lost the connection to the board on {port} after 11 of 30 answers" in line), line
 
 
 def test_run_names_the_port_of_a_silent_board(tfc_build):

@@ -209,6 +209,8 @@ def test_damaged_build_files_are_one_line(compiled, tmp_path, case):
     result = run_cli("simulate", build, "--images", "2")
     assert_one_line_error(result, "compile")
     assert "RTL simulation" not in result.stderr
+    if case in ("spec", "vectors"):
+        assert_one_line_error(run_cli("run", build, "--port", tmp_path / "no-such-port"), "compile")
 
 
 def test_bad_paths_and_numbers_are_one_line(tfc_digits_model, tmp_path):
