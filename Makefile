@@ -28,6 +28,7 @@ test-all: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m ""
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/run.py --out bench
 
 lint: setup
