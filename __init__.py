@@ -16,7 +16,6 @@ class _OnlyPublicParts:
         parts = fullname.split(".")
         if len(parts) == 2 and parts[0] == __name__ and parts[1] not in _PUBLIC:
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
-        return None
 
 
 if _Path(__file__).with_name("pyproject.toml").is_file() and not any(
