@@ -234,3 +234,28 @@ def test_model_file_fields_of_the_wrong_type_are_one_line(tfc_digits_model, tmp_
     record["in_features"] = "sixty-four"
     torch.save(record, tmp_path / "bad.pt")
     assert_one_line_error(run_cli("compile", tmp_path / "bad.pt", "-o", tmp_path / "b"), "bad.pt")
+
+
+def test_flow_reruns_synthesis_when_the_clock_or_seed_changes(compiled, tmp_path):
+    """A bitstream made at one clock is not reused for another: the flow says so and rebuilds."""
+    from xnorflow.compiler.build import synthesis_inputs
+
+    build = copy_build(compiled, tmp_path)
+    model = build.parent / "model.pt"
+    shutil.copy(json.loads((build / "report.json").read_text())["model_file"], model)
+    first = run_cli("flow", "--model", model, "--images", "10", "--no-synth", "-o", build)
+    assert first.returncode == 0, first.stderr
+    (build / "synth").mkdir()
+    bitstream = build / "synth" / "xnorflow.bin"
+    bitstream.write_bytes(b"built at the automatic clock")
+    report = json.loads((build / "report.json").read_text())
+    report.update(bitstream=str(bitstream), synthesis_inputs=synthesis_inputs(build, "auto", None))
+    (build / "report.json").write_text(json.dumps(report))
+    reused = run_cli("flow", "--model", model, "--images", "10", "-o", build)
+    assert reused.returncode == 0, reused.stderr
+    assert f"reusing {bitstream}" in reused.stdout
+    # The changed clock is seen (and the rebuild refused at once, since no PLL makes 1 kHz).
+    result = run_cli("flow", "--model", model, "--images", "10", "--clock-mhz", "0.001", "-o", build)
+    assert "synthesizing: --clock-mhz changed (auto -> 0.001)" in result.stdout
+    assert_one_line_error(result, "--clock-mhz")
+    assert bitstream.read_bytes() == b"built at the automatic clock"
