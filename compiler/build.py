@@ -194,16 +194,18 @@ def synthesis_inputs(build_dir: Path, clock_mhz, seed) -> dict:
             "pnr_seed": seed}
 
 
-def simulate_build(build_dir, images: int | None = None, backpressure: float = 0.5, waves: bool = False,
-                   seed: int = 0, progress: bool = True) -> dict:
+def simulate_build(build_dir, images: int | None = None, backpressure: float | None = None, waves: bool = False,
+                   seed: int = 0, progress: bool = True, mode: str = "fast", chunks: int | None = None) -> dict:
     """Run the build's Verilog in Verilator against the golden vectors; merge the figures into the report.
 
     Returns the report plus ``problems``: one human line per mismatching image (with the layer and neuron
     where it first diverges) and per failed check (a hung design, a failed mid-frame reset).
     """
+    from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE
     from xnorflow.sim.localise import mismatch_lines
     from xnorflow.sim.runner import simulate
 
+    backpressure = DEFAULT_BACKPRESSURE if backpressure is None else backpressure
     if not 0.0 <= backpressure < 1.0:
         raise CompileError(f"--backpressure {backpressure}: give a probability in [0, 1), e.g. 0.3")
     build_dir = require_build(build_dir)
@@ -217,7 +219,7 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float = 0
             staged_sim = stage / "sim"
             build_folder.link_tree(build_dir / "sim" / "obj", staged_sim / "obj")   # the Verilator model cache
             results = simulate(build_dir, images=images, backpressure=backpressure, waves=waves, seed=seed,
-                               progress=progress, sim_dir=staged_sim)
+                               progress=progress, sim_dir=staged_sim, mode=mode, chunks=chunks)
             results = build_folder.relocate(results, staged_sim, build_dir.resolve() / "sim")
             _rewrite_paths(staged_sim / "results.json", staged_sim, build_dir.resolve() / "sim")
             fields = {key: results.get(key) for key in reports.SIMULATION_KEYS}
@@ -232,6 +234,12 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float = 0
                 "waves": str(results["waves"]) if results.get("waves") else None,
                 "results_file": str(results.get("results_file")),
                 "inputs": inputs,
+                "mode": results.get("mode"),
+                # fast mode: each chunk's frames [start, stop), seed, seconds and attempts
+                "chunks": results.get("chunks"),
+                "workers": len(results.get("chunks") or []) or 1,
+                "cycles_simulated": results.get("cycles_simulated"),
+                "cycles_per_cpu_second": results.get("cycles_per_cpu_second"),
             }
             report.update(fields)
             reports.write_report(stage, report)

@@ -110,6 +110,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE
+
     parser = OneLineErrorParser(
         prog="xnorflow",
         description="Binarized neural networks from PyTorch to a bit-exact streaming FPGA accelerator: "
@@ -142,9 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and compare every class score with the golden model.")
     p.add_argument("build", type=Path, help="build folder written by `xnorflow compile`")
     p.add_argument("--images", type=positive_int, default=None, help="images to simulate (default: all)")
-    p.add_argument("--backpressure", type=probability, default=0.3,
-                   help="probability that the output is not ready in a cycle (default: 0.3)")
+    p.add_argument("--backpressure", type=probability, default=None,
+                   help="probability that the output is not ready in a cycle (default: "
+                        f"{DEFAULT_BACKPRESSURE})")
     p.add_argument("--waves", action="store_true", help="write a waveform of the run into build/sim")
+    p.add_argument("--mode", choices=("fast", "cycle"), default="fast",
+                   help="fast (default): a Verilog harness streams the frames with its own random gaps and "
+                        "backpressure, no Python per cycle, in parallel chunks; cycle: cocotb drives every beat "
+                        "(slower; mid-frame resets and waves of the whole run). Both check every output")
+    p.add_argument("--chunks", type=positive_int, default=None,
+                   help="fast mode: simulator processes running disjoint ranges of the frames at once "
+                        "(default: one per core, at least 200 frames each)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed for gaps and backpressure (default: 0)")
 
     p = sub.add_parser("synth", help="Yosys + nextpnr -> bitstream, utilisation and Fmax",
@@ -219,6 +229,7 @@ def cmd_simulate(args) -> int:
     from xnorflow.compiler.build import simulate_build, simulation_failed
 
     report = simulate_build(args.build, images=args.images, backpressure=args.backpressure, waves=args.waves,
+                            mode=args.mode, chunks=args.chunks,
                             seed=args.seed, progress=sys.stderr.isatty())
     print_summary(report, ("images_simulated", "rtl_mismatches", "accuracy_rtl", "accuracy_golden",
                            "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles"))

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE
 from xnorflow.training.model_file import load_model_file
 
 from . import build_folder
@@ -29,8 +30,6 @@ from .model import CompileError
 from .report import format_figure
 
 MODEL_NAME = "model.pt"
-# The flow's simulation: random output backpressure at this probability (simulate_build's default).
-FLOW_BACKPRESSURE = 0.5
 
 SUMMARY = (
     ("accuracy (torch / golden / RTL)", None),
@@ -168,7 +167,7 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
     report = reports.read_report(build_dir)
     wanted = args.images or report.get("test_images")
     previous = (report.get("simulation") or {}).get("inputs") or {}
-    current = simulation_inputs(build_dir, previous.get("images"), FLOW_BACKPRESSURE, 0)
+    current = simulation_inputs(build_dir, previous.get("images"), DEFAULT_BACKPRESSURE, 0)
     why = changed(previous, current, {"spec_sha256": "the spec", "vectors_sha256": "the test vectors",
                                       "verilog_sha256": "the Verilog", "backpressure": "backpressure",
                                       "seed": "the simulation seed"})
@@ -181,7 +180,7 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
             why = f"{wanted} images wanted, {report.get('images_simulated') or 0} simulated"
         print(f"  simulating: {why}", flush=True)
         result = steps.run("simulate", lambda: simulate_build(build_dir, images=args.images,
-                                                              backpressure=FLOW_BACKPRESSURE,
+                                                              backpressure=DEFAULT_BACKPRESSURE,
                                                               progress=sys.stderr.isatty()))
         problems = result["problems"]
 

