@@ -7,6 +7,7 @@ every pass can be checked to compute the same before and after.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class DenseLayer:
     are gone and the bit is ``p >= thresholds``. The output layer has no activation: its scores are
     ``output_scale * bn(dot + bias)`` until the passes prove the extras argmax-invariant and drop them.
     """
+
+    kind: ClassVar[str] = "dense"       # the op that runs it in hardware (xnorflow.hw.ops)
 
     weights: np.ndarray                 # (n_out, n_in) uint8 bits, 1 = +1
     is_output: bool
