@@ -12,6 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from xnorflow.errors import XnorflowError
+from xnorflow.hw.ops import kinds
 
 
 class CompileError(XnorflowError):
@@ -172,8 +173,9 @@ def model_from_file_dict(data: dict) -> BnnModel:
     for i, entry in enumerate(entries):
         latent = _array(entry["weight"])
         if latent.ndim != 2:
-            raise CompileError(f"layer {i} has weights of shape {latent.shape}; xnorflow compiles dense "
-                               "(fully connected) layers only: flatten convolutions into BinaryLinear layers")
+            raise CompileError(f"layer {i} has weights of shape {latent.shape}, not a dense layer's 2-D "
+                               f"matrix; this xnorflow builds layers of kind {', '.join(kinds('layer'))}: "
+                               "use BinaryLinear layers")
         weights = (latent >= 0).astype(np.uint8)   # sign(0) = +1, as in training
         bias = _array(entry["bias"]) if entry.get("bias") is not None else None
         bn = None
