@@ -25,13 +25,13 @@ from amaranth.lib.wiring import In, Out
 
 from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
 from xnorflow.hw.ops import op_for, output_op
-from xnorflow.hw.ops.label_select import class_scores_layout
 from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div, pack_words
 
 
 def output_layout(spec: NetworkSpec) -> data.StructLayout:
-    """The output stream's payload: ``index`` (class_index_width bits) then ``scores[n_classes]``."""
-    return class_scores_layout(spec.layers[-1])
+    """The output stream's payload, the output op's: for label-select ``index`` (class_index_width
+    bits) then ``scores[n_classes]``."""
+    return output_op(spec).payload_layout
 
 
 def decode_output(spec: NetworkSpec, payload: int) -> tuple[int, list[int]]:

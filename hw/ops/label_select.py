@@ -140,8 +140,13 @@ class LabelSelectOp(Op):
         return self.layer.pe * self.layer.popcount_width
 
     @property
+    def payload_layout(self) -> data.StructLayout:
+        """The network's output beat (:func:`class_scores_layout`)."""
+        return class_scores_layout(self.layer)
+
+    @property
     def out_width(self) -> int:
-        return class_scores_layout(self.layer).size
+        return self.payload_layout.size
 
     @property
     def beats_per_frame(self) -> int:
