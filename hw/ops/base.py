@@ -13,7 +13,7 @@ Two roles:
   are built from that layer's spec, whose scores they consume. Their output is the network's.
 
 The parts every op defines (`Op.PARTS`; tests/hw/test_ops.py checks each registered kind has them,
-and that sim/golden.py has a kernel for it):
+tests/sim/test_golden.py that sim/golden.py has a kernel for it matching ``reference``):
 
 ============== ================================================================================
 validate       refuse a LayerSpec this kind cannot build (SpecError naming the cause and the fix)
