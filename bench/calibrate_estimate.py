@@ -108,7 +108,8 @@ def spec_from_record(record: dict) -> NetworkSpec:
 # --- netlist analysis --------------------------------------------------------------------------------
 def block_of(cell_name: str, adapters: set[str] = frozenset()) -> str:
     """The hierarchy block a cell of the flattened netlist belongs to: 'mvtu0', 'adapter1',
-    'adapter_in', 'network' (the hidden layers' output registers and threshold comparators),
+    'adapter_in', 'label_select' (the output op after the last MVTU, counted with that layer),
+    'network' (the hidden layers' output registers and threshold comparators),
     'uart_rx', 'uart_tx', 'rx_fifo' or 'top' (the rest: board glue, the power-on reset timer).
 
     Yosys names a cell after a wire it drives, and a stream between two blocks is named after the
@@ -121,6 +122,8 @@ def block_of(cell_name: str, adapters: set[str] = frozenset()) -> str:
         if parts[0] == "core" and len(parts) > 2 and parts[1] in ("uart_rx", "uart_tx", "rx_fifo"):
             return parts[1]
         return "top"
+    if len(parts) >= 4 and parts[2] == "label_select":
+        return "label_select"
     if len(parts) < 4 or not re.match(r"(mvtu|adapter|slice)", parts[2]):
         return "network"
     # A width adapter's register slice (hw/network.py) counts as part of that adapter.
@@ -296,6 +299,8 @@ def fit_rows(record: dict) -> list[tuple[dict, float]]:
         measured += block_logic(blocks.get("adapter_in" if k == 0 else f"adapter{k - 1}", {}), family)
         if not layer.is_output:
             measured += block_logic(blocks.get("network", {}), family) * layer.pe / hidden_pe
+        else:   # the label-select op after it, whose terms logic_terms counts with this layer
+            measured += block_logic(blocks.get("label_select", {}), family)
         rows.append((logic_terms(layer, in_width, family), measured))
         in_width = layer.pe
     top = sum(block_logic(blocks.get(b, {}), family) for b in ("uart_rx", "uart_tx", "rx_fifo", "top"))

@@ -5,18 +5,23 @@
   estimate per device family for the synthesized board top (UART + network), to refuse a design that
   cannot fit before any RTL is written. The logic figure is calibrated against Yosys + nextpnr
   (bench/calibrate_estimate.py, bench/calibration.json): within 4% on the 12 calibration designs.
+
+What each op contributes comes from the op itself (hw/ops/: its memories, structural logic terms and
+flip-flops); this module adds what follows from where memories are placed and from the width
+adapters between ops, and weighs the terms per device family. Figures are per layer: a layer's ops
+(`xnorflow.hw.ops.layer_ops`: the last layer's includes the label-select after it) are counted
+together and rounded once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xnorflow.hw.mvtu import EngineTiming
-from xnorflow.hw.popcount import count_levels
+from xnorflow.hw.ops import Op, layer_groups, layer_ops
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, bits_for, ceil_div
 
 
 def cycles_per_layer(spec: NetworkSpec) -> dict:
-    layers = [{"n_in": l.n_in, "n_out": l.n_out, "pe": l.pe, "simd": l.simd, "cycles": l.cycles}
+    layers = [{"kind": l.kind, "n_in": l.n_in, "n_out": l.n_out, "pe": l.pe, "simd": l.simd, "cycles": l.cycles}
               for l in spec.layers]
     ii = spec.analytic_cycles_per_frame
     bottleneck = max(range(len(layers)), key=lambda i: layers[i]["cycles"])
@@ -50,20 +55,18 @@ BLOCK_RAMS = {
 }
 
 def layer_memories(layer: LayerSpec, family: str | None = None) -> list[dict]:
-    """The memories one layer's engine instantiates: one weight bank per PE, the input ping-pong buffer
-    and (hidden layers) the threshold ROM. ``kind`` is "rom" or "ram" (written at run time).
+    """The memories one layer's ops instantiate (`Op.memories`: a dense layer's weight banks, one per
+    PE, its input ping-pong buffer and, hidden layers, its threshold ROM). ``kind`` is "rom" or
+    "ram" (written at run time).
 
     With a ``family``, each memory's ``style`` says where synthesis puts it: the layer's weight/buffer
     style when set, else (and always for the thresholds) what Yosys chooses (`yosys_auto_style`).
     """
-    depth = layer.neuron_folds * layer.synapse_folds
-    memories = [{"role": "weights", "width": layer.simd, "depth": depth, "count": layer.pe,
-                 "style": layer.weight_style, "kind": "rom"},
-                {"role": "input buffer", "width": layer.simd, "depth": 2 * layer.synapse_folds, "count": 1,
-                 "style": layer.buffer_style, "kind": "ram"}]
-    thresholds = threshold_memory(layer)
-    if thresholds is not None:
-        memories.append(thresholds)
+    return ops_memories(layer_ops(layer), family)
+
+
+def ops_memories(ops: list[Op], family: str | None = None) -> list[dict]:
+    memories = [dict(memory) for op in ops for memory in op.memories()]
     if family is not None:
         for memory in memories:
             if memory["style"] == "auto":
@@ -168,21 +171,22 @@ def fifo_memory(spec: NetworkSpec) -> dict:
     return {"role": "uart fifo", "width": 8, "depth": max(1, frame_bytes - 1), "count": 1, "style": "auto"}
 
 
-def threshold_memory(layer: LayerSpec) -> dict | None:
-    """A hidden layer's threshold ROM: one word of ``pe`` thresholds per fold (no style: Yosys decides)."""
-    if layer.is_output:
-        return None
-    return {"role": "thresholds", "width": layer.pe * layer.threshold_width, "depth": layer.neuron_folds,
-            "count": 1, "style": "auto", "kind": "rom"}
-
-
 def logic_terms(layer: LayerSpec, in_width: int, family: str) -> dict[str, int]:
-    """The structural terms of one engine (and the width adapter feeding it from ``in_width``-bit beats)."""
-    pe, simd, acc = layer.pe, layer.simd, layer.popcount_width
-    terms = {"simd_lane": pe * simd, "acc_bit": pe * acc, "engine": 1,
-             "score_bit": (pe + layer.n_out) * acc if layer.is_output else 0,
-             "block_mux": 0, "rom_lut": 0, "ram_bit": 0, "gearbox_bit": gearbox_size(in_width, simd)}
-    for memory in layer_memories(layer, family):
+    """The structural terms of one layer's ops (`layer_ops`) and of the width adapter feeding it from
+    ``in_width``-bit beats: each op's own terms (`Op.logic_terms`) plus those of its memories as placed."""
+    return ops_logic_terms(layer_ops(layer), in_width, family)
+
+
+TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit")
+
+
+def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]:
+    terms = dict.fromkeys(TERMS, 0)
+    for op in ops:
+        for name, value in op.logic_terms().items():
+            terms[name] += value
+    terms["gearbox_bit"] = gearbox_size(in_width, ops[0].in_width)
+    for memory in ops_memories(ops, family):
         if memory["style"] == "block":
             extra_blocks = BLOCK_RAMS[family].depth_tiles(memory["width"], memory["depth"]) - 1
             terms["block_mux"] += memory["count"] * memory["width"] * extra_blocks
@@ -200,55 +204,57 @@ def logic_estimate(terms: dict[str, int], model: LogicModel) -> int:
 
 
 def lut_estimate(layer: LayerSpec, family: str = "ice40", in_width: int | None = None) -> int:
-    """Logic cells (iCE40) / LUT slots (ECP5) of one engine and its input adapter (see `LogicModel`)."""
-    in_width = layer.simd if in_width is None else in_width
-    return logic_estimate(logic_terms(layer, in_width, family), LOGIC_MODELS[family])
+    """Logic cells (iCE40) / LUT slots (ECP5) of one layer's ops and its input adapter (see `LogicModel`)."""
+    ops = layer_ops(layer)
+    in_width = ops[0].in_width if in_width is None else in_width
+    return logic_estimate(ops_logic_terms(ops, in_width, family), LOGIC_MODELS[family])
 
 
 def ff_estimate(layer: LayerSpec, in_width: int, family: str) -> int:
-    """Flip-flops of one engine and its input adapter, counted from the RTL (mvtu.py, adapters.py)."""
-    pe, simd, acc = layer.pe, layer.simd, layer.popcount_width
-    nf, sf = layer.neuron_folds, layer.synapse_folds
-    engine = EngineTiming(layer)    # its pipeline depth and output queue, as the RTL builds them
-    levels = count_levels(simd)
-    ffs = pe * (sum(bits_for(most) for level in levels for most in level) + acc)   # popcount levels, acc
-    ffs += simd + (pe * simd if layer.register_weights else 0)            # input word, weight words
-    ffs += 2 * bits_for(nf - 1) + bits_for(sf - 1) + bits_for(nf * sf - 1)   # counters
-    ffs += (engine.latency + 2) * (3 + bits_for(nf - 1))                  # stage control
-    class_bits = bits_for(layer.n_out - 1)
-    if layer.is_output:
-        levels_argmax = engine.argmax_levels
-        ffs += (layer.n_out + 2 + pe * (1 + levels_argmax)) * acc          # frame, row and fold scores
-        ffs += pe * (acc + class_bits) + 2 * class_bits                   # argmax tree, running best
-        ffs += 2 * (1 + levels_argmax)                                    # first/last fold flags
-        payload = class_bits + layer.n_out * acc
-    else:
-        ffs += pe + 1                                                     # registered threshold compare
-        payload = pe
-    ffs += engine.queue_depth * payload + 2 * bits_for(engine.queue_depth)   # output queue
-    for memory in layer_memories(layer, family):
+    """Flip-flops of one layer's ops and its input adapter, counted from the RTL: each op's own
+    (`Op.flip_flops`), its memories kept in logic, the gearbox and register slice (adapters.py)."""
+    ops = layer_ops(layer)
+    return ops_flip_flops(ops, in_width, family)
+
+
+def ops_flip_flops(ops: list[Op], in_width: int, family: str) -> int:
+    ffs = sum(op.flip_flops() for op in ops)
+    for memory in ops_memories(ops, family):
         if memory["style"] == "logic" and memory["depth"] > 1:
             read_register = memory["count"] * memory["width"]
             storage = memory["width"] * memory["depth"] if memory["kind"] == "ram" else 0
             ffs += read_register + storage
-    if in_width != simd:
-        capacity = in_width + 2 * simd
-        ffs += capacity + 3 * bits_for(capacity) + 2 * (simd + 1)         # gearbox, register slice
+    width = ops[0].in_width
+    if in_width != width:
+        capacity = in_width + 2 * width
+        ffs += capacity + 3 * bits_for(capacity) + 2 * (width + 1)        # gearbox, register slice
     return ffs
 
 
 def layer_blocks(layer: LayerSpec, family: str) -> int:
-    """Memory blocks of one engine: its memories placed in block RAM, each tiled into blocks."""
+    """Memory blocks of one layer's ops: their memories placed in block RAM, each tiled into blocks."""
+    return ops_blocks(layer_ops(layer), family)
+
+
+def ops_blocks(ops: list[Op], family: str) -> int:
     bram = BLOCK_RAMS[family]
     return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"])
-               for memory in layer_memories(layer, family) if memory["style"] == "block")
+               for memory in ops_memories(ops, family) if memory["style"] == "block")
 
 
-def layer_estimate(layer: LayerSpec, family: str, in_width: int | None = None) -> dict:
-    """One engine (and the adapter feeding it ``in_width``-bit beats; none when omitted)."""
-    in_width = layer.simd if in_width is None else in_width
-    return {"brams": layer_blocks(layer, family), "luts": lut_estimate(layer, family, in_width),
-            "ffs": ff_estimate(layer, in_width, family), "weight_bits": layer.weight_bits}
+def layer_estimate(layer: LayerSpec, family: str, in_width: int | None = None, output_kind: str = "label_select") -> dict:
+    """One layer's ops (the last layer's with the output op after it) and the adapter feeding them
+    ``in_width``-bit beats (none when omitted)."""
+    return ops_estimate(layer_ops(layer, output_kind), family, in_width)
+
+
+def ops_estimate(ops: list[Op], family: str, in_width: int | None = None) -> dict:
+    in_width = ops[0].in_width if in_width is None else in_width
+    return {"brams": ops_blocks(ops, family),
+            "luts": logic_estimate(ops_logic_terms(ops, in_width, family), LOGIC_MODELS[family]),
+            "ffs": ops_flip_flops(ops, in_width, family),
+            "weight_bits": sum(op.layer.weight_bits for op in ops if op.role == "layer"),
+            "ops": [op.kind for op in ops]}
 
 
 # UART RX/TX, the FIFO's pointers, the power-on reset timer (measured: 70-90), the register
@@ -267,10 +273,10 @@ def estimate_resources(spec: NetworkSpec, family: str) -> dict:
     bram = BLOCK_RAMS[family]
     model = LOGIC_MODELS[family]
     per_layer = []
-    in_width = 8    # the board top feeds the first layer bytes; each next one gets the previous PE bits
-    for layer in spec.layers:
-        per_layer.append(layer_estimate(layer, family, in_width))
-        in_width = layer.pe
+    in_width = 8    # the board top feeds the first layer bytes; each next one gets the previous op's beats
+    for ops in layer_groups(spec):
+        per_layer.append(ops_estimate(ops, family, in_width))
+        in_width = ops[0].out_width
     fifo = fifo_memory(spec)
     fifo_style = yosys_auto_style(fifo["width"], fifo["depth"], family, "ram")
     # The FIFO's logic is in the `top` constant: in FFs (small frames) it costs about what the

@@ -8,7 +8,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div
+from xnorflow.hw.ops import op_for
+from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
 from .analysis import BLOCK_RAMS, estimate_resources, layer_estimate
 from .model import BnnModel, CompileError
@@ -37,7 +38,8 @@ PLACEMENTS = (("block", "block"), ("block", "logic"), ("logic", "block"), ("logi
 
 def placement_options(layer: LayerSpec) -> list[tuple[str, str]]:
     """(weight_style, buffer_style) pairs allowed for a layer: weights in logic only when shallow."""
-    shallow = layer.neuron_folds * layer.synapse_folds <= MAX_LOGIC_ROM_DEPTH
+    weights = [memory for memory in op_for(layer).memories() if memory["role"] == "weights"]
+    shallow = all(memory["depth"] <= MAX_LOGIC_ROM_DEPTH for memory in weights)
     return [(w, b) for w, b in PLACEMENTS if w == "block" or shallow]
 
 
@@ -76,30 +78,17 @@ def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = No
 
 
 # --- folding for a board ------------------------------------------------------------------------
-def folding_candidates(n_in: int, n_out: int, target_cycles: int, family: str) -> list[tuple[int, int]]:
-    """(PE, SIMD) pairs worth considering for a layer within ``target_cycles``.
+def block_widths(family: str) -> list[int]:
+    """The widths of a ``family``'s memory block shapes (at least 4 bits) that a layer's SIMD is worth
+    rounding up to, so weight banks fill blocks instead of spilling a few bits into another block
+    (a 24-bit bank costs two 16-bit EBRs on iCE40, a 16-bit one costs one)."""
+    return sorted({w for w, _ in BLOCK_RAMS[family].shapes if w >= 4})
 
-    For each number of neuron folds NF, the smallest PE giving it; with it, the smallest SIMD that
-    meets the target, and that SIMD rounded up to each width a memory block takes, so weight banks
-    can fill blocks instead of spilling a few bits into another block (a 24-bit bank costs two
-    16-bit EBRs on iCE40, a 16-bit one costs one).
-    """
-    widths = sorted({w for w, _ in BLOCK_RAMS[family].shapes if w >= 4})
-    pairs = set()
-    for nf in range(1, n_out + 1):
-        pe = ceil_div(n_out, nf)
-        if ceil_div(n_out, pe) != nf:
-            continue
-        budget = target_cycles // nf
-        if budget < 1:
-            break
-        simd = ceil_div(n_in, min(budget, n_in))
-        pairs.add((pe, simd))
-        for width in widths:
-            rounded = ceil_div(simd, width) * width
-            if rounded < n_in:
-                pairs.add((pe, rounded))
-    return sorted(pairs)
+
+def folding_candidates(n_in: int, n_out: int, target_cycles: int, family: str) -> list[tuple[int, int]]:
+    """(PE, SIMD) pairs worth considering for a dense layer of these sizes within ``target_cycles``
+    (`DenseOp.folding_candidates`; `cheapest_design` asks each layer's own op)."""
+    return op_for(LayerSpec(n_in, n_out, None, None)).folding_candidates(target_cycles, block_widths(family))
 
 
 def _pareto(options: list[tuple[int, int, object]]) -> list[tuple[int, int, object]]:
@@ -123,12 +112,13 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
     """
     fronts = []
     for layer in spec.layers:
+        # A layer's options are costed with its ops (the last layer's include the label-select).
         options = []
-        for pe, simd in folding_candidates(layer.n_in, layer.n_out, target_cycles, family):
+        for pe, simd in op_for(layer).folding_candidates(target_cycles, block_widths(family)):
             folded = replace(layer, pe=pe, simd=simd)
             for weight_style, buffer_style in placement_options(folded):
                 candidate = replace(folded, weight_style=weight_style, buffer_style=buffer_style)
-                estimate = layer_estimate(candidate, family)
+                estimate = layer_estimate(candidate, family, output_kind=spec.output_kind)
                 options.append((estimate["brams"], estimate["luts"], candidate))
         fronts.append(_pareto(options))
 

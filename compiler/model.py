@@ -7,10 +7,12 @@ every pass can be checked to compute the same before and after.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
 from xnorflow.errors import XnorflowError
+from xnorflow.hw.ops import kinds
 
 
 class CompileError(XnorflowError):
@@ -44,6 +46,8 @@ class DenseLayer:
     are gone and the bit is ``p >= thresholds``. The output layer has no activation: its scores are
     ``output_scale * bn(dot + bias)`` until the passes prove the extras argmax-invariant and drop them.
     """
+
+    kind: ClassVar[str] = "dense"       # the op that runs it in hardware (xnorflow.hw.ops)
 
     weights: np.ndarray                 # (n_out, n_in) uint8 bits, 1 = +1
     is_output: bool
@@ -169,8 +173,9 @@ def model_from_file_dict(data: dict) -> BnnModel:
     for i, entry in enumerate(entries):
         latent = _array(entry["weight"])
         if latent.ndim != 2:
-            raise CompileError(f"layer {i} has weights of shape {latent.shape}; xnorflow compiles dense "
-                               "(fully connected) layers only: flatten convolutions into BinaryLinear layers")
+            raise CompileError(f"layer {i} has weights of shape {latent.shape}, not a dense layer's 2-D "
+                               f"matrix; this xnorflow builds layers of kind {', '.join(kinds('layer'))}: "
+                               "use BinaryLinear layers")
         weights = (latent >= 0).astype(np.uint8)   # sign(0) = +1, as in training
         bias = _array(entry["bias"]) if entry.get("bias") is not None else None
         bn = None

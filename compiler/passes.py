@@ -13,7 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div
+from xnorflow.hw.ops import op_for
+from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
 from .model import BnnModel, CompileError, DenseLayer
 
@@ -141,25 +142,14 @@ class RemoveArgmaxInvariantOutputScale(Pass):
 # --- folding -------------------------------------------------------------------------------------
 
 def cheapest_folding(n_in: int, n_out: int, target_cycles: int) -> tuple[int, int]:
-    """The (PE, SIMD) with the fewest parallel lanes whose cycles fit target_cycles.
+    """The (PE, SIMD) with the fewest parallel lanes whose cycles fit target_cycles, for a dense layer
+    of these sizes (`DenseOp.cheapest_folding`)."""
+    return op_for(LayerSpec(n_in, n_out, None, None)).cheapest_folding(target_cycles)
 
-    For each PE, the smallest SIMD meeting the target is computed directly; among equal lane counts
-    the one with fewer cycles (less padding) wins, then the one with smaller PE (fewer memory banks).
-    """
-    best = None
-    for pe in range(1, n_out + 1):
-        folds = ceil_div(n_out, pe)
-        synapse_budget = target_cycles // folds
-        if synapse_budget < 1:
-            continue
-        simd = ceil_div(n_in, min(synapse_budget, n_in))
-        cycles = folds * ceil_div(n_in, simd)
-        key = (pe * simd, cycles, pe)
-        if best is None or key < best[0]:
-            best = (key, pe, simd)
-    if best is None:
-        return n_out, n_in
-    return best[1], best[2]
+
+def layer_geometry(layer: DenseLayer) -> LayerSpec:
+    """A model layer's shape as a LayerSpec without weights: enough for its op's folding rules."""
+    return LayerSpec(layer.n_in, layer.n_out, None, None, layer.pe, layer.simd, kind=layer.kind)
 
 
 class SetFolding(Pass):
@@ -184,7 +174,7 @@ class SetFolding(Pass):
         else:
             if self.target_cycles < 1:
                 raise CompileError(f"target of {self.target_cycles} cycles per frame: give at least 1")
-            folding = [cheapest_folding(l.n_in, l.n_out, self.target_cycles) for l in model.layers]
+            folding = [op_for(layer_geometry(l)).cheapest_folding(self.target_cycles) for l in model.layers]
         layers = []
         for i, (layer, (pe, simd)) in enumerate(zip(model.layers, folding)):
             if not (1 <= pe <= layer.n_out and 1 <= simd <= layer.n_in):
@@ -211,7 +201,8 @@ def lower_to_spec(model: BnnModel, name: str | None = None) -> NetworkSpec:
             raise CompileError(f"hidden layer {i} has no thresholds: run FoldBatchNormIntoThresholds first")
     layers = tuple(
         LayerSpec(n_in=l.n_in, n_out=l.n_out, weights=l.weights.astype(np.uint8),
-                  thresholds=None if l.is_output else l.thresholds.astype(np.int64), pe=l.pe, simd=l.simd)
+                  thresholds=None if l.is_output else l.thresholds.astype(np.int64), pe=l.pe, simd=l.simd,
+                  kind=l.kind)
         for l in model.layers)
     meta = {"arch": model.arch, "dataset": model.dataset, "binarize": model.binarize}
     spec = NetworkSpec(layers, name=name or model.arch, meta=meta)

@@ -17,7 +17,8 @@ queue slot is free for its result: credit-based flow control, as FINN's MVAU str
                registered sums of up to POPCOUNT_GROUP of those, until one count per PE is left
     acc        accumulated popcount per PE; complete at the last sf of a fold
     hidden:    registered (acc >= T) for each PE -> queue
-    output:    fold argmax, then the class scores and running argmax -> one queue entry per frame
+    scores:    (the last layer, no thresholds) each fold's accumulators go out on the scores link
+               to the label-select op (hw/ops/label_select.py), which owns the frame's queue slot
 
 Input: a ping-pong buffer of two banks of SF words. The producer fills one bank while the engine
 reads the other, so the engine is decoupled from its producer's pace and starts the next frame
@@ -33,19 +34,26 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from xnorflow.hw.counter import wrapping_counter
-from xnorflow.hw.popcount import argmax_level, count_levels, group_slices, popcount
+from xnorflow.hw.pipeline import output_queue, register, register_stage
+from xnorflow.hw.popcount import count_levels, group_slices, popcount
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
 
 
-def class_scores_layout(layer: LayerSpec) -> data.StructLayout:
-    """Payload of the output layer's stream: the contract read by testbenches and boards.
+def fold_scores_signature(layer: LayerSpec) -> wiring.Signature:
+    """The scores layer's link to the op after it (label-select), as the engine sees it.
 
-    Bits [0, iw) hold the class index (iw = bits_for(n_classes - 1)); the score of class c sits at
-    bits [iw + c*sw, iw + (c+1)*sw) with sw = the layer's popcount width.
+    Not a stream but a credit interface, so that neither side needs a queue of its own: ``valid``
+    pulses when a fold's ``pe`` popcounts are complete (``scores``, fold number ``fold``); ``start``
+    pulses when the engine begins issuing a frame, taking one of the consumer's result slots;
+    ``room`` (from the consumer) is high while a slot is free, and the engine starts a frame only
+    then. The consumer therefore takes every ``valid`` beat.
     """
-    return data.StructLayout({
-        "index": unsigned(bits_for(layer.n_out - 1)),
-        "scores": data.ArrayLayout(unsigned(layer.popcount_width), layer.n_out),
+    return wiring.Signature({
+        "valid": Out(1),
+        "fold": Out(range(layer.neuron_folds)),
+        "scores": Out(data.ArrayLayout(unsigned(layer.popcount_width), layer.pe)),
+        "start": Out(1),
+        "room": In(1),
     })
 
 
@@ -85,14 +93,26 @@ class EngineTiming:
         return layer.synapse_folds * (layer.neuron_folds if layer.is_output else 1)
 
     @property
+    def accumulate_latency(self) -> int:
+        """Cycles from the issue of a fold's last beat to its complete accumulators (the scores
+        link's ``valid``): the buffer read and input register, the popcount levels, the accumulator."""
+        fetch, acc = 2, 1
+        return fetch + self.count_stages + acc
+
+    @property
+    def result_latency(self) -> int:
+        """Cycles from the complete accumulators to the result at the output (o.valid): for a hidden
+        layer the registered threshold compare and the queue; for the scores layer the label-select
+        after it (the fold's scores, the argmax tree, the frame's result, the queue)."""
+        queue = 1
+        if self.layer.is_output:
+            return 2 + self.argmax_levels + queue
+        return 1 + queue
+
+    @property
     def latency(self) -> int:
         """Cycles from the issue of a unit's last beat to its result at the output (o.valid)."""
-        fetch, acc, queue = 2, 1, 1
-        if self.layer.is_output:
-            after_acc = 2 + self.argmax_levels          # the fold's scores, the argmax tree, the frame's
-        else:
-            after_acc = 1                               # the registered threshold compare
-        return fetch + self.count_stages + acc + after_acc + queue
+        return self.accumulate_latency + self.result_latency
 
     @property
     def queue_depth(self) -> int:
@@ -106,9 +126,10 @@ class EngineTiming:
 
 
 class MVTU(wiring.Component, EngineTiming):
-    """One binary dense layer. Hidden layers (with thresholds) emit NF beats of ``pe`` bits per frame;
-    the output layer (``layer.thresholds is None``) emits one beat per frame holding the class index
-    and every class's popcount (see :func:`class_scores_layout`).
+    """One binary dense layer. Hidden layers (with thresholds) emit NF beats of ``pe`` bits per frame
+    on the stream ``o``; the scores layer (``layer.thresholds is None``, the last) drives ``o`` as the
+    scores link of :func:`fold_scores_signature`, which the label-select op turns into the class
+    index and every class's popcount.
 
     Ports: ``i`` takes SF beats of ``simd`` bits per frame (padded lanes of the last beat are 0).
     """
@@ -120,10 +141,10 @@ class MVTU(wiring.Component, EngineTiming):
             self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
             raise
         self.layer = layer
-        payload = class_scores_layout(layer) if layer.is_output else unsigned(layer.pe)
+        out = fold_scores_signature(layer) if layer.is_output else stream.Signature(unsigned(layer.pe))
         super().__init__({
             "i": In(stream.Signature(unsigned(layer.simd))),
-            "o": Out(stream.Signature(payload)),
+            "o": Out(out),
         })
 
     # --- building blocks ---------------------------------------------------------------------
@@ -198,18 +219,6 @@ class MVTU(wiring.Component, EngineTiming):
         m.d.comb += port.addr.eq(fold)
         return [port.data[r * width:(r + 1) * width] for r in range(layer.pe)]
 
-    @staticmethod
-    def _register(m: Module, value, name: str) -> Signal:
-        """``value`` one cycle later."""
-        register = Signal.like(Value.cast(value), name=name)
-        m.d.sync += register.eq(value)
-        return register
-
-    @classmethod
-    def _register_stage(cls, m: Module, name: str, source: dict) -> dict:
-        """Every value of ``source`` one cycle later, as registers named ``{name}_{key}``."""
-        return {key: cls._register(m, value, f"{name}_{key}") for key, value in source.items()}
-
     # --- the engine --------------------------------------------------------------------------
     def elaborate(self, platform):
         layer = self.layer
@@ -250,8 +259,8 @@ class MVTU(wiring.Component, EngineTiming):
         # Stage control: valid, first/last beat of a fold, the fold number; moved every cycle.
         s0 = {"valid": issue, "first": sf_counter.is_first, "last": last_sf, "nf": nf}
         s0 = {key: Value.cast(value) for key, value in s0.items()}
-        s1 = self._register_stage(m, "s1", s0)
-        fetched = self._register_stage(m, "x", s1)      # x and the weight words are both valid here
+        s1 = register_stage(m, "s1", s0)
+        fetched = register_stage(m, "x", s1)      # x and the weight words are both valid here
 
         # XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
         # a named signal first: the tree slices it bit by bit, and slicing an expression would
@@ -278,10 +287,10 @@ class MVTU(wiring.Component, EngineTiming):
 
         counted = register_level(0, [[(popcount(agree[r][start:stop]), stop - start)
                                       for start, stop in group_slices(layer.simd)] for r in range(pe)])
-        control = self._register_stage(m, "count0", fetched)
+        control = register_stage(m, "count0", fetched)
         for level in range(1, self.count_stages):
             counted = register_level(level, [grouped_sums(terms) for terms in counted])
-            control = self._register_stage(m, f"count{level}", control)
+            control = register_stage(m, f"count{level}", control)
         counts = [counted[r][0][0] for r in range(pe)]
         count_stage = control
 
@@ -289,103 +298,24 @@ class MVTU(wiring.Component, EngineTiming):
         accs = [Signal(acc_width, name=f"acc_pe{r}") for r in range(pe)]
         with m.If(count_stage["valid"]):
             m.d.sync += [accs[r].eq(Mux(count_stage["first"], counts[r], accs[r] + counts[r])) for r in range(pe)]
-        done = self._register_stage(m, "acc", {"valid": count_stage["valid"] & count_stage["last"], "nf": count_stage["nf"]})
+        done = register_stage(m, "acc", {"valid": count_stage["valid"] & count_stage["last"], "nf": count_stage["nf"]})
 
-        result_valid = Signal()
         if layer.is_output:
-            result = self._frame_scores(m, valid=done["valid"], fold=done["nf"], accs=accs, result_valid=result_valid)
-        else:
-            # Thresholds are read one stage ahead so they arrive with the completed accumulators.
-            # The compare is registered: a carry chain from the threshold ROM into the queue's
-            # multiplexers was the longest path of TFC on the iCE40UP5K (45.9 MHz).
-            thresholds = self._thresholds(m, fold=count_stage["nf"])
-            result = self._register(m, Cat(*(accs[r] >= thresholds[r] for r in range(pe))), "above_threshold")
-            m.d.comb += result_valid.eq(self._register(m, done["valid"], "above_threshold_valid"))
-        self._output_queue(m, write=result_valid, data=result, start=issue & unit_first, may_start=slot_taken)
+            # The scores link: the label-select after this engine holds the frame's result slot.
+            m.d.comb += [
+                self.o.valid.eq(done["valid"]),
+                self.o.fold.eq(done["nf"]),
+                self.o.start.eq(issue & unit_first),
+                slot_taken.eq(self.o.room),
+            ]
+            m.d.comb += [self.o.scores[r].eq(accs[r]) for r in range(pe)]
+            return m
+        # Thresholds are read one stage ahead so they arrive with the completed accumulators.
+        # The compare is registered: a carry chain from the threshold ROM into the queue's
+        # multiplexers was the longest path of TFC on the iCE40UP5K (45.9 MHz).
+        thresholds = self._thresholds(m, fold=count_stage["nf"])
+        result = register(m, Cat(*(accs[r] >= thresholds[r] for r in range(pe))), "above_threshold")
+        result_valid = register(m, done["valid"], "above_threshold_valid")
+        output_queue(m, self.o, self.queue_depth, write=result_valid, data=result, start=issue & unit_first,
+                     may_start=slot_taken)
         return m
-
-    def _output_queue(self, m: Module, *, write, data, start, may_start):
-        """A shift-register FIFO of queue_depth entries driving ``o`` (entry 0 is o.payload).
-
-        ``start`` reserves a slot for a unit that begins issuing; a slot is freed when its entry is
-        taken. ``may_start`` is high while a slot is free, so ``write`` always finds room.
-        """
-        depth = self.queue_depth
-        width = len(Value.cast(self.o.payload))
-        entries = [Signal(width, name=f"queue{k}") for k in range(depth)]
-        count = Signal(range(depth + 1))
-        reserved = Signal(range(depth + 1))
-        take = self.o.valid & self.o.ready
-        m.d.comb += [
-            self.o.valid.eq(count != 0),
-            self.o.payload.eq(entries[0]),
-            may_start.eq(reserved != depth),
-        ]
-        # A written entry lands at count - take. Both outcomes are decoded from registers and
-        # ``take`` picks one in the last multiplexer: the consumer's ready (a comparator in the
-        # next gearbox) reached every entry through the subtraction and decoder before, the
-        # longest path of TFC on the iCE40UP5K (42.3 MHz).
-        for k, entry in enumerate(entries):
-            above = entries[k + 1] if k + 1 < depth else entry   # the last has nothing above it
-            if_taken = Mux(write & (count == k + 1), data, above)
-            if_kept = Mux(write & (count == k), data, entry)
-            m.d.sync += entry.eq(Mux(take, if_taken, if_kept))
-        m.d.sync += [count.eq(count + write - take), reserved.eq(reserved + start - take)]
-
-    def _frame_scores(self, m: Module, *, valid, fold, accs, result_valid):
-        """Output layer: per fold, the argmax of its ``pe`` scores, then the class scores and the
-        running argmax across folds; returns the frame's result (index and scores), valid with
-        ``result_valid`` at the last fold."""
-        layer = self.layer
-        pe, nf_count, n_classes = layer.pe, layer.neuron_folds, layer.n_out
-        last_fold = fold == nf_count - 1
-        real_in_last_fold = n_classes - (nf_count - 1) * pe
-        # Padded classes (only in the last fold) score 0: with ties going to the lower index they
-        # can never beat the real class that precedes them in the same fold.
-        scores = [Mux(last_fold, 0, accs[r]) if r >= real_in_last_fold else accs[r] for r in range(pe)]
-
-        # Stage 1: the fold's scores and the class number of each row, registered.
-        width = layer.popcount_width
-        row_scores = [Signal(width, name=f"row_score{r}") for r in range(pe)]
-        row_classes = [Signal(range(nf_count * pe), name=f"row_class{r}") for r in range(pe)]
-        rows_valid, rows_fold = Signal(), Signal(range(nf_count))
-        # Whether this is the frame's first or last fold travels as flags: a compare of the fold
-        # number sat in the running argmax's loop below, the longest path of TFC on the iCE40UP5K.
-        rows_first, rows_last = Signal(), Signal()
-        m.d.sync += [rows_valid.eq(valid), rows_fold.eq(fold), rows_first.eq(fold == 0), rows_last.eq(last_fold)]
-        m.d.sync += [row_scores[r].eq(scores[r]) for r in range(pe)]
-        m.d.sync += [row_classes[r].eq(fold * pe + r) for r in range(pe)]
-
-        # Then the fold's best: an argmax tree with a register after every level, the fold's
-        # scores and number travelling alongside.
-        nodes = list(zip(row_scores, row_classes))
-        fold_scores = row_scores
-        fold = {"valid": rows_valid, "number": rows_fold, "first": rows_first, "last": rows_last}
-        for level in range(self.argmax_levels):
-            nodes = [(self._register(m, value, f"best{level}_{k}"), self._register(m, where, f"best_class{level}_{k}"))
-                     for k, (value, where) in enumerate(argmax_level(nodes))]
-            fold_scores = [self._register(m, score, f"fold{level}_score{r}") for r, score in enumerate(fold_scores)]
-            fold = self._register_stage(m, f"fold{level}", fold)
-        (fold_best, fold_best_class), = nodes
-
-        # Running argmax: a later fold's best wins only when strictly greater (ties -> lowest index).
-        run_best = Signal(width)
-        run_class = Signal(range(nf_count * pe))
-        take = fold["first"] | (fold_best > run_best)
-        frame_scores = [Signal(width, name=f"frame_score{c}") for c in range(n_classes)]
-        with m.If(fold["valid"]):
-            m.d.sync += [run_best.eq(Mux(take, fold_best, run_best)), run_class.eq(Mux(take, fold_best_class, run_class))]
-            for c in range(n_classes):
-                with m.If(fold["number"] == c // pe):
-                    m.d.sync += frame_scores[c].eq(fold_scores[c % pe])
-
-        # The cycle after the last fold, run_class and frame_scores hold the frame's result: the
-        # queue takes it from those registers (taking the last fold's straight from the compare
-        # put the running argmax's loop in front of the queue, TFC/digits' longest path, 36.7 MHz).
-        result = Signal(class_scores_layout(layer))
-        m.d.comb += [
-            result.index.eq(run_class),
-            result_valid.eq(self._register(m, fold["valid"] & fold["last"], "frame_valid")),
-        ]
-        m.d.comb += [result.scores[c].eq(frame_scores[c]) for c in range(n_classes)]
-        return result

@@ -1,16 +1,18 @@
-"""The whole accelerator: a chain of MVTUs joined by width adapters, built from a NetworkSpec.
+"""The whole accelerator: the ops of a NetworkSpec in a chain, joined by width adapters.
 
-Stream contract of :class:`Network` (also what the exported Verilog and the boards see):
+Each layer is built by its op (hw/ops/: dense -> an MVTU), and the output op (label-select) after
+the last layer; this module only joins them. Stream contract of :class:`Network` (also what the
+exported Verilog and the boards see):
 
-- ``i``: ``in_width``-bit beats (default: the first layer's SIMD). A frame is
-  ceil(input_bits / in_width) beats; element j of the input vector is bit j % in_width of beat
+- ``i``: ``in_width``-bit beats (default: the first op's input width, a dense layer's SIMD). A frame
+  is ceil(input_bits / in_width) beats; element j of the input vector is bit j % in_width of beat
   j // in_width; the last beat is zero-padded. :func:`input_beats` packs frames this way.
 - ``o``: one beat per frame with the payload :func:`output_layout`: bits [0, iw) the class index,
   then the score of class c at bits [iw + c*sw, iw + (c+1)*sw) (iw = spec.class_index_width,
   sw = spec.score_width). :func:`decode_output` unpacks it.
 - ``tap{k}_data`` / ``tap{k}_valid`` for each hidden layer k: that layer's output beat and a strobe
-  that is high on the cycle the beat is transferred. Beats run nf = 0..NF-1 per frame, bit r of
-  beat nf is channel nf*pe + r; :func:`taps_to_activations` rebuilds the activations.
+  that is high on the cycle the beat is transferred; its op decodes them (`Op.decode`), and
+  :func:`taps_to_activations` does so for every hidden layer.
 """
 from __future__ import annotations
 
@@ -22,27 +24,25 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
-from xnorflow.hw.mvtu import MVTU, class_scores_layout
-from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div, pack_words, unpack_words
+from xnorflow.hw.ops import op_for, output_op
+from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div, pack_words
 
 
 def output_layout(spec: NetworkSpec) -> data.StructLayout:
-    """The output stream's payload: ``index`` (class_index_width bits) then ``scores[n_classes]``."""
-    return class_scores_layout(spec.layers[-1])
+    """The output stream's payload, the output op's: for label-select ``index`` (class_index_width
+    bits) then ``scores[n_classes]``."""
+    return output_op(spec).payload_layout
 
 
 def decode_output(spec: NetworkSpec, payload: int) -> tuple[int, list[int]]:
     """An output payload as an integer -> (class index, [score of each class])."""
-    iw, sw = spec.class_index_width, spec.score_width
-    payload = int(payload)
-    index = payload & ((1 << iw) - 1)
-    scores = [(payload >> (iw + c * sw)) & ((1 << sw) - 1) for c in range(spec.n_classes)]
+    index, *scores = output_op(spec).decode([payload])[0].tolist()
     return index, scores
 
 
 def input_beats(spec: NetworkSpec, frames_bits: np.ndarray, in_width: int | None = None) -> list[int]:
     """Frames of input bits, (frames, input_bits) of {0,1}, as the beats the host sends, in order."""
-    in_width = in_width or spec.layers[0].simd
+    in_width = in_width or op_for(spec.layers[0]).in_width
     frames_bits = np.asarray(frames_bits, dtype=np.uint8)
     if frames_bits.ndim != 2 or frames_bits.shape[1] != spec.input_bits:
         raise SpecError(f"input has shape {frames_bits.shape}; the network takes "
@@ -54,17 +54,9 @@ def input_beats(spec: NetworkSpec, frames_bits: np.ndarray, in_width: int | None
 
 
 def taps_to_activations(spec: NetworkSpec, beats_per_layer: list[list[int]]) -> list[np.ndarray]:
-    """Tap beats of each hidden layer (in transfer order) -> per layer (frames, n_out) uint8 bits.
-
-    Only whole frames are returned; padded channels beyond n_out are dropped.
-    """
-    activations = []
-    for layer, beats in zip(spec.layers[:-1], beats_per_layer):
-        frames = len(beats) // layer.neuron_folds
-        used = frames * layer.neuron_folds
-        bits = unpack_words(np.array([int(b) for b in beats[:used]], dtype=object), layer.pe)
-        activations.append(bits.reshape(frames, layer.neuron_folds * layer.pe)[:, :layer.n_out].copy())
-    return activations
+    """Tap beats of each hidden layer (in transfer order) -> per layer (frames, n_out) uint8 bits,
+    decoded by the layer's op. Only whole frames are returned; padded channels are dropped."""
+    return [op_for(layer, k).decode(beats) for k, (layer, beats) in enumerate(zip(spec.layers[:-1], beats_per_layer))]
 
 
 class Network(wiring.Component):
@@ -80,31 +72,33 @@ class Network(wiring.Component):
             self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
             raise
         self.spec = spec
-        self.in_width = int(in_width) if in_width is not None else spec.layers[0].simd
+        self.ops = [op_for(layer, k) for k, layer in enumerate(spec.layers)]
+        self.output_op = output_op(spec)
+        self.in_width = int(in_width) if in_width is not None else self.ops[0].in_width
         ports = {
             "i": In(stream.Signature(unsigned(self.in_width))),
             "o": Out(stream.Signature(output_layout(spec))),
         }
-        for k, layer in enumerate(spec.layers[:-1]):
-            ports[f"tap{k}_data"] = Out(unsigned(layer.pe))
+        for k, op in enumerate(self.ops[:-1]):
+            ports[f"tap{k}_data"] = Out(unsigned(op.out_width))
             ports[f"tap{k}_valid"] = Out(1)
         super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
-        layers = self.spec.layers
         engines = []
-        for k, layer in enumerate(layers):
-            engine = MVTU(layer, index=k)
-            m.submodules[f"mvtu{k}"] = engine
+        for k, op in enumerate(self.ops):
+            engine = op.component(k)
+            m.submodules[op.submodule_name(k)] = engine
             engines.append(engine)
+        first = self.ops[0]
 
         # Host -> first layer. When the widths match the host's zero padding is already what the
         # layer expects, so no adapter is needed.
-        if self.in_width == layers[0].simd:
+        if self.in_width == first.in_width:
             wiring.connect(m, wiring.flipped(self.i), engines[0].i)
         else:
-            m.submodules.adapter_in = adapter = WidthAdapter(self.in_width, layers[0].simd, self.spec.input_bits)
+            m.submodules.adapter_in = adapter = WidthAdapter(self.in_width, first.in_width, self.spec.input_bits)
             wiring.connect(m, wiring.flipped(self.i), adapter.i)
             self._connect_through_slice(m, adapter, engines[0], "slice_in")
 
@@ -113,11 +107,11 @@ class Network(wiring.Component):
         # No FIFOs: each MVTU's ping-pong input buffer already holds a whole frame while the
         # previous one is computed, and the gearbox never stalls a full-rate stream. A gearbox
         # reaches its engine through a register slice (see _connect_through_slice).
-        for k, (producer, consumer) in enumerate(pairwise(engines)):
-            if producer.layer.pe == consumer.layer.simd:
+        for k, ((producer, consumer), (made, taken)) in enumerate(zip(pairwise(engines), pairwise(self.ops))):
+            if made.out_width == taken.in_width:
                 wiring.connect(m, producer.o, consumer.i)
             else:
-                adapter = WidthAdapter(producer.layer.pe, consumer.layer.simd, producer.layer.n_out)
+                adapter = WidthAdapter(made.out_width, taken.in_width, made.layer.n_out)
                 m.submodules[f"adapter{k}"] = adapter
                 wiring.connect(m, producer.o, adapter.i)
                 self._connect_through_slice(m, adapter, consumer, f"slice{k}")
@@ -126,11 +120,14 @@ class Network(wiring.Component):
                 getattr(self, f"tap{k}_valid").eq(producer.o.valid & producer.o.ready),
             ]
 
-        wiring.connect(m, engines[-1].o, wiring.flipped(self.o))
+        # Last layer -> the output op (label-select) over the scores link, then out.
+        m.submodules[self.output_op.submodule_name(len(self.ops))] = head = self.output_op.component(len(self.ops))
+        wiring.connect(m, engines[-1].o, head.i)
+        wiring.connect(m, head.o, wiring.flipped(self.o))
         return m
 
     @staticmethod
-    def _connect_through_slice(m: Module, adapter: WidthAdapter, engine: MVTU, name: str) -> None:
+    def _connect_through_slice(m: Module, adapter: WidthAdapter, engine, name: str) -> None:
         """adapter -> register slice -> engine: the engine's ready would otherwise run through the
         gearbox's shifter into its buffer, the longest path of a small iCE40 design."""
         if adapter.is_identity:

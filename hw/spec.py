@@ -6,11 +6,15 @@ those of DESIGN.md section 2:
 - bit 1 means +1, bit 0 means -1; element i of a vector is bit i of its packed word (LSB first);
 - a layer with N inputs computes ``p = popcount(XNOR(x, w))`` per output channel, ``0 <= p <= N``;
 - a hidden layer outputs the bit ``p >= T`` (one integer threshold per channel, ``0 <= T <= N + 1``);
-- the output layer has no thresholds: it emits every class's ``p`` and the index of the largest
-  (ties go to the lowest index).
+- the last layer has no thresholds: it emits every class's ``p`` to the output op (label-select),
+  which adds the index of the largest (ties go to the lowest index).
 
-Folding: a layer runs ``pe`` output channels and ``simd`` input bits in parallel, and so takes
-``ceil(n_out / pe) * ceil(n_in / simd)`` cycles per frame.
+Every layer names its ``kind``; what a kind means (cycles, memories, RTL, golden execution) is its op
+in hw/ops/, looked up by kind. Folding: a dense layer runs ``pe`` output channels and ``simd`` input
+bits in parallel, and so takes ``ceil(n_out / pe) * ceil(n_in / simd)`` cycles per frame.
+
+Files: ``save``/``load`` write one .npz with a JSON header; ``SPEC_VERSION`` is checked on load, and a
+file of another version is refused in one line naming both versions.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import numpy as np
 from xnorflow.errors import XnorflowError
 
 SPEC_FORMAT = "xnorflow-spec"
-SPEC_VERSION = 1
+# 2: a kind and C x H x W geometry per layer, the output op's kind. 1: dense layers only.
+SPEC_VERSION = 2
 MEMORY_STYLES = ("auto", "block", "logic")
 
 
@@ -43,11 +48,18 @@ def ceil_div(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One binary dense layer.
+    """One layer of the network, of kind ``kind`` (its op in hw/ops/ says what that means).
 
-    ``weights`` is a (n_out, n_in) uint8 array of bits (1 = +1). Rows whose batch-norm gamma was
-    negative have already been inverted by the compiler, so the hardware only ever compares ``>=``.
-    ``thresholds`` is a (n_out,) int64 array for hidden layers and None for the output layer.
+    For every kind that multiplies by weights, ``n_in``/``n_out`` are the widths of one input and one
+    output vector of its matrix-vector unit (dense: the layer's; a conv's would be K*K*C and its
+    output channels). ``weights`` is a (n_out, n_in) uint8 array of bits (1 = +1). Rows whose
+    batch-norm gamma was negative have already been inverted by the compiler, so the hardware only
+    ever compares ``>=``. ``thresholds`` is a (n_out,) int64 array for hidden layers and None for
+    the last layer, whose scores go to the output op.
+
+    Geometry: ``in_shape``/``out_shape`` are the tensors C x H x W (None: a vector, (n_in, 1, 1) and
+    (n_out, 1, 1)); ``kernel``, ``stride``, ``padding`` and ``pad_value`` (the padded bit, 0 = -1 or
+    1 = +1) describe a sliding window; a dense layer has K = stride = 1 and no padding.
     """
 
     n_in: int
@@ -65,10 +77,34 @@ class LayerSpec:
     # 5.6 ns clock-to-output without it, the start of its longest path; on iCE40 the registers
     # would each take a logic cell of their own, so the compiler sets this per device family.
     register_weights: bool = False
+    kind: str = "dense"
+    in_shape: tuple[int, int, int] | None = None
+    out_shape: tuple[int, int, int] | None = None
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    pad_value: int = 0
+
+    def __post_init__(self):
+        for name, default in (("in_shape", (self.n_in, 1, 1)), ("out_shape", (self.n_out, 1, 1))):
+            value = getattr(self, name)
+            object.__setattr__(self, name, default if value is None else tuple(int(v) for v in value))
+
+    @property
+    def op(self):
+        """This layer's op (hw/ops/), the owner of what its kind means."""
+        from xnorflow.hw.ops import op_for
+        return op_for(self)
 
     @property
     def is_output(self) -> bool:
-        return self.thresholds is None
+        """The layer emits class scores for the output op (a dense layer without thresholds)."""
+        return self.op.emits_scores
+
+    @property
+    def vectors_per_frame(self) -> int:
+        """Output vectors (pixels) per frame: H x W of the output tensor; 1 for a dense layer."""
+        return self.out_shape[1] * self.out_shape[2]
 
     @property
     def synapse_folds(self) -> int:
@@ -82,8 +118,8 @@ class LayerSpec:
 
     @property
     def cycles(self) -> int:
-        """Cycles the layer's engine needs per frame."""
-        return self.neuron_folds * self.synapse_folds
+        """Cycles the layer's engine needs per frame (its op's)."""
+        return self.op.cycles
 
     @property
     def popcount_width(self) -> int:
@@ -123,40 +159,21 @@ class LayerSpec:
         return padded.reshape(nf, self.pe).T.copy()
 
     def validate(self, index: int = 0) -> None:
-        where = f"layer {index}"
-        if self.n_in < 1 or self.n_out < 1:
-            raise SpecError(f"{where} has a zero width ({self.n_in} inputs, {self.n_out} outputs): "
-                            "remove it from the model")
-        if self.weights.shape != (self.n_out, self.n_in):
-            raise SpecError(f"{where}: weights have shape {self.weights.shape}, expected "
-                            f"({self.n_out}, {self.n_in}): re-run the compiler on the model")
-        if self.weights.size and (self.weights.max() > 1):
-            raise SpecError(f"{where}: weights must be bits (0 or 1): re-run the compiler on the model")
-        if not (1 <= self.pe <= self.n_out) or not (1 <= self.simd <= self.n_in):
-            raise SpecError(f"{where}: folding PE={self.pe}, SIMD={self.simd} does not fit "
-                            f"{self.n_out} outputs x {self.n_in} inputs: choose 1 <= PE <= {self.n_out} "
-                            f"and 1 <= SIMD <= {self.n_in}")
-        for style in (self.weight_style, self.buffer_style):
-            if style not in MEMORY_STYLES:
-                raise SpecError(f"{where}: memory style {style!r}: choose one of {', '.join(MEMORY_STYLES)}")
-        if self.thresholds is not None:
-            if self.thresholds.shape != (self.n_out,):
-                raise SpecError(f"{where}: {self.thresholds.shape} thresholds for {self.n_out} "
-                                "channels: re-run the compiler on the model")
-            lo, hi = int(self.thresholds.min()), int(self.thresholds.max())
-            if lo < 0 or hi > self.n_in + 1:
-                raise SpecError(f"{where}: threshold out of range [{lo}, {hi}], the hardware takes "
-                                f"0..{self.n_in + 1}: fold batch-norm with the compiler, which clamps them")
+        """Refuse a layer its kind's op cannot build (SpecError naming the cause and the fix)."""
+        from xnorflow.hw.ops import op_for
+        op_for(self, index).validate(index)
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A chain of binary dense layers; the last one is the output layer."""
+    """A chain of layers whose last one gives class scores, then the output op of ``output_kind``
+    (label-select: the class index and every class's score)."""
 
     layers: tuple[LayerSpec, ...]
     name: str = "network"
     # Free-form facts carried along for reports (arch, dataset, binarisation rule); never numerics.
     meta: dict = field(default_factory=dict)
+    output_kind: str = "label_select"
 
     @property
     def input_bits(self) -> int:
@@ -176,8 +193,9 @@ class NetworkSpec:
 
     @property
     def analytic_cycles_per_frame(self) -> int:
-        """Steady-state initiation interval: the slowest layer's cycles."""
-        return max(layer.cycles for layer in self.layers)
+        """Steady-state initiation interval: the slowest op's cycles."""
+        from xnorflow.hw.ops import network_ops
+        return max(op.cycles for op in network_ops(self))
 
     def with_folding(self, folding: list[tuple[int, int]]) -> NetworkSpec:
         """A copy with (pe, simd) per layer."""
@@ -189,20 +207,25 @@ class NetworkSpec:
         return replace(self, layers=layers)
 
     def validate(self) -> None:
+        from xnorflow.hw.ops import op_for, output_op
         if not self.layers:
             raise SpecError("the network has no layers: train or import a model with at least one layer")
         for i, layer in enumerate(self.layers):
-            layer.validate(i)
+            op = op_for(layer, i)
+            op.validate(i)
             last = i == len(self.layers) - 1
-            if last and not layer.is_output:
+            if last and not op.emits_scores:
                 raise SpecError("the last layer has thresholds; the output layer must emit class scores: "
                                 "re-run the compiler on the model")
-            if not last and layer.is_output:
+            if not last and op.emits_scores:
                 raise SpecError(f"layer {i} has no thresholds but is not the last layer: "
                                 "re-run the compiler on the model")
-            if i and layer.n_in != self.layers[i - 1].n_out:
-                raise SpecError(f"layer {i} takes {layer.n_in} inputs but layer {i - 1} gives "
-                                f"{self.layers[i - 1].n_out}: the model's layer sizes must chain")
+            if i:
+                given, taken = self.layers[i - 1].out_shape, layer.in_shape
+                if int(np.prod(given)) != int(np.prod(taken)):
+                    raise SpecError(f"layer {i} takes {int(np.prod(taken))} inputs but layer {i - 1} gives "
+                                    f"{int(np.prod(given))}: the model's layer sizes must chain")
+        output_op(self).validate(len(self.layers) - 1)
 
     # --- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -212,13 +235,17 @@ class NetworkSpec:
             "version": SPEC_VERSION,
             "name": self.name,
             "meta": self.meta,
-            "layers": [{"n_in": l.n_in, "n_out": l.n_out, "pe": l.pe, "simd": l.simd,
+            "layers": [{"kind": l.kind, "n_in": l.n_in, "n_out": l.n_out, "pe": l.pe, "simd": l.simd,
+                        "in_shape": list(l.in_shape), "out_shape": list(l.out_shape), "kernel": l.kernel,
+                        "stride": l.stride, "padding": l.padding, "pad_value": l.pad_value,
                         "weight_style": l.weight_style, "buffer_style": l.buffer_style,
                         "register_weights": l.register_weights} for l in self.layers],
+            "output": {"kind": self.output_kind},
         }
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
         for i, layer in enumerate(self.layers):
-            arrays[f"w{i}"] = np.packbits(layer.weights, axis=1, bitorder="little")
+            if layer.weights is not None:
+                arrays[f"w{i}"] = np.packbits(layer.weights, axis=1, bitorder="little")
             if layer.thresholds is not None:
                 arrays[f"t{i}"] = layer.thresholds.astype(np.int64)
         with open(path, "wb") as f:
@@ -231,18 +258,35 @@ class NetworkSpec:
                 header = json.loads(bytes(data["header"]).decode())
                 if header.get("format") != SPEC_FORMAT:
                     raise SpecError(f"{path} is not an xnorflow spec: run `xnorflow compile` to make one")
+                check_version(path, header.get("version"))
                 layers = []
                 for i, l in enumerate(header["layers"]):
-                    weights = np.unpackbits(data[f"w{i}"], axis=1, count=l["n_in"], bitorder="little")
+                    weights = (np.unpackbits(data[f"w{i}"], axis=1, count=l["n_in"], bitorder="little")
+                               if f"w{i}" in data else None)
                     thresholds = data.get(f"t{i}")
                     layers.append(LayerSpec(l["n_in"], l["n_out"], weights, thresholds, l["pe"], l["simd"],
-                                            l.get("weight_style", "auto"), l.get("buffer_style", "auto"),
-                                            bool(l.get("register_weights", False))))
+                                            l["weight_style"], l["buffer_style"], bool(l["register_weights"]),
+                                            kind=l["kind"], in_shape=tuple(l["in_shape"]),
+                                            out_shape=tuple(l["out_shape"]), kernel=l["kernel"], stride=l["stride"],
+                                            padding=l["padding"], pad_value=l["pad_value"]))
+                output_kind = header["output"]["kind"]
         except SpecError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise SpecError(f"cannot read the spec {path} ({e}): run `xnorflow compile` again") from e
-        return cls(tuple(layers), header.get("name", "network"), header.get("meta", {}))
+        return cls(tuple(layers), header.get("name", "network"), header.get("meta", {}), output_kind)
+
+
+def check_version(path, version) -> None:
+    """Refuse a spec file of another format version, in one line naming both."""
+    if version == SPEC_VERSION:
+        return
+    if isinstance(version, int) and version > SPEC_VERSION:
+        fix = "update xnorflow, or re-run `xnorflow compile` with this one to rewrite it"
+    else:
+        fix = "re-run `xnorflow compile` to rewrite it"
+    raise SpecError(f"{path} is an xnorflow spec of format version {version}, this xnorflow reads version "
+                    f"{SPEC_VERSION}: {fix}")
 
 
 def pack_words(bits: np.ndarray) -> np.ndarray:

@@ -68,13 +68,12 @@ def decode_payload(payload: int, n_classes: int, index_width: int, score_width: 
 
 
 def taps_to_bits(beats: list[int], n_out: int, pe: int) -> np.ndarray:
-    """One frame's tap beats of a hidden layer (``pe`` bits each, channel nf*pe + r at bit r of beat
-    nf) -> its (n_out,) activation bits; padded channels of the last beat are dropped."""
-    bits = np.zeros(len(beats) * pe, dtype=np.uint8)
-    for nf, beat in enumerate(beats):
-        for r in range(pe):
-            bits[nf * pe + r] = (beat >> r) & 1
-    return bits[:n_out]
+    """One frame's tap beats of a dense hidden layer (``pe`` bits each, channel nf*pe + r at bit r of
+    beat nf) -> its (n_out,) activation bits; padded channels of the last beat are dropped. The
+    decoding is the dense op's (`xnorflow.hw.ops.dense.fold_beats_to_bits`); localisation asks the
+    layer's op itself."""
+    from xnorflow.hw.ops.dense import fold_beats_to_bits
+    return fold_beats_to_bits(beats, n_out, pe)[0]
 
 
 # --- the config the runner writes ---------------------------------------------------------------

@@ -5,6 +5,14 @@ input and the weights are padded with 0-bits, so the padded lanes of ``x XOR w``
 ``p = popcount(XNOR(x, w)) = N - popcount(x XOR w)`` counts only real lanes. Folding (PE, SIMD)
 changes the schedule in hardware, never these numbers, so it is ignored here.
 
+Execution dispatches by kind, like the rest of the toolchain: each op of the network (hw/ops/) runs
+through the kernel registered here for its kind (`golden_kernel`); the op's own ``reference`` is
+the plain NumPy definition that kernel is checked against (tests/sim/test_golden.py). A kernel
+takes the op and the value arriving on its input stream and returns the value it emits plus, for
+a hidden layer, its activation bits (which localisation compares with the RTL's taps). Between
+layers a bit stream travels packed (`pack_rows`: (frames, ceil(n / 64)) uint64); the last layer
+emits (frames, n_classes) int64 scores; the output op emits (frames,) class indices.
+
 The XOR-popcount loop is NumPy arrays run through numba: NumPy's own ``bitwise_xor`` with a
 broadcast operand, ``bitwise_count`` and the widening sum take three passes over memory and reach
 about 90k SFC images/s, while the compiled loop keeps each frame's counts in registers and uses
@@ -13,12 +21,14 @@ NumPy formulation stays in the tests as the kernel's cross-check (tests/sim/test
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from xnorflow.hw.ops import Op, network_ops
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
 
@@ -111,20 +121,70 @@ def popcounts(x_packed: np.ndarray, layer: LayerSpec) -> np.ndarray:
     return out
 
 
+# --- one kernel per kind -------------------------------------------------------------------------
+GOLDEN_KERNELS: dict[str, Callable] = {}
+
+
+def golden_kernel(kind: str):
+    """Decorator: the fast golden execution of ops of ``kind``: ``kernel(op, x) -> (y, bits or None)``."""
+    def decorate(kernel):
+        GOLDEN_KERNELS[kind] = kernel
+        return kernel
+    return decorate
+
+
+def kernel_for(op: Op) -> Callable:
+    kernel = GOLDEN_KERNELS.get(op.kind)
+    if kernel is None:
+        raise ValueError(f"the golden model has no kernel for ops of kind {op.kind!r}: register one in "
+                         "xnorflow/sim/golden.py with @golden_kernel")
+    return kernel
+
+
+@golden_kernel("dense")
+def _dense(op: Op, x: np.ndarray):
+    """Packed input bits -> the next layer's packed input and the activation bits (hidden layer), or
+    the class scores (the last layer)."""
+    layer = op.layer
+    if op.emits_scores:
+        return popcounts(x, layer), None
+    frames = x.shape[0]
+    bits = np.empty((frames, layer.n_out), dtype=np.uint8)
+    packed = np.empty((frames, -(-layer.n_out // 64)), dtype=np.uint64)
+    limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
+    _threshold_kernel(x, _weights_by_word(layer), limits, bits, packed)
+    return packed, bits
+
+
+@golden_kernel("label_select")
+def _label_select(op: Op, scores: np.ndarray):
+    """Scores -> the index of the largest per frame; np.argmax takes the first, the lowest index."""
+    return np.argmax(scores, axis=1), None
+
+
 def execute(spec: NetworkSpec, input_bits: np.ndarray) -> GoldenResult:
     """Run frames through the network. ``input_bits`` is (frames, input_bits) of {0,1}."""
     input_bits = np.asarray(input_bits)
     if input_bits.ndim != 2 or input_bits.shape[1] != spec.input_bits:
         raise ValueError(f"input has shape {input_bits.shape}; the network takes (frames, {spec.input_bits}) bits")
     x = pack_rows(input_bits)
-    frames = x.shape[0]
     activations = []
-    for layer in spec.layers[:-1]:
-        bits = np.empty((frames, layer.n_out), dtype=np.uint8)
-        packed = np.empty((frames, -(-layer.n_out // 64)), dtype=np.uint64)
-        limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
-        _threshold_kernel(x, _weights_by_word(layer), limits, bits, packed)
-        activations.append(bits)
-        x = packed
-    scores = popcounts(x, spec.layers[-1])
-    return GoldenResult(scores=scores, predictions=np.argmax(scores, axis=1), activations=activations)
+    *layers, output = network_ops(spec)
+    for op in layers:
+        x, bits = kernel_for(op)(op, x)
+        if bits is not None:
+            activations.append(bits)
+    predictions, _ = kernel_for(output)(output, x)
+    return GoldenResult(scores=x, predictions=predictions, activations=activations)
+
+
+def reference_execute(spec: NetworkSpec, input_bits: np.ndarray) -> GoldenResult:
+    """The same through every op's plain NumPy ``reference`` (slow; the kernels' cross-check)."""
+    x, activations = np.asarray(input_bits, dtype=np.uint8), []
+    *layers, output = network_ops(spec)
+    for op in layers:
+        x = op.reference(x)
+        if not op.emits_scores:
+            activations.append(x)
+    return GoldenResult(scores=x, predictions=output.reference(x), activations=activations)
+

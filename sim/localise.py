@@ -2,9 +2,10 @@
 
 A failing image is re-run alone with the per-layer debug taps collected (and waves recorded into
 ``build/sim/mismatch_<image>.vcd``); its tap beats become activation bits, compared layer by layer
-with ``golden.execute(...).activations``. The first layer whose output differs, and the first
-channel in it, is where to look: for a hidden layer we also give the golden popcount and the
-threshold, so the sentence says whether the threshold, the weights or the popcount is suspect.
+with ``golden.execute(...).activations``. Each layer's op decodes its own taps (`Op.decode`) and the
+output op the output beat. The first layer whose output differs, and the first channel in it, is
+where to look: for a dense hidden layer we also give the golden popcount and the threshold
+(`neuron_detail`), so the sentence says whether the threshold, the weights or the popcount is suspect.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import NetworkSpec
-from xnorflow.sim.cocotb_tb import taps_to_bits
 
 
 @dataclass
@@ -37,8 +38,7 @@ class Divergence:
 
 def neuron_popcount(spec: NetworkSpec, layer: int, neuron: int, layer_input: np.ndarray) -> int:
     """Golden popcount(XNOR(x, w)) of one neuron for one frame's input bits of that layer."""
-    weights = spec.layers[layer].weights[neuron]
-    return int(np.count_nonzero(np.asarray(layer_input, dtype=np.uint8) == weights))
+    return op_for(spec.layers[layer], layer).neuron_detail(neuron, layer_input)["popcount"]
 
 
 def first_divergence(spec: NetworkSpec, frame_input: np.ndarray, golden_activations: list[np.ndarray],
@@ -50,18 +50,19 @@ def first_divergence(spec: NetworkSpec, frame_input: np.ndarray, golden_activati
     None when the RTL agrees everywhere it was observed.
     """
     for k, (layer, beats) in enumerate(zip(spec.layers[:-1], rtl_taps)):
-        if len(beats) != layer.neuron_folds:
+        op = op_for(layer, k)
+        if len(beats) != op.beats_per_frame:
             # A layer that emitted the wrong number of beats is itself the first divergence.
-            return Divergence(layer=k, neuron=min(len(beats) * layer.pe, layer.n_out - 1), rtl=-1, golden=-1)
-        rtl_bits = taps_to_bits(beats, layer.n_out, layer.pe)
+            return Divergence(layer=k, neuron=min(len(beats) * op.out_width, layer.n_out - 1), rtl=-1, golden=-1)
+        rtl_bits = op.decode(beats)[0]
         differ = np.flatnonzero(rtl_bits != golden_activations[k])
         if differ.size:
             neuron = int(differ[0])
             layer_input = frame_input if k == 0 else golden_activations[k - 1]
+            detail = op.neuron_detail(neuron, layer_input)
             return Divergence(layer=k, neuron=neuron, rtl=int(rtl_bits[neuron]),
                               golden=int(golden_activations[k][neuron]),
-                              popcount=neuron_popcount(spec, k, neuron, layer_input),
-                              threshold=int(layer.thresholds[neuron]))
+                              popcount=detail.get("popcount"), threshold=detail.get("threshold"))
     if rtl_scores is not None:
         for c, (got, want) in enumerate(zip(rtl_scores, golden_scores)):
             if got != want:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from xnorflow.errors import XnorflowError
+from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import NetworkSpec, SpecError
 from xnorflow.sim import golden
 from xnorflow.sim.cocotb_tb import CONFIG_ENV
@@ -108,10 +109,11 @@ def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[
     names = {role: _pick(ports, cands, role) for role, cands in roles.items()}
     taps = []
     for k, layer in enumerate(spec.layers[:-1]):
+        op = op_for(layer, k)
         data = _pick(ports, [f"tap{k}_data", f"tap{k}__payload", f"tap{k}__data"], f"layer {k} tap data")
         valid = _pick(ports, [f"tap{k}_valid", f"tap{k}__valid"], f"layer {k} tap valid")
-        taps.append({"data": data, "valid": valid, "pe": layer.pe, "n_out": layer.n_out,
-                     "beats": layer.neuron_folds})
+        taps.append({"data": data, "valid": valid, "pe": op.out_width, "n_out": layer.n_out,
+                     "beats": op.beats_per_frame})
     expected_out = spec.class_index_width + spec.n_classes * spec.score_width
     if ports[names["o_payload"]] != expected_out:
         raise SimulationError(f"the Verilog's output beat has {ports[names['o_payload']]} bits, the spec needs "

@@ -31,3 +31,17 @@ def test_small_memories_go_to_logic_and_big_ones_to_blocks():
     estimate = estimate_resources(spec, "ice40")
     assert estimate["layers"][0]["brams"] >= 16 * BLOCK_RAMS["ice40"].blocks_for(49, 256)
     assert estimate["weight_bits"] == 784 * 256 + 256 * 10
+
+
+def test_each_layer_is_estimated_with_its_ops_and_the_label_select_with_the_last():
+    from xnorflow.compiler.analysis import logic_terms
+    from xnorflow.hw.ops import layer_groups
+
+    spec = net([64, 32, 10], [(4, 16), (2, 8)])
+    estimate = estimate_resources(spec, "ice40")
+    assert [row["ops"] for row in estimate["layers"]] == [["dense"], ["dense", "label_select"]]
+    # The label-select's terms (its argmax tree and scores) are counted with the last layer's.
+    last_ops = layer_groups(spec)[-1]
+    assert logic_terms(spec.layers[-1], 4, "ice40")["score_bit"] == last_ops[1].logic_terms()["score_bit"] > 0
+    assert logic_terms(spec.layers[0], 8, "ice40")["score_bit"] == 0
+    assert estimate["ffs"] == sum(row["ffs"] for row in estimate["layers"]) + estimate["top"]["ffs"]

@@ -1,4 +1,6 @@
-"""One MVTU alone against the golden popcounts: hidden activations and the output layer's scores."""
+"""One MVTU alone against the golden popcounts: hidden activations and the output layer's scores
+(the last layer's MVTU with the label-select op after it, which turns its fold scores into the
+class index and every class's score)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 from hw_harness import describe, pack_beats, random_layer, simulate_stream
 
 from xnorflow.hw.mvtu import MVTU
-from xnorflow.hw.network import decode_output
+from xnorflow.hw.network import Network, decode_output
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, SpecError
 from xnorflow.sim.golden import pack_rows, popcounts
 
@@ -15,8 +17,8 @@ def run_layer(layer, frames=3, gap=0.0, stall=0.0, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2, size=(frames, layer.n_in), dtype=np.uint8)
     n_out_beats = frames if layer.is_output else frames * layer.neuron_folds
-    got, cycles = simulate_stream(MVTU(layer), pack_beats(x, layer.simd), n_out_beats,
-                                  gap=gap, stall=stall, seed=seed)
+    dut = Network(NetworkSpec((layer,))) if layer.is_output else MVTU(layer)
+    got, cycles = simulate_stream(dut, pack_beats(x, layer.simd), n_out_beats, gap=gap, stall=stall, seed=seed)
     return x, popcounts(pack_rows(x), layer), got, cycles
 
 

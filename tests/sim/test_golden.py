@@ -57,3 +57,21 @@ def test_popcounts_counts_agreeing_lanes_across_word_boundaries():
     frame = np.ones((1, 130), dtype=np.uint8)
     layer = LayerSpec(n_in=130, n_out=2, weights=weights, thresholds=None)
     assert golden.popcounts(golden.pack_rows(frame), layer).tolist() == [[0, 66]]
+
+
+def test_every_registered_kind_has_a_golden_kernel():
+    from xnorflow.hw.ops import OPS
+    assert set(OPS) <= set(golden.GOLDEN_KERNELS), f"no golden kernel for {set(OPS) - set(golden.GOLDEN_KERNELS)}"
+
+
+@settings(max_examples=30, deadline=None)
+@given(networks_and_frames())
+def test_golden_kernels_match_every_ops_numpy_reference(case):
+    """execute() runs each op through its kind's kernel; reference_execute() through the op's own
+    plain NumPy `reference` (hw/ops/): both must agree, predictions included (ties to the lowest index)."""
+    spec, frames = case
+    fast, slow = golden.execute(spec, frames), golden.reference_execute(spec, frames)
+    assert np.array_equal(fast.scores, slow.scores)
+    assert np.array_equal(fast.predictions, slow.predictions)
+    for got, want in zip(fast.activations, slow.activations, strict=True):
+        assert np.array_equal(got, want)
