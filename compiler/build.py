@@ -252,13 +252,14 @@ def fps_from(fmax_mhz, cycles_per_frame):
 
 
 def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = "auto",
-                     seed: int | None = None) -> dict:
+                     seed: int | None = None, on_progress=None) -> dict:
     """Yosys + nextpnr for the build's board; merge utilisation, Fmax and fps into the report.
 
     ``clock_mhz``: "auto" builds with the board's PLL as fast as timing allows (a rebuild, at most
     a few, when the first clock is missed); a number builds with the PLL at that frequency (or the
     nearest below it) and fails if timing is not met; "board" builds at the board's oscillator.
-    ``seed``: nextpnr's placement seed (None: its default).
+    ``seed``: nextpnr's placement seed (None: its default). ``on_progress``: called with each live
+    phase event of the tools (boards.synth.SynthProgress).
     """
     from xnorflow.boards.registry import get_board
     from xnorflow.boards.synth import synthesize, synthesize_at_best_clock
@@ -273,13 +274,14 @@ def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = 
         inputs = synthesis_inputs(build_dir, clock_mhz, seed)
         with build_folder.transaction(build_dir, ("synth", reports.REPORT_NAME)) as stage:
             out = stage / "synth"
+            live = {"progress": progress, "seed": seed, "on_progress": on_progress,
+                    "expected_luts": (report.get("estimate") or {}).get("luts")}
             if clock_mhz == "auto":
-                results = synthesize_at_best_clock(spec, board.name, out, progress=progress, seed=seed)
+                results = synthesize_at_best_clock(spec, board.name, out, **live)
             elif clock_mhz == "board":
-                results = synthesize(spec, board.name, out, progress=progress, seed=seed)
+                results = synthesize(spec, board.name, out, **live)
             else:
-                results = synthesize(spec, board.name, out, progress=progress, seed=seed,
-                                     clock_hz=float(clock_mhz) * 1e6)
+                results = synthesize(spec, board.name, out, clock_hz=float(clock_mhz) * 1e6, **live)
             results = build_folder.relocate(results, out, build_dir.resolve() / "synth")
 
             fields = {key: results.get(key) for key in reports.SYNTHESIS_KEYS if key in results}
