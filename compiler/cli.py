@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Synthesize the build for its board with the open flow (YoWASP).")
     p.add_argument("build", type=Path, help="build folder written by `xnorflow compile`")
     add_clock_option(p)
+    p.add_argument("--parallel-seeds", type=positive_int, default=None, metavar="N",
+                   help="with --clock-mhz auto: build the first clock with N nextpnr seeds at once (from "
+                        "--pnr-seed, default 1) on a Dask LocalCluster of one worker per core and keep the best")
 
     p = sub.add_parser("flow", help="train (or take --model), compile, simulate, synthesize, report",
                        description="Everything from a dataset to a bitstream in one build folder; steps "
@@ -279,7 +282,8 @@ def cmd_simulate(args) -> int:
 def cmd_synth(args) -> int:
     from xnorflow.compiler.build import synthesize_build
 
-    report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz, seed=args.pnr_seed)
+    report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz, seed=args.pnr_seed,
+                              parallel_seeds=args.parallel_seeds)
     print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "clock_mhz",
                            "timing_met", "fps_at_clock", "synth_seconds"))
     print(f"  bitstream                {report.get('bitstream')}")

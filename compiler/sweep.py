@@ -566,6 +566,92 @@ def write_results(out_dir: Path, points: list[Point], rows: dict, html: bool = F
 
 
 
+# --- the best of N seeds for one build (`xnorflow synth --parallel-seeds N`) ------------------------
+def _forward_progress(label: str, event: dict) -> None:
+    """A synthesis phase event from a worker to the driver (picklable, for functools.partial)."""
+    sink = _worker_sink()
+    if sink:
+        sink({"point": label, "event": "phase", "line": event["line"]})
+
+
+def synthesize_seeds_in_parallel(spec, board_name: str, out_dir, seeds: list[int], progress: bool = True,
+                                 expected_luts: int | None = None, workers: int | None = None) -> dict:
+    """`synthesize_at_best_clock`, but its first clock built with every seed of ``seeds`` at once as
+    tasks on a LocalCluster (the sweep's machinery); the best build that meets the clock (highest
+    Fmax) becomes ``out_dir``. When none meets it, the search goes on from the best seed's Fmax as
+    `synthesize_at_best_clock` would (a lower clock, then the oscillator). The attempt lists hold
+    every build, the parallel ones first (in seed order); ``synth_seconds`` is their total and
+    ``synth_wall_seconds`` the time it took."""
+    import functools
+    import shutil
+
+    from distributed import Client
+
+    from xnorflow.boards.registry import get_board
+    from xnorflow.boards.synth import next_attempt, synthesize, synthesize_at_best_clock
+
+    board = get_board(board_name)
+    out_dir = Path(out_dir)
+    tries = out_dir.parent / f".{out_dir.name}-seeds"
+    started = time.perf_counter()
+    first_hz = board.pll_first_try_hz
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda line: None)
+    cluster = local_cluster(min(len(seeds), workers or os.cpu_count() or 1))
+    results, errors = {}, {}
+    try:
+        with Client(cluster) as client:
+            client.subscribe_topic(TOPIC, lambda event: say(f"[seed {event[1]['point']}] {event[1].get('line', '')}"))
+            say(f"[synth] {len(seeds)} seeds ({', '.join(map(str, seeds))}) at {first_hz / 1e6:g} MHz on "
+                f"{len(client.scheduler_info()['workers'])} workers")
+            futures = {seed: client.submit(synthesize, spec, board_name, str(tries / f"seed-{seed}"), progress=False,
+                                           seed=seed, clock_hz=first_hz, timing_allow_fail=True,
+                                           expected_luts=expected_luts, pure=False,
+                                           on_progress=functools.partial(_forward_progress, str(seed)))
+                       for seed in seeds}
+            for seed, future in futures.items():
+                try:
+                    results[seed] = future.result()
+                    say(f"[synth] seed {seed}: Fmax {results[seed]['fmax_mhz']} MHz at {first_hz / 1e6:g} MHz")
+                except Exception as e:      # noqa: BLE001 - a seed's failure is recorded, the others go on
+                    errors[seed] = error_line(e)
+                    say(f"[synth] seed {seed} failed: {errors[seed]}")
+            client.unsubscribe_topic(TOPIC)
+    finally:
+        cluster.close()
+    if not results:
+        shutil.rmtree(tries, ignore_errors=True)
+        from xnorflow.boards.synth import SynthError
+        raise SynthError(f"every seed failed; seed {seeds[0]}: {errors[seeds[0]]}")
+    ranked = sorted(results, key=lambda s: (bool(results[s]["timing_met"]), results[s]["fmax_mhz"] or 0), reverse=True)
+    best = ranked[0]
+    parallel = [results[s] for s in sorted(results)]
+    if results[best]["timing_met"]:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tries / f"seed-{best}", out_dir)
+        result = build_folder.relocate(results[best], tries / f"seed-{best}", out_dir)
+        later = []
+    else:
+        action, clock_hz, seed = next_attempt(board.family, board.clock_hz, first_hz, best,
+                                              [results[best]["fmax_mhz"]], reseeded=True)
+        say(f"[synth] no seed met {first_hz / 1e6:g} MHz (best: seed {best}, Fmax {results[best]['fmax_mhz']} MHz): "
+            f"going on {'at the board oscillator' if action == 'oscillator' else f'at {clock_hz / 1e6:g} MHz'}")
+        if action == "oscillator":
+            result = synthesize(spec, board_name, out_dir, progress=progress, seed=seed, expected_luts=expected_luts)
+        else:
+            result = synthesize_at_best_clock(spec, board_name, out_dir, first_try_hz=clock_hz, progress=progress,
+                                              seed=seed, expected_luts=expected_luts)
+        later = [result]
+    shutil.rmtree(tries, ignore_errors=True)
+    for key in ("clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts"):
+        result[key] = [v for r in parallel for v in r[key]] + [v for r in later for v in r[key]]
+    result["attempt_seconds"] = [r["synth_seconds"] for r in parallel] + \
+        [v for r in later for v in r.get("attempt_seconds", [r["synth_seconds"]])]
+    result["synth_seconds"] = round(sum(result["attempt_seconds"]), 1)
+    result["synth_wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["seed_errors"] = {str(k): v for k, v in errors.items()}
+    return result
+
+
 # --- the command ----------------------------------------------------------------------------------
 SWEEP_MARKER = ".xnorflow-sweep"
 
