@@ -174,3 +174,18 @@ def test_two_seeds_synthesized_in_parallel(client, tfc_digits_model, tmp_path):
     assert best_bitstream(outcome["rows"])["report"]["bitstream"]
     phases = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert phases["points"][0]["report"]["synth_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_synth_tries_seeds_in_parallel_at_the_first_clock(tfc_digits_model, tmp_path):
+    from xnorflow.compiler.build import compile_model, synthesize_build
+
+    build = tmp_path / "b"
+    compile_model(tfc_digits_model, build, log=lambda *_: None)
+    report = synthesize_build(build, progress=False, parallel_seeds=2)
+    first = report["clock_attempts_mhz"][0]
+    assert report["clock_attempts_mhz"][:2] == [first, first] and report["seed_attempts"][:2] == [1, 2]
+    assert report["synthesis_inputs"]["parallel_seeds"] == 2 and report["synth_wall_seconds"] > 0
+    assert report["timing_met"] and (build / "synth" / "xnorflow.bin").is_file()
+    assert sorted(p.name for p in build.iterdir() if not p.name.startswith(".")) == \
+        ["report.json", "spec.npz", "synth", "vectors.npz", "verilog"]
