@@ -295,7 +295,7 @@ def local_cluster(workers: int | None = None):
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
                           "distributed.scheduler.worker-saturation": 1.0}):
         return LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                            dashboard_address=None, silence_logs=logging.CRITICAL)
+                            dashboard_address=":0", silence_logs=logging.CRITICAL)   # any free port
 
 
 def connect(scheduler: str | None = None, workers: int | None = None, timeout: float = 10.0):
