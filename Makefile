@@ -7,7 +7,7 @@ BUILD  ?= build/demo
 # Two workers: this machine has two cores; Verilator builds and Amaranth simulations are CPU-bound.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-all bench bench-sweep lint clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test-all: setup
 bench: setup
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/run.py --out bench
+
+# SFC at II 48 on the ULX3S-85F over nextpnr seeds 1-4 at 96.875 MHz, built at once (hours of CPU here).
+bench-sweep: setup
+	$(PY) bench/run.py --out bench --sweep sfc-85f-ii48-seeds
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -81,10 +81,166 @@ def _tool_of(argv0: str) -> str:
     return Path(argv0).name
 
 
+# --- live progress -------------------------------------------------------------------------------
+# The logs the tools write themselves while they run (amaranth's plan passes yosys -l and nextpnr --log).
+OWN_LOGS = {"yosys": f"{DESIGN_NAME}.rpt", "nextpnr-ice40": f"{DESIGN_NAME}.tim", "nextpnr-ecp5": f"{DESIGN_NAME}.tim"}
+STAGE_PHASES = {"yosys": "synthesis", "nextpnr-ice40": "placement", "nextpnr-ecp5": "placement",
+                "icepack": "bitstream packing", "ecppack": "bitstream packing"}
+# Lines of the tools' logs -> (phase, detail). nextpnr's router1 prints a table row every 1000
+# arcs (iteration count, arcs ripped up, arcs left); router2 prints iter=, overused= per pass.
+_PHASE_PATTERNS = [
+    (re.compile(r"^\d+\.\d+\. Executing (\S+)"), lambda m: ("synthesis", f"Yosys {m[1].lower()}")),
+    (re.compile(r"^\d+\. Executing JSON backend"), lambda m: ("synthesis", "Yosys writing the netlist")),
+    (re.compile(r"^Info: Packing"), lambda m: ("packing", "nextpnr packing cells")),
+    (re.compile(r"at (?:initial placer )?iter(?:ation)? #?(\d+), type ALL"),
+     lambda m: ("placement", f"analytic placer, iteration {m[1]}")),
+    (re.compile(r"^Info: Running simulated annealing"), lambda m: ("placement", "annealing")),
+    (re.compile(r"^Info:\s+at iteration #(\d+): temp"), lambda m: ("placement", f"annealing, iteration {m[1]}")),
+    (re.compile(r"^Info: Routing\.\."), lambda m: ("routing", "starting")),
+    (re.compile(r"^Info:\s+(\d+) \|\s+(\d+)\s+\d+ \|\s+-?\d+\s+-?\d+ \|\s+(\d+)\|"),
+     lambda m: ("routing", f"iteration {m[1]}, {m[3]} arcs left, {m[2]} ripped up")),
+    (re.compile(r"iter=(\d+) wires=\d+ overused=(\d+)"),
+     lambda m: ("routing", f"iteration {m[1]}, {m[2]} overused wires")),
+    (re.compile(r"^Info: Critical path report"), lambda m: ("timing", "critical paths")),
+    (re.compile(r"^Info: Max frequency for clock '([^']+)': ([\d.]+) MHz \((PASS|FAIL)"),
+     lambda m: ("timing", f"Fmax {m[2]} MHz ({m[3]})")),
+]
+
+
+def parse_phase(line: str) -> tuple[str, str] | None:
+    """The phase a line of a tool's log tells of ('routing', 'iteration 7000, 164 arcs left, ...'), or None."""
+    for pattern, phase in _PHASE_PATTERNS:
+        match = pattern.search(line)
+        if match:
+            return phase(match)
+    return None
+
+
+def history_path() -> Path:
+    """Where the times of earlier builds are kept ($XNORFLOW_SYNTH_HISTORY, else the user's cache)."""
+    if os.environ.get("XNORFLOW_SYNTH_HISTORY"):
+        return Path(os.environ["XNORFLOW_SYNTH_HISTORY"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "xnorflow" / "synth-history.jsonl"
+
+
+def record_build_time(device: str, luts: int | None, seconds: float) -> None:
+    """Append one finished build's size and time to the history (best effort: a read-only cache is no error)."""
+    if not luts:
+        return
+    try:
+        path = history_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:           # one short line per write: appends do not interleave
+            f.write(json.dumps({"device": device, "luts": luts, "seconds": seconds}) + "\n")
+    except OSError:
+        pass
+
+
+def estimate_build_seconds(device: str, luts: int | None) -> tuple[float | None, int]:
+    """(seconds, builds it rests on): the median time of the last builds for ``device`` within 1.5x of
+    ``luts`` (scaled by the size ratio); (None, 0) when there are none."""
+    if not luts:
+        return None, 0
+    try:
+        lines = history_path().read_text().splitlines()[-2000:]
+    except OSError:
+        return None, 0
+    times = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            if entry["device"] == device and 1 / 1.5 <= luts / entry["luts"] <= 1.5:
+                times.append(entry["seconds"] * luts / entry["luts"])
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue
+    times = times[-9:]
+    return (sorted(times)[len(times) // 2], len(times)) if times else (None, 0)
+
+
+def _clock_text(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+_live_line_open = False     # a progress line without its newline is on stderr (a terminal)
+
+
+def _say(message: str) -> None:
+    """A line on stderr, after closing a live progress line."""
+    global _live_line_open
+    if _live_line_open:
+        sys.stderr.write("\n")
+        _live_line_open = False
+    print(message, file=sys.stderr, flush=True)
+
+
+class SynthProgress:
+    """One build's live progress: the tool, its phase, the clock tried, elapsed against the estimate.
+
+    Each change goes to ``on_progress`` as a dict (``phase``, ``detail``, ``tool``, ``clock_mhz``,
+    ``seed``, ``elapsed_s``, ``estimate_s``, ``line``); with ``printing``, to stderr: on a terminal
+    one line rewritten in place, elsewhere one line per phase. Iteration counts change many times a
+    second; those updates are sent at most once a second."""
+
+    def __init__(self, board: Board, clock_mhz: float, seed: int | None, expected_luts: int | None,
+                 printing: bool = False, on_progress=None):
+        self.clock_mhz, self.seed = clock_mhz, seed
+        self.estimate_s, self.estimate_builds = estimate_build_seconds(board.device, expected_luts)
+        self.printing, self.on_progress = printing, on_progress
+        self.terminal = printing and sys.stderr.isatty()
+        self.started = time.perf_counter()
+        self.tool, self.phase, self.detail, self.last_sent = "", "", "", 0.0
+
+    def stage(self, tool: str) -> None:
+        self.tool = tool
+        self._update(STAGE_PHASES.get(tool, tool), tool, force=True)
+
+    def line(self, tool: str, text: str) -> None:
+        found = parse_phase(text)
+        if found:
+            self._update(*found)
+
+    def finish(self, fmax_mhz) -> None:
+        self._update("done", f"Fmax {fmax_mhz} MHz", force=True)
+
+    def event(self) -> dict:
+        elapsed = time.perf_counter() - self.started
+        against = (f" of ~{_clock_text(self.estimate_s)} (from {self.estimate_builds} earlier build"
+                   f"{'s' if self.estimate_builds != 1 else ''} of similar size)" if self.estimate_s else "")
+        seed = f", seed {self.seed}" if self.seed is not None else ""
+        line = (f"[synth] {self.clock_mhz:g} MHz{seed}: {self.phase}"
+                f"{f' ({self.detail})' if self.detail and self.detail != self.phase else ''}, "
+                f"{_clock_text(elapsed)}{against}")
+        return {"tool": self.tool, "phase": self.phase, "detail": self.detail, "clock_mhz": self.clock_mhz,
+                "seed": self.seed, "elapsed_s": round(elapsed, 1), "estimate_s": self.estimate_s, "line": line}
+
+    def _update(self, phase: str, detail: str, force: bool = False) -> None:
+        global _live_line_open
+        new_phase = phase != self.phase
+        if not (new_phase or detail != self.detail):
+            return
+        self.phase, self.detail = phase, detail
+        now = time.perf_counter()
+        if not (force or new_phase or now - self.last_sent >= 1.0):
+            return
+        self.last_sent = now
+        event = self.event()
+        if self.on_progress:
+            self.on_progress(event)
+        if self.terminal:
+            sys.stderr.write(f"\r\x1b[K{event['line']}")
+            sys.stderr.flush()
+            _live_line_open = True
+        elif self.printing and new_phase:
+            _say(event["line"])
+
+
 # --- the flow ------------------------------------------------------------------------------------
 def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = True,
                baud: int = DEFAULT_BAUD, seed: int | None = None, clock_hz: float | None = None,
-               timing_allow_fail: bool = False) -> dict:
+               timing_allow_fail: bool = False, on_progress=None, expected_luts: int | None = None) -> dict:
     """Build a bitstream of the network behind a UART for ``board_name`` into ``out_dir``.
 
     ``clock_hz``: None runs the design at the board oscillator; a frequency adds the PLL (the
@@ -101,16 +257,22 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
     reports, ``memories`` where Yosys put each memory (see `memory_mapping`), and this one build's
     clock, Fmax and nextpnr seed (None: nextpnr's default) as the one-entry lists
     `synthesize_at_best_clock` keeps for every build it tries.
+
+    Live progress (see `SynthProgress`): ``progress`` prints the phases to stderr (one rewritten line
+    on a terminal); ``on_progress`` is called with each phase event (a dict with a ready-made
+    ``line``), which is how a sweep shows its points' phases. ``expected_luts`` (the compiler's
+    estimate) picks the earlier builds of similar size whose times give the estimate shown.
     """
     board = get_board(board_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # A bitstream or report left by an earlier run must not pass for this run's if this one fails.
-    for stale in (f"{DESIGN_NAME}{board.bitstream_suffix}", REPORT_FILE, STAT_FILE):
+    for stale in (f"{DESIGN_NAME}{board.bitstream_suffix}", REPORT_FILE, STAT_FILE, *OWN_LOGS.values()):
         (out / stale).unlink(missing_ok=True)
     started = time.perf_counter()
 
     top = BoardTop(spec, board, baud, clock_hz)
+    live = SynthProgress(board, top.clk_hz / 1e6, seed, expected_luts, printing=progress, on_progress=on_progress)
     platform = board.platform()
     tools = {name: find_tool(name) for name in platform.required_tools}
     nextpnr_opts = f"--report {REPORT_FILE}" + (f" --seed {seed}" if seed is not None else "")
@@ -125,7 +287,8 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
     stage_seconds = {}
     for argv in commands:
         tool = _tool_of(argv[0])
-        stage_seconds[tool] = _run_stage([tools.get(tool) or find_tool(tool), *argv[1:]], tool, out, progress)
+        stage_seconds[tool] = _run_stage([tools.get(tool) or find_tool(tool), *argv[1:]], tool, out, progress,
+                                         live)
 
     bitstream = out / f"{DESIGN_NAME}{board.bitstream_suffix}"
     if not bitstream.is_file():
@@ -146,10 +309,12 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
         "fmax_attempts_mhz": [figures["fmax_mhz"]],
         "seed_attempts": [seed],
     })
+    record_build_time(board.device, figures["luts"], figures["synth_seconds"])
+    live.finish(figures["fmax_mhz"])
     if progress:
-        print(f"[synth] {board.name}: {figures['luts']} LUTs, {figures['ffs']} FFs, {figures['brams']} "
-              f"block RAMs, Fmax {figures['fmax_mhz']} MHz (clock {figures['clock_mhz']:g} MHz), "
-              f"{figures['synth_seconds']} s", file=sys.stderr)
+        _say(f"[synth] {board.name}: {figures['luts']} LUTs, {figures['ffs']} FFs, {figures['brams']} "
+             f"block RAMs, Fmax {figures['fmax_mhz']} MHz (clock {figures['clock_mhz']:g} MHz), "
+             f"{figures['synth_seconds']} s")
     return figures
 
 
@@ -186,7 +351,7 @@ def next_attempt(family: str, oscillator_hz: float, clock_hz: float, seed: int |
 
 def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_try_hz: float | None = None,
                              progress: bool = True, baud: int = DEFAULT_BAUD, seed: int | None = None,
-                             max_attempts: int = 3) -> dict:
+                             max_attempts: int = 3, on_progress=None, expected_luts: int | None = None) -> dict:
     """Build with the PLL as fast as timing allows.
 
     First at the PLL frequency not above ``first_try_hz`` (default: the board's
@@ -210,7 +375,8 @@ def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_
 
     def build(clock_hz: float | None, build_seed: int | None) -> dict:
         result = synthesize(spec, board_name, out_dir, progress=progress, baud=baud, seed=build_seed,
-                            clock_hz=clock_hz, timing_allow_fail=True)
+                            clock_hz=clock_hz, timing_allow_fail=True, on_progress=on_progress,
+                            expected_luts=expected_luts)
         attempts.append(result)
         return result
 
@@ -224,13 +390,13 @@ def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_
         reseeded = reseeded or action == "reseed"
         if progress:
             how = f"again with seed {seed}" if action == "reseed" else f"at {clock_hz / 1e6:g} MHz"
-            print(f"[synth] Fmax {result['fmax_mhz']} MHz is below the {result['clock_mhz']:g} MHz clock: "
-                  f"rebuilding {how}", file=sys.stderr)
+            _say(f"[synth] Fmax {result['fmax_mhz']} MHz is below the {result['clock_mhz']:g} MHz clock: "
+                 f"rebuilding {how}")
         result = build(clock_hz, seed)
     if result["timing_met"] is False:
         if progress:
-            print(f"[synth] timing still missed at {result['clock_mhz']:g} MHz: rebuilding at the "
-                  f"{board.clock_hz / 1e6:g} MHz board clock without the PLL", file=sys.stderr)
+            _say(f"[synth] timing still missed at {result['clock_mhz']:g} MHz: rebuilding at the "
+                 f"{board.clock_hz / 1e6:g} MHz board clock without the PLL")
         result = build(None, seed)
     # Each build carries its own one-entry lists (`synthesize`); the run's are their concatenation.
     for key in ("clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts"):
@@ -240,31 +406,64 @@ def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_
     return result
 
 
-def _run_stage(argv: list[str], tool: str, cwd: Path, progress: bool) -> float:
-    """Run one command of the plan, keeping its output in <tool>.log; raise SynthError on failure."""
+def _run_stage(argv: list[str], tool: str, cwd: Path, progress: bool, live: SynthProgress | None = None) -> float:
+    """Run one command of the plan, keeping its output in <tool>.log; raise SynthError on failure.
+
+    While it runs, the log the tool writes itself (Yosys' .rpt, nextpnr's .tim) is read as it grows
+    and its phases go to ``live``. An interrupt (Ctrl-C) ends the tool too."""
     if progress:
-        print(f"[synth] {tool} ...", file=sys.stderr, flush=True)
+        _say(f"[synth] {tool} ...")
+    if live:
+        live.stage(tool)
     started = time.perf_counter()
     log = cwd / f"{tool}.log"
+    own_log = cwd / OWN_LOGS[tool] if tool in OWN_LOGS else None
+    offset, pending = 0, ""
     try:
-        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        with open(log, "w") as log_file:
+            process = subprocess.Popen(argv, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+            try:
+                while process.poll() is None:
+                    time.sleep(0.25)
+                    if live and own_log:
+                        offset, pending = _follow(own_log, offset, pending, lambda line: live.line(tool, line))
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     except OSError as e:
         raise SynthError(f"cannot run {tool} ({e}): {INSTALL_HINT}") from e
-    log.write_text(result.stdout + result.stderr)
+    if live and own_log:
+        _follow(own_log, offset, pending + "\n", lambda line: live.line(tool, line))
     seconds = round(time.perf_counter() - started, 1)
-    if result.returncode != 0:
-        text = result.stdout + result.stderr + _own_log(cwd, tool)
+    if process.returncode != 0:
+        text = log.read_text(errors="replace") + _own_log(cwd, tool)
         raise SynthError(f"{tool} failed: {first_error(text, tool)}{fix_hint(text)} (full log: {log})")
     if progress:
-        print(f"[synth] {tool} done in {seconds} s", file=sys.stderr, flush=True)
+        _say(f"[synth] {tool} done in {seconds} s")
     return seconds
+
+
+def _follow(path: Path, offset: int, pending: str, handle) -> tuple[int, str]:
+    """Hand each whole line ``path`` gained since ``offset`` to ``handle``; returns the new offset and
+    the unfinished last line."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return offset, pending
+    text = pending + data.decode(errors="replace")
+    *lines, rest = text.split("\n")
+    for line in lines:
+        handle(line)
+    return offset + len(data), rest
 
 
 def _own_log(cwd: Path, tool: str) -> str:
     """The log a tool writes itself (yosys -l NAME.rpt, nextpnr --log NAME.tim), which has what
     --quiet / -q keep off the terminal."""
-    suffix = ".rpt" if tool == "yosys" else ".tim" if tool.startswith("nextpnr") else None
-    path = cwd / f"{DESIGN_NAME}{suffix}" if suffix else None
+    path = cwd / OWN_LOGS[tool] if tool in OWN_LOGS else None
     return "\n" + path.read_text(errors="replace") if path and path.is_file() else ""
 
 

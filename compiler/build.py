@@ -188,10 +188,13 @@ def simulation_inputs(build_dir: Path, images, backpressure, seed) -> dict:
             "images": images, "backpressure": backpressure, "seed": seed}
 
 
-def synthesis_inputs(build_dir: Path, clock_mhz, seed) -> dict:
+def synthesis_inputs(build_dir: Path, clock_mhz, seed, parallel_seeds: int | None = None) -> dict:
     """The inputs a synthesis's result depends on (flow reruns it when any differ)."""
-    return {"spec_sha256": build_folder.file_digest(build_dir / SPEC_FILE), "clock_mhz": clock_mhz,
-            "pnr_seed": seed}
+    inputs = {"spec_sha256": build_folder.file_digest(build_dir / SPEC_FILE), "clock_mhz": clock_mhz,
+              "pnr_seed": seed}
+    if parallel_seeds:
+        inputs["parallel_seeds"] = parallel_seeds
+    return inputs
 
 
 def simulate_build(build_dir, images: int | None = None, backpressure: float | None = None, waves: bool = False,
@@ -260,13 +263,16 @@ def fps_from(fmax_mhz, cycles_per_frame):
 
 
 def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = "auto",
-                     seed: int | None = None) -> dict:
+                     seed: int | None = None, on_progress=None, parallel_seeds: int | None = None) -> dict:
     """Yosys + nextpnr for the build's board; merge utilisation, Fmax and fps into the report.
 
     ``clock_mhz``: "auto" builds with the board's PLL as fast as timing allows (a rebuild, at most
     a few, when the first clock is missed); a number builds with the PLL at that frequency (or the
     nearest below it) and fails if timing is not met; "board" builds at the board's oscillator.
-    ``seed``: nextpnr's placement seed (None: its default).
+    ``seed``: nextpnr's placement seed (None: its default). ``on_progress``: called with each live
+    phase event of the tools (boards.synth.SynthProgress). ``parallel_seeds`` (with "auto"): the first
+    clock is built with that many nextpnr seeds (from ``seed``, default 1) at once on a Dask
+    LocalCluster and the best is kept (compiler.sweep.synthesize_seeds_in_parallel).
     """
     from xnorflow.boards.registry import get_board
     from xnorflow.boards.synth import synthesize, synthesize_at_best_clock
@@ -278,16 +284,26 @@ def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = 
         board = get_board(report["board"])
         if clock_mhz not in ("auto", "board"):
             check_clock(board, float(clock_mhz))
-        inputs = synthesis_inputs(build_dir, clock_mhz, seed)
+        if parallel_seeds and clock_mhz != "auto":
+            raise CompileError(f"--parallel-seeds tries seeds at the first clock of --clock-mhz auto, not at "
+                               f"--clock-mhz {clock_mhz}: drop one of them (a sweep tries seeds at any clock)")
+        inputs = synthesis_inputs(build_dir, clock_mhz, seed, parallel_seeds)
         with build_folder.transaction(build_dir, ("synth", reports.REPORT_NAME)) as stage:
             out = stage / "synth"
-            if clock_mhz == "auto":
-                results = synthesize_at_best_clock(spec, board.name, out, progress=progress, seed=seed)
+            live = {"progress": progress, "seed": seed, "on_progress": on_progress,
+                    "expected_luts": (report.get("estimate") or {}).get("luts")}
+            if clock_mhz == "auto" and parallel_seeds and parallel_seeds > 1:
+                from .sweep import synthesize_seeds_in_parallel
+
+                first = seed or 1
+                results = synthesize_seeds_in_parallel(spec, board.name, out, list(range(first, first + parallel_seeds)),
+                                                       progress=progress, expected_luts=live["expected_luts"])
+            elif clock_mhz == "auto":
+                results = synthesize_at_best_clock(spec, board.name, out, **live)
             elif clock_mhz == "board":
-                results = synthesize(spec, board.name, out, progress=progress, seed=seed)
+                results = synthesize(spec, board.name, out, **live)
             else:
-                results = synthesize(spec, board.name, out, progress=progress, seed=seed,
-                                     clock_hz=float(clock_mhz) * 1e6)
+                results = synthesize(spec, board.name, out, clock_hz=float(clock_mhz) * 1e6, **live)
             results = build_folder.relocate(results, out, build_dir.resolve() / "synth")
 
             fields = {key: results.get(key) for key in reports.SYNTHESIS_KEYS if key in results}
@@ -299,6 +315,8 @@ def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = 
             # built for, when the UART is not the bottleneck.
             fields["fps_at_clock"] = fps_from(fields.get("clock_mhz"), report.get("cycles_per_frame"))
             fields["bitstream"] = str(results.get("bitstream")) if results.get("bitstream") else None
+            if results.get("synth_wall_seconds") is not None:        # seeds built at once
+                fields["synth_wall_seconds"] = results["synth_wall_seconds"]
             fields["synthesis_inputs"] = inputs
             report.update(fields)
             reports.write_report(stage, report)

@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Synthesize the build for its board with the open flow (YoWASP).")
     p.add_argument("build", type=Path, help="build folder written by `xnorflow compile`")
     add_clock_option(p)
+    p.add_argument("--parallel-seeds", type=positive_int, default=None, metavar="N",
+                   help="with --clock-mhz auto: build the first clock with N nextpnr seeds at once (from "
+                        "--pnr-seed, default 1) on a Dask LocalCluster of one worker per core and keep the best")
 
     p = sub.add_parser("flow", help="train (or take --model), compile, simulate, synthesize, report",
                        description="Everything from a dataset to a bitstream in one build folder; steps "
@@ -187,7 +190,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
     p.add_argument("--images", type=positive_int, default=None, help="images to send (default: all)")
     p.add_argument("--baud", type=positive_int, default=115200, help="baud rate (default: 115200)")
+    add_sweep_parser(sub)
     return parser
+
+
+def add_sweep_parser(sub) -> None:
+    from xnorflow.compiler.sweep import DEFAULT_IMAGES
+
+    p = sub.add_parser(
+        "sweep", help="build a grid of designs in parallel on Dask: results.csv and a Pareto report",
+        description="Every point of models (--model, or --arch x --dataset) x --boards x one design axis "
+                    "(--lut-share, --folding or --fps) x --clock-mhz x --pnr-seeds is compiled, simulated and "
+                    "synthesized into its own build folder SWEEP/points/NAME/, as tasks on Dask distributed: a "
+                    "LocalCluster of one worker process per core, or the cluster at --scheduler. A point whose "
+                    "build folder already holds its results is not rebuilt; a failed point is recorded with its "
+                    "error (retried once when the failure may not repeat: a worker that died, a tool crash). "
+                    "Writes SWEEP/results.json, results.csv and report.html (frames/s at clock against LUTs, "
+                    "the Pareto front and the best bitstream per board). Exits 1 when a point failed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-o", "--output", required=True, type=Path,
+                   help="sweep folder (with --scheduler, on a path every worker sees at the same place)")
+    p.add_argument("--model", action="append", type=Path, default=None, metavar="FILE",
+                   help="a model file to sweep (repeat for several)")
+    p.add_argument("--arch", default=None, help="comma list of architectures to train (tfc,sfc,lfc) into SWEEP/models")
+    p.add_argument("--dataset", default=None, help="comma list of datasets for --arch (digits,fashion-mnist,idx:DIR)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs for --arch (default: per dataset)")
+    p.add_argument("--boards", default="icebreaker", help="comma list of boards")
+    p.add_argument("--lut-share", default=None, metavar="S,S,...",
+                   help="design axis: comma list of LUT shares in (0, 1] (the fastest folding within each)")
+    p.add_argument("--folding", action="append", default=None, metavar="PE,SIMD;...",
+                   help="design axis: a folding by hand (repeat for several)")
+    p.add_argument("--fps", default=None, metavar="F,F,...", help="design axis: comma list of frames/s targets")
+    p.add_argument("--clock-mhz", default=None, metavar="auto|board|MHZ,...",
+                   help="comma list of clocks (default: auto, as in `xnorflow synth`); a point at a fixed clock "
+                        "that misses timing is recorded as failed")
+    p.add_argument("--pnr-seeds", default=None, metavar="N,N-M,...",
+                   help="comma list of nextpnr seeds or ranges, e.g. 1-4 (default: nextpnr's own)")
+    p.add_argument("--images", type=positive_int, default=DEFAULT_IMAGES,
+                   help="test images each point simulates in Verilator (a few hundred keeps a sweep fast; "
+                        "`xnorflow simulate POINT --images N` checks more later)")
+    p.add_argument("--all-images", action="store_true", help="simulate every test image (overrides --images)")
+    p.add_argument("--no-synth", action="store_true", help="compile and simulate only (no --clock-mhz/--pnr-seeds)")
+    p.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                   help="a running Dask scheduler (workers started with `dask worker tcp://HOST:8786`); "
+                        "default: a LocalCluster on this machine")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="LocalCluster worker processes (default: one per core)")
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -245,7 +293,8 @@ def cmd_simulate(args) -> int:
 def cmd_synth(args) -> int:
     from xnorflow.compiler.build import synthesize_build
 
-    report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz, seed=args.pnr_seed)
+    report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz, seed=args.pnr_seed,
+                              parallel_seeds=args.parallel_seeds)
     print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "clock_mhz",
                            "timing_met", "fps_at_clock", "synth_seconds"))
     print(f"  bitstream                {report.get('bitstream')}")
@@ -287,8 +336,14 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from xnorflow.compiler.sweep import run_sweep_command
+
+    return run_sweep_command(args)
+
+
 COMMANDS = {"train": cmd_train, "compile": cmd_compile, "simulate": cmd_simulate, "synth": cmd_synth,
-            "flow": cmd_flow, "run": cmd_run}
+            "flow": cmd_flow, "run": cmd_run, "sweep": cmd_sweep}
 
 
 def main(argv=None) -> int:

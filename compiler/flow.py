@@ -100,6 +100,43 @@ def compile_request(args) -> dict:
             "dataset": None}
 
 
+# Why each step reruns: its recorded inputs (compiler/build.py) against the current ones, in words.
+COMPILE_LABELS = {"model_sha256": "the model file", "board": "--board", "fps": "--fps", "folding": "--folding",
+                  "lut_share": "--lut-share", "dataset": "--dataset"}
+SIMULATION_LABELS = {"spec_sha256": "the spec", "vectors_sha256": "the test vectors", "verilog_sha256": "the Verilog",
+                     "backpressure": "backpressure", "seed": "the simulation seed"}
+SYNTHESIS_LABELS = {"spec_sha256": "the spec", "clock_mhz": "--clock-mhz", "pnr_seed": "--pnr-seed"}
+
+
+def compile_rerun_reason(report: dict, model_path: Path, request: dict) -> str | None:
+    """Why the compile must run again (``request``: `compile_request`'s dict); None to reuse it."""
+    current = compile_inputs(build_folder.file_digest(model_path), **{k: request[k] for k in
+                             ("board", "fps", "folding", "lut_share", "dataset")})
+    why = changed(report.get("compile_inputs"), current, COMPILE_LABELS)
+    if why is None and report.get("accuracy_golden") is None:
+        return "the earlier compile did not finish"
+    return why
+
+
+def simulate_rerun_reason(build_dir: Path, report: dict, images: int | None) -> str | None:
+    """Why the flow's simulation (``images``, None: all) must run again; None to reuse it."""
+    wanted = images or report.get("test_images")
+    previous = (report.get("simulation") or {}).get("inputs") or {}
+    current = simulation_inputs(build_dir, previous.get("images"), DEFAULT_BACKPRESSURE, 0)
+    why = changed(previous, current, SIMULATION_LABELS)
+    if why is None and not (report.get("images_simulated") and report["images_simulated"] >= (wanted or 0)):
+        return f"{wanted} images wanted, {report.get('images_simulated') or 0} simulated"
+    return why
+
+
+def synth_rerun_reason(build_dir: Path, report: dict, clock_mhz, seed) -> str | None:
+    """Why synthesis at ``clock_mhz`` with nextpnr ``seed`` must run again; None to reuse it."""
+    why = changed(report.get("synthesis_inputs"), synthesis_inputs(build_dir, clock_mhz, seed), SYNTHESIS_LABELS)
+    if why is None and not (report.get("bitstream") and Path(report["bitstream"]).is_file()):
+        return "no bitstream in the build folder"
+    return why
+
+
 def check_model_matches(record: dict, model_path: Path, args) -> None:
     """A model file already in the build folder must be what the options given ask for.
 
@@ -151,33 +188,21 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
         steps.run("train", do_train)
 
     report = reports.read_report(build_dir)
-    request = compile_request(args)
-    current = compile_inputs(build_folder.file_digest(model_path), **{k: request[k] for k in
-                             ("board", "fps", "folding", "lut_share", "dataset")})
-    why = changed(report.get("compile_inputs"), current,
-                  {"model_sha256": "the model file", "board": "--board", "fps": "--fps",
-                   "folding": "--folding", "lut_share": "--lut-share", "dataset": "--dataset"})
-    if why is None and report.get("accuracy_golden") is not None:
+    why = compile_rerun_reason(report, model_path, compile_request(args))
+    if why is None:
         steps.run("compile", None, skip_reason="reusing the compiled design (same model file and options)")
     else:
-        print(f"  compiling: {why or 'the earlier compile did not finish'}", flush=True)
+        print(f"  compiling: {why}", flush=True)
         steps.run("compile", lambda: compile_model(model_path, build_dir, board_name=args.board, fps=args.fps,
                                                    folding=args.folding, lut_share=args.lut_share))
 
     report = reports.read_report(build_dir)
-    wanted = args.images or report.get("test_images")
-    previous = (report.get("simulation") or {}).get("inputs") or {}
-    current = simulation_inputs(build_dir, previous.get("images"), DEFAULT_BACKPRESSURE, 0)
-    why = changed(previous, current, {"spec_sha256": "the spec", "vectors_sha256": "the test vectors",
-                                      "verilog_sha256": "the Verilog", "backpressure": "backpressure",
-                                      "seed": "the simulation seed"})
+    why = simulate_rerun_reason(build_dir, report, args.images)
     problems = []
-    if why is None and report.get("images_simulated") and report["images_simulated"] >= (wanted or 0):
+    if why is None:
         steps.run("simulate", None, skip_reason=f"reusing {report['images_simulated']} simulated images "
                                                 "(same spec, vectors and Verilog)")
     else:
-        if why is None:
-            why = f"{wanted} images wanted, {report.get('images_simulated') or 0} simulated"
         print(f"  simulating: {why}", flush=True)
         result = steps.run("simulate", lambda: simulate_build(build_dir, images=args.images,
                                                               backpressure=DEFAULT_BACKPRESSURE,
@@ -188,13 +213,11 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
     if args.no_synth:
         steps.run("synth", None, skip_reason="skipped (--no-synth)")
     else:
-        current = synthesis_inputs(build_dir, args.clock_mhz, args.pnr_seed)
-        why = changed(report.get("synthesis_inputs"), current,
-                      {"spec_sha256": "the spec", "clock_mhz": "--clock-mhz", "pnr_seed": "--pnr-seed"})
-        if why is None and report.get("bitstream") and Path(report["bitstream"]).is_file():
+        why = synth_rerun_reason(build_dir, report, args.clock_mhz, args.pnr_seed)
+        if why is None:
             steps.run("synth", None, skip_reason=f"reusing {report['bitstream']} (same spec, clock and seed)")
         else:
-            print(f"  synthesizing: {why or 'no bitstream in the build folder'}", flush=True)
+            print(f"  synthesizing: {why}", flush=True)
             steps.run("synth", lambda: synthesize_build(build_dir, progress=sys.stderr.isatty(),
                                                         clock_mhz=args.clock_mhz, seed=args.pnr_seed))
 

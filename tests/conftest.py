@@ -19,3 +19,19 @@ def run_cli(*args, cwd=None):
     """Run the installed `xnorflow` command as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "xnorflow.compiler.cli", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=900, check=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synth_history(tmp_path_factory):
+    """Synthesis times go to a history file of the test session, not the user's cache (boards/synth.py);
+    set before any Dask worker process starts, so workers inherit it."""
+    import os
+
+    path = tmp_path_factory.mktemp("history") / "synth-history.jsonl"
+    previous = os.environ.get("XNORFLOW_SYNTH_HISTORY")
+    os.environ["XNORFLOW_SYNTH_HISTORY"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("XNORFLOW_SYNTH_HISTORY", None)
+    else:
+        os.environ["XNORFLOW_SYNTH_HISTORY"] = previous
