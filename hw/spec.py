@@ -84,6 +84,9 @@ class LayerSpec:
     stride: int = 1
     padding: int = 0
     pad_value: int = 0
+    # Max-pool only: per channel, 1 = the AND of the window's bits (the pool sat before a batch-norm
+    # with gamma < 0), 0 = the OR (DESIGN.md section 2a); None for every other kind.
+    pool_and: np.ndarray | None = None
 
     def __post_init__(self):
         for name, default in (("in_shape", (self.n_in, 1, 1)), ("out_shape", (self.n_out, 1, 1))):
@@ -248,6 +251,8 @@ class NetworkSpec:
                 arrays[f"w{i}"] = np.packbits(layer.weights, axis=1, bitorder="little")
             if layer.thresholds is not None:
                 arrays[f"t{i}"] = layer.thresholds.astype(np.int64)
+            if layer.pool_and is not None:
+                arrays[f"p{i}"] = layer.pool_and.astype(np.uint8)
         with open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
 
@@ -268,13 +273,45 @@ class NetworkSpec:
                                             l["weight_style"], l["buffer_style"], bool(l["register_weights"]),
                                             kind=l["kind"], in_shape=tuple(l["in_shape"]),
                                             out_shape=tuple(l["out_shape"]), kernel=l["kernel"], stride=l["stride"],
-                                            padding=l["padding"], pad_value=l["pad_value"]))
+                                            padding=l["padding"], pad_value=l["pad_value"],
+                                            pool_and=data.get(f"p{i}")))
                 output_kind = header["output"]["kind"]
         except SpecError:
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise SpecError(f"cannot read the spec {path} ({e}): run `xnorflow compile` again") from e
         return cls(tuple(layers), header.get("name", "network"), header.get("meta", {}), output_kind)
+
+
+def conv_layer(in_shape: tuple[int, int, int], weights: np.ndarray, thresholds: np.ndarray, *, kernel: int,
+               padding: int = 0, pad_value: int = 0, pe: int = 1, simd: int = 1) -> LayerSpec:
+    """A K x K binary convolution, stride 1, as a LayerSpec (DESIGN.md section 2a).
+
+    ``in_shape`` is (C, H, W); ``weights`` is (O, K*K*C) bits ordered (ky, kx, c) with c fastest
+    (``w[o, (ky*K + kx)*C + c] = W[o, c, ky, kx]``), rows of negative gamma already inverted;
+    ``thresholds`` (O,). ``padding`` pixels of the bit ``pad_value`` (0 = -1, 1 = +1) surround the
+    input. The output is (O, H + 2P - K + 1, W + 2P - K + 1); its matrix-vector unit has
+    n_in = K*K*C and n_out = O and runs once per output pixel.
+    """
+    c, h, w = (int(v) for v in in_shape)
+    k, p = int(kernel), int(padding)
+    o = int(np.asarray(weights).shape[0])
+    out_shape = (o, h + 2 * p - k + 1, w + 2 * p - k + 1)
+    return LayerSpec(k * k * c, o, np.asarray(weights, dtype=np.uint8),
+                     None if thresholds is None else np.asarray(thresholds, dtype=np.int64), pe=pe, simd=simd,
+                     kind="conv", in_shape=(c, h, w), out_shape=out_shape, kernel=k, stride=1, padding=p,
+                     pad_value=int(pad_value))
+
+
+def maxpool_layer(in_shape: tuple[int, int, int], size: int, pool_and: np.ndarray | None = None,
+                  pe: int = 1) -> LayerSpec:
+    """A size x size max-pool with stride = size (floor) over activation bits, as a LayerSpec: per
+    channel the OR of the window's bits, or the AND where ``pool_and`` (C,) is 1. No weights."""
+    c, h, w = (int(v) for v in in_shape)
+    s = int(size)
+    polarity = np.zeros(c, dtype=np.uint8) if pool_and is None else np.asarray(pool_and, dtype=np.uint8)
+    return LayerSpec(c, c, None, None, pe=pe, simd=pe, kind="maxpool", in_shape=(c, h, w),
+                     out_shape=(c, h // s, w // s), kernel=s, stride=s, pool_and=polarity)
 
 
 def check_version(path, version) -> None:
