@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import termios
 import threading
 import time
 import tty
@@ -102,14 +103,14 @@ def run_on_board(port, spec_or_build, inputs, labels=None, baudrate: int = DEFAU
         predictions = _exchange(link, frames, spec.n_classes)
         elapsed = time.perf_counter() - start
         link.check_quiet_after_last(baudrate)
-    except OSError as e:   # pyserial's SerialException is an OSError
+    except (OSError, termios.error) as e:   # pyserial's SerialException is an OSError; tcdrain raises termios.error
         raise HostError(f"lost the connection to the board on {where} after {link.answers} of {len(frames)} "
                         f"answers ({e}): check the cable and that no other program uses the port") from e
     finally:
         if owned:
             try:
                 serial_port.close()
-            except OSError:
+            except (OSError, termios.error):
                 pass
     predictions = np.array(predictions, dtype=np.int64)
     accuracy = None
