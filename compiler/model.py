@@ -72,8 +72,118 @@ class DenseLayer:
 
 
 @dataclass(frozen=True)
+class ConvLayer:
+    """A K x K binary convolution, stride 1, at some stage of compilation (DESIGN.md section 2a).
+
+    ``weights`` is (O, K*K*C) bits ordered (ky, kx, c) with c fastest, so each output pixel is a
+    dense layer with N = K*K*C applied to its window; ``padding`` pixels of the bit ``pad_value``
+    (0 = -1, 1 = +1) surround the (C, H, W) input. Bias, batch-norm and thresholds as a hidden
+    DenseLayer's, per output channel. Activations travel as vectors in (y, x, c) order.
+    """
+
+    kind: ClassVar[str] = "conv"
+    is_output: ClassVar[bool] = False
+
+    weights: np.ndarray                 # (O, K*K*C) uint8 bits, 1 = +1
+    in_shape: tuple[int, int, int]      # (C, H, W)
+    kernel: int
+    padding: int = 0
+    pad_value: int = 0
+    bias: np.ndarray | None = None
+    bn: BatchNorm | None = None
+    thresholds: np.ndarray | None = None
+    output_scale: None = None
+    pe: int = 1
+    simd: int = 1
+
+    @property
+    def n_in(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        _, h, w = self.in_shape
+        k, p = self.kernel, self.padding
+        return (self.n_out, h + 2 * p - k + 1, w + 2 * p - k + 1)
+
+    @property
+    def out_bits(self) -> int:
+        return int(np.prod(self.out_shape))
+
+
+@dataclass(frozen=True)
+class MaxPoolLayer:
+    """A size x size max-pool, stride = size, over the previous conv's output (DESIGN.md 2a).
+
+    ``before_bn``: the pool sat between the conv and its batch-norm (the conv's thresholds then come
+    from that batch-norm and this pool takes the max of the thresholded bits: an OR, or an AND for a
+    channel whose gamma is negative). ``pool_and`` (C,) is that decision, made by
+    FoldBatchNormIntoThresholds; None before it.
+    """
+
+    kind: ClassVar[str] = "maxpool"
+    is_output: ClassVar[bool] = False
+
+    in_shape: tuple[int, int, int]
+    size: int
+    before_bn: bool = False
+    pool_and: np.ndarray | None = None
+    thresholds: None = None
+    bias: None = None
+    bn: None = None
+    output_scale: None = None
+    pe: int = 1
+    simd: int = 1
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.in_shape
+        return (c, h // self.size, w // self.size)
+
+    @property
+    def n_in(self) -> int:
+        return self.in_shape[0]
+
+    @property
+    def n_out(self) -> int:
+        return self.in_shape[0]
+
+    @property
+    def out_bits(self) -> int:
+        return int(np.prod(self.out_shape))
+
+
+def conv_windows(x: np.ndarray, in_shape, kernel: int, padding: int, pad_value: int) -> np.ndarray:
+    """(frames, H*W*C) bits in (y, x, c) order -> (frames, H'*W', K*K*C) windows in (ky, kx, c) order."""
+    c, h, w = in_shape
+    frames = x.shape[0]
+    image = np.asarray(x, dtype=np.uint8).reshape(frames, h, w, c)
+    if padding:
+        image = np.pad(image, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                       constant_values=int(pad_value))
+    out_h, out_w = image.shape[1] - kernel + 1, image.shape[2] - kernel + 1
+    rows = [image[:, ky:ky + out_h, kx:kx + out_w, :] for ky in range(kernel) for kx in range(kernel)]
+    stacked = np.stack(rows, axis=3)            # (frames, out_h, out_w, K*K, C)
+    return stacked.reshape(frames, out_h * out_w, kernel * kernel * c)
+
+
+def pool_windows(values: np.ndarray, in_shape, size: int) -> np.ndarray:
+    """(frames, H*W*C) values in (y, x, c) order -> (frames, H'*W'*C, size*size) pool windows."""
+    c, h, w = in_shape
+    frames = values.shape[0]
+    oh, ow = h // size, w // size
+    image = values.reshape(frames, h, w, c)[:, :oh * size, :ow * size, :]
+    blocks = image.reshape(frames, oh, size, ow, size, c).transpose(0, 1, 3, 5, 2, 4)
+    return blocks.reshape(frames, oh * ow * c, size * size)
+
+
+@dataclass(frozen=True)
 class BnnModel:
-    layers: tuple[DenseLayer, ...]
+    layers: tuple[DenseLayer | ConvLayer | MaxPoolLayer, ...]
     arch: str = "custom"
     dataset: str = "unknown"
     binarize: dict = field(default_factory=dict)
@@ -137,18 +247,55 @@ def decision_margin(layer: DenseLayer, p: np.ndarray) -> np.ndarray:
     return np.where(bn.gamma == 0, np.inf, margin)
 
 
+def _hidden_bits(layer, p: np.ndarray):
+    """A dense or conv layer's output bits from its popcounts (frames, ..., n_out), and its margins."""
+    if layer.thresholds is not None:
+        return (p >= layer.thresholds).astype(np.uint8), None
+    return (layer_scores(layer, p) >= 0).astype(np.uint8), decision_margin(layer, p)
+
+
+def _pool(layer: MaxPoolLayer, bits: np.ndarray, conv: ConvLayer | None, conv_p: np.ndarray | None) -> np.ndarray:
+    """A max-pool's output bits. Before folding, a pool that sits between its conv and the conv's
+    batch-norm takes the max of the conv's float pre-activation and only then the batch-norm and
+    sign, as PyTorch does; after folding, every pool is the OR (AND where ``pool_and``) of bits."""
+    frames = bits.shape[0]
+    if layer.pool_and is None and layer.before_bn and conv is not None and conv.thresholds is None:
+        dot = (2 * conv_p - conv.n_in).astype(np.float64)
+        if conv.bias is not None:
+            dot = dot + conv.bias
+        pooled = pool_windows(dot.reshape(frames, -1), layer.in_shape, layer.size).max(axis=2)
+        y = pooled.reshape(frames, -1, layer.n_out)
+        if conv.bn is not None:
+            y = conv.bn(y)
+        return (y >= 0).astype(np.uint8).reshape(frames, -1)
+    windows = pool_windows(bits, layer.in_shape, layer.size)
+    polarity = np.zeros(layer.n_out, np.uint8) if layer.pool_and is None else layer.pool_and
+    use_and = np.tile(polarity, windows.shape[1] // layer.n_out)[None, :] == 1
+    return np.where(use_and, windows.min(axis=2), windows.max(axis=2)).astype(np.uint8)
+
+
 def execute(model: BnnModel, bits: np.ndarray) -> Execution:
-    """Run (frames, input_bits) {0,1} inputs through the model at whatever stage it is."""
+    """Run (frames, input_bits) {0,1} inputs through the model at whatever stage it is.
+
+    Conv and pool activations are (frames, H*W*C) vectors in (y, x, c) order."""
     x = np.asarray(bits, dtype=np.uint8)
     activations, margins = [], []
+    frames = x.shape[0]
+    conv, conv_p = None, None
     for layer in model.layers[:-1]:
-        p = popcount_matrix(x, layer.weights)
-        if layer.thresholds is not None:
-            x = (p >= layer.thresholds).astype(np.uint8)
+        if isinstance(layer, MaxPoolLayer):
+            x = _pool(layer, x, conv, conv_p)
             margins.append(None)
+        elif isinstance(layer, ConvLayer):
+            windows = conv_windows(x, layer.in_shape, layer.kernel, layer.padding, layer.pad_value)
+            conv, conv_p = layer, popcount_matrix(windows.reshape(-1, layer.n_in), layer.weights).reshape(
+                frames, -1, layer.n_out)
+            out, margin = _hidden_bits(layer, conv_p)
+            x = out.reshape(frames, -1)
+            margins.append(None if margin is None else margin.reshape(frames, -1))
         else:
-            x = (layer_scores(layer, p) >= 0).astype(np.uint8)
-            margins.append(decision_margin(layer, p))
+            x, margin = _hidden_bits(layer, popcount_matrix(x, layer.weights))
+            margins.append(margin)
         activations.append(x)
     last = model.layers[-1]
     p = popcount_matrix(x, last.weights)

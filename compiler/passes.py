@@ -14,9 +14,9 @@ from dataclasses import replace
 import numpy as np
 
 from xnorflow.hw.ops import op_for
-from xnorflow.hw.spec import LayerSpec, NetworkSpec
+from xnorflow.hw.spec import LayerSpec, NetworkSpec, conv_layer, maxpool_layer
 
-from .model import BnnModel, CompileError, DenseLayer
+from .model import BnnModel, CompileError, ConvLayer, DenseLayer, MaxPoolLayer
 
 
 class Pass:
@@ -96,11 +96,24 @@ def check_foldable(layer: DenseLayer, index: int) -> None:
 
 
 class FoldBatchNormIntoThresholds(Pass):
-    """Replace each hidden layer's bias + batch-norm + sign by one integer threshold per channel."""
+    """Replace each hidden layer's bias + batch-norm + sign by one integer threshold per channel.
+
+    A max-pool right after a conv gets its per-channel polarity here (DESIGN.md 2a): the OR of the
+    window's bits, except where it sat between the conv and a batch-norm whose gamma is negative,
+    where the max of the pre-activation is the AND of the thresholded bits."""
 
     def apply(self, model: BnnModel) -> BnnModel:
         layers = []
         for index, layer in enumerate(model.layers):
+            if isinstance(layer, MaxPoolLayer):
+                if layer.pool_and is None:
+                    conv = model.layers[index - 1] if index else None
+                    gamma = conv.bn.gamma if layer.before_bn and conv is not None and conv.bn is not None else None
+                    polarity = (np.zeros(layer.n_out, np.uint8) if gamma is None
+                                else (np.asarray(gamma) < 0).astype(np.uint8))
+                    layer = replace(layer, pool_and=polarity)
+                layers.append(layer)
+                continue
             if layer.is_output or layer.thresholds is not None:
                 layers.append(layer)
                 continue
@@ -147,9 +160,26 @@ def cheapest_folding(n_in: int, n_out: int, target_cycles: int) -> tuple[int, in
     return op_for(LayerSpec(n_in, n_out, None, None)).cheapest_folding(target_cycles)
 
 
-def layer_geometry(layer: DenseLayer) -> LayerSpec:
+def layer_spec(layer, with_numbers: bool = True) -> LayerSpec:
+    """A model layer as the hardware's LayerSpec (its op's vocabulary); without ``with_numbers`` only
+    its shape and folding (no weights, thresholds or polarity): enough for its op's folding rules."""
+    weights = layer.weights.astype(np.uint8) if with_numbers and getattr(layer, "weights", None) is not None else None
+    thresholds = (layer.thresholds.astype(np.int64) if with_numbers and layer.thresholds is not None else None)
+    if isinstance(layer, ConvLayer):
+        spec = conv_layer(layer.in_shape, weights if weights is not None else np.zeros((layer.n_out, layer.n_in),
+                                                                                     np.uint8),
+                          thresholds, kernel=layer.kernel, padding=layer.padding, pad_value=layer.pad_value,
+                          pe=layer.pe, simd=layer.simd)
+        return spec if with_numbers else replace(spec, weights=None, thresholds=None)
+    if isinstance(layer, MaxPoolLayer):
+        return replace(maxpool_layer(layer.in_shape, layer.size, layer.pool_and if with_numbers else None,
+                                     pe=layer.pe), simd=layer.simd)
+    return LayerSpec(layer.n_in, layer.n_out, weights, thresholds, layer.pe, layer.simd, kind=layer.kind)
+
+
+def layer_geometry(layer) -> LayerSpec:
     """A model layer's shape as a LayerSpec without weights: enough for its op's folding rules."""
-    return LayerSpec(layer.n_in, layer.n_out, None, None, layer.pe, layer.simd, kind=layer.kind)
+    return layer_spec(layer, with_numbers=False)
 
 
 class SetFolding(Pass):
@@ -186,7 +216,7 @@ class SetFolding(Pass):
 
 def slowest_cycles(model: BnnModel) -> int:
     """The initiation interval of the fully folded design (PE = SIMD = 1 everywhere)."""
-    return max(l.n_in * l.n_out for l in model.layers)
+    return max(op_for(replace(layer_geometry(l), pe=1, simd=1)).cycles for l in model.layers)
 
 
 # --- lowering ------------------------------------------------------------------------------------
@@ -197,13 +227,12 @@ def lower_to_spec(model: BnnModel, name: str | None = None) -> NetworkSpec:
         if layer.bn is not None or layer.bias is not None or layer.output_scale is not None:
             raise CompileError(f"layer {i} still has float batch-norm/bias/scale: run "
                                "FoldBatchNormIntoThresholds and RemoveArgmaxInvariantOutputScale first")
-        if not layer.is_output and layer.thresholds is None:
+        if isinstance(layer, MaxPoolLayer):
+            if layer.pool_and is None:
+                raise CompileError(f"max-pool {i} has no polarity yet: run FoldBatchNormIntoThresholds first")
+        elif not layer.is_output and layer.thresholds is None:
             raise CompileError(f"hidden layer {i} has no thresholds: run FoldBatchNormIntoThresholds first")
-    layers = tuple(
-        LayerSpec(n_in=l.n_in, n_out=l.n_out, weights=l.weights.astype(np.uint8),
-                  thresholds=None if l.is_output else l.thresholds.astype(np.int64), pe=l.pe, simd=l.simd,
-                  kind=l.kind)
-        for l in model.layers)
+    layers = tuple(layer_spec(l) for l in model.layers)
     meta = {"arch": model.arch, "dataset": model.dataset, "binarize": model.binarize}
     spec = NetworkSpec(layers, name=name or model.arch, meta=meta)
     spec.validate()
