@@ -133,6 +133,7 @@ def golden_throughput(model_path: Path, repeats: int = 5, frames: int = 20_000) 
 def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, log) -> dict:
     from xnorflow.compiler.build import compile_model, simulate_build, synthesize_build
     from xnorflow.compiler.report import read_report
+    from xnorflow.sim.native import native_rate
 
     arch, dataset, board = config["arch"], config["dataset"], config["board"]
     name = config_name(config)
@@ -153,8 +154,12 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     sim_images = config.get("sim_images", sim_images)
     log(f"{name}: simulate {'all' if sim_images is None else sim_images} test images in Verilator")
     t0 = time.perf_counter()
-    simulate_build(build, images=sim_images, backpressure=0.0, progress=False)
+    simulate_build(build, images=sim_images, progress=False)     # fast mode, default gaps and backpressure
     row["sim_seconds"] = time.perf_counter() - t0
+    log(f"{name}: the native rate of its harness (bare C++ loop)")
+    native = native_rate(build, work / "native" / name, images=sim_images)
+    row["native_frames_per_cpu_s"] = native["frames_per_cpu_second"]
+    row["native_cycles_per_cpu_s"] = native["cycles_per_cpu_second"]
     if synth:
         log(f"{name}: synthesize for {board}")
         synthesize_build(build, progress=False, clock_mhz=config.get("clock_mhz", "auto"), seed=config.get("pnr_seed"))
@@ -168,6 +173,8 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     row["estimate_brams"] = (report.get("estimate") or {}).get("brams")
     sim = report.get("simulation") or {}
     row["rtl_images_per_s"] = sim.get("images_per_second")
+    row["sim_cycles_per_cpu_s"] = sim.get("cycles_per_cpu_second")
+    row["sim_workers"] = sim.get("workers")
     row["verilator_build_seconds"] = sim.get("verilator_build_seconds")
     row["fps_per_lut"] = row["fps"] / row["luts"] if row.get("fps") and row.get("luts") else None
     row.update(golden_throughput(model_path))
@@ -196,6 +203,8 @@ def fmt(value, kind=""):
         return f"{value:.1f} s"
     if kind == "f1":
         return f"{value:.1f}"
+    if kind == "f2":
+        return f"{value:.2f}"
     from xnorflow.compiler.report import format_figure
 
     return format_figure(value)
@@ -204,8 +213,8 @@ def fmt(value, kind=""):
 def markdown_table(rows: list[dict]) -> str:
     header = ("| config | accuracy torch / golden / RTL | mismatches | II meas. / analytic | Fmax MHz | "
               "frames/s | clock MHz | frames/s at clock | fps/LUT | LUTs (est.) | mem. blocks (est.) | compile | "
-              "synth | RTL img/s |")
-    lines = [header, "|" + "|".join("---" for _ in range(14)) + "|"]
+              "synth | RTL img/s | sim / native Mcycles per CPU s |")
+    lines = [header, "|" + "|".join("---" for _ in range(15)) + "|"]
     for r in rows:
         lines.append("| " + " | ".join([
             f"{r['arch'].upper()} / {r['dataset']} / {r['board']}"
@@ -223,6 +232,8 @@ def markdown_table(rows: list[dict]) -> str:
             fmt(r.get("compile_seconds_median"), "s"),
             fmt(r.get("synth_seconds"), "s"),
             fmt(r.get("rtl_images_per_s"), "int"),
+            " / ".join(fmt(r[k] / 1e6, "f2") if r.get(k) else "—"
+                       for k in ("sim_cycles_per_cpu_s", "native_cycles_per_cpu_s")),
         ]) + " |")
     lines.append("")
     lines.append("— : not measured in this run. RTL accuracy is over the images simulated. Frames/s are at Fmax (DESIGN.md); each bitstream runs at the "
