@@ -19,6 +19,7 @@ import json
 import math
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,8 @@ def synthesis_inputs(build_dir: Path, clock_mhz, seed, parallel_seeds: int | Non
 
 
 def simulate_build(build_dir, images: int | None = None, backpressure: float | None = None, waves: bool = False,
-                   seed: int = 0, progress: bool = True, mode: str = "fast", chunks: int | None = None) -> dict:
+                   seed: int = 0, progress: bool = True, mode: str = "fast", chunks: int | None = None,
+                   scheduler: str | None = None) -> dict:
     """Run the build's Verilog in Verilator against the golden vectors; merge the figures into the report.
 
     Returns the report plus ``problems``: one human line per mismatching image (with the layer and neuron
@@ -221,8 +223,9 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float | N
         with build_folder.transaction(build_dir, ("sim", reports.REPORT_NAME)) as stage:
             staged_sim = stage / "sim"
             build_folder.link_tree(build_dir / "sim" / "obj", staged_sim / "obj")   # the Verilator model cache
-            results = simulate(build_dir, images=images, backpressure=backpressure, waves=waves, seed=seed,
-                               progress=progress, sim_dir=staged_sim, mode=mode, chunks=chunks)
+            with dask_client(scheduler) as client:
+                results = simulate(build_dir, images=images, backpressure=backpressure, waves=waves, seed=seed,
+                                   progress=progress, sim_dir=staged_sim, mode=mode, chunks=chunks, client=client)
             results = build_folder.relocate(results, staged_sim, build_dir.resolve() / "sim")
             _rewrite_paths(staged_sim / "results.json", staged_sim, build_dir.resolve() / "sim")
             fields = {key: results.get(key) for key in reports.SIMULATION_KEYS}
@@ -248,6 +251,23 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float | N
             reports.write_report(stage, report)
     problems = mismatch_lines(results) + [f"check failed: {e}" for e in results.get("errors") or []]
     return {**report, "problems": problems}
+
+
+@contextmanager
+def dask_client(scheduler: str | None):
+    """None: no client (local processes); "local": a new LocalCluster; else the scheduler's address."""
+    if scheduler is None:
+        yield None
+        return
+    from .sweep import connect
+
+    client, cluster = connect(None if scheduler == "local" else scheduler)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def simulation_failed(report: dict) -> bool:

@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=positive_int, default=None,
                    help="fast mode: simulator processes running disjoint ranges of the frames at once "
                         "(default: one per core, at least 200 frames each)")
+    p.add_argument("--scheduler", default=None, metavar="local|tcp://HOST:8786",
+                   help="fast mode: run the chunks on Dask distributed workers: local (a LocalCluster of one "
+                        "worker per core) or a scheduler's address; the workers must see the build folder "
+                        "at the same path (default: local processes, no Dask)")
     p.add_argument("--seed", type=seed_value, default=0, help="seed for gaps and backpressure (default: 0)")
 
     p = sub.add_parser("synth", help="Yosys + nextpnr -> bitstream, utilisation and Fmax",
@@ -277,7 +281,7 @@ def cmd_simulate(args) -> int:
     from xnorflow.compiler.build import simulate_build, simulation_failed
 
     report = simulate_build(args.build, images=args.images, backpressure=args.backpressure, waves=args.waves,
-                            mode=args.mode, chunks=args.chunks,
+                            mode=args.mode, chunks=args.chunks, scheduler=args.scheduler,
                             seed=args.seed, progress=sys.stderr.isatty())
     print_summary(report, ("images_simulated", "rtl_mismatches", "accuracy_rtl", "accuracy_golden",
                            "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles"))

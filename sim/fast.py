@@ -54,13 +54,17 @@ class FastSession:
     """The harness build of one build folder and the runs of its chunks."""
 
     def __init__(self, session):
-        from xnorflow.sim import runner  # runner imports this module: import it when used
-
         self.session = session           # sim.runner.BenchSession: folder, spec, ports, in_width
-        self.runner = runner
         spec = session.spec
         self.beats_per_frame = -(-spec.input_bits // session.in_width)
         self.out_width = spec.class_index_width + spec.n_classes * spec.score_width
+
+    @property
+    def runner(self):
+        """sim.runner (which imports this module): imported when used, so a FastSession pickles
+        whole to a Dask worker."""
+        from xnorflow.sim import runner
+        return runner
 
     def build(self, frames: int) -> tuple[Path, float | None]:
         """The harness model for chunks of up to ``frames`` frames; returns (obj_dir, build seconds)."""
@@ -165,9 +169,13 @@ def check_outputs(spec, payloads: list[int], frame_ids, image_ids, expected) -> 
 
 def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps: float, seed: int,
              chunks: int | None = None, measure_frames: int = 32, reset_test: bool = True,
-             progress: bool = False) -> dict:
+             progress: bool = False, client=None) -> dict:
     """All frames through the harness in parallel chunks; returns the per-cycle bench's raw result
-    format (frames, mismatches, errors, measure, reset) plus ``chunks``."""
+    format (frames, mismatches, errors, measure, reset) plus ``chunks``.
+
+    ``client``: a Dask distributed client whose workers run the chunks (they must see the build
+    folder at the same path); without one, local threads each drive a simulator process. A chunk
+    whose task is lost (a worker died) is submitted once more."""
     spec = session.spec
     frames = len(inputs)
     ranges = chunk_ranges(frames, chunks or default_chunks(frames))
@@ -185,11 +193,27 @@ def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps:
                               progress_file=progress_files[k] if progress else None)
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
-        futures = [pool.submit(one, k) for k in range(len(ranges))]
+    total = frames + (measure_frames if reset_test else 0)
+    if client is None:
+        with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+            futures = [pool.submit(one, k) for k in range(len(ranges))]
+            if progress:
+                _show_progress(futures, progress_files, total)
+            chunk_results = [f.result() for f in futures]
+    else:
+        from concurrent.futures import CancelledError
+
+        from distributed import KilledWorker
+
+        futures = [client.submit(one, k, pure=False) for k in range(len(ranges))]
         if progress:
-            _show_progress(futures, progress_files, frames + (measure_frames if reset_test else 0))
-        chunk_results = [f.result() for f in futures]
+            _show_progress(futures, progress_files, total)
+        chunk_results = []
+        for k, future in enumerate(futures):
+            try:
+                chunk_results.append(future.result())
+            except (KilledWorker, CancelledError, OSError):      # a lost worker: the chunk runs once more
+                chunk_results.append(client.submit(one, k, pure=False).result())
     seconds = time.perf_counter() - started
 
     result = {"frames": [], "mismatches": [], "errors": [], "measure": {"frames": 0}, "reset": {"trials": []}}

@@ -394,7 +394,7 @@ def load_vectors(folder: BuildFolder, images: int | None):
 def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT_BACKPRESSURE,
              gaps: float = DEFAULT_GAPS,
              waves: bool = False, seed: int = 0, progress: bool = True, update_report: bool = False,
-             sim_dir=None, mode: str = "fast", chunks: int | None = None) -> dict:
+             sim_dir=None, mode: str = "fast", chunks: int | None = None, client=None) -> dict:
     """Check the RTL of a build folder against the golden model on its test vectors.
 
     ``images`` limits the frames (the first N of vectors.npz). In the random-flow phase each cycle
@@ -409,7 +409,8 @@ def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT
 
     ``mode``: "fast" (default) streams the frames through the Verilog harness of sim/harness.py in
     ``chunks`` parallel simulator processes (default: one per core, sim/fast.py), with no Python on
-    the per-cycle path; "cycle" drives every beat from the cocotb bench of sim/cocotb_tb.py. Both
+    the per-cycle path (on the workers of the Dask ``client`` when one is given); "cycle" drives
+    every beat from the cocotb bench of sim/cocotb_tb.py. Both
     check every output against golden; a failing frame is re-run alone in the per-cycle bench with
     the layer taps for localisation.
     """
@@ -440,7 +441,7 @@ def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT
 
     if mode == "fast":
         raw = run_fast(session, image_ids, inputs, expected, backpressure=backpressure, gaps=gaps, seed=seed,
-                       chunks=chunks, progress=progress)
+                       chunks=chunks, progress=progress, client=client)
     else:
         raw = session.run("all", image_ids, inputs, expected, backpressure=backpressure, gaps=gaps,
                           seed=seed, progress=progress)

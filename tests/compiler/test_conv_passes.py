@@ -2,7 +2,15 @@
 import numpy as np
 import pytest
 
-from xnorflow.compiler.model import BatchNorm, BnnModel, ConvLayer, DenseLayer, MaxPoolLayer, conv_windows, execute
+from xnorflow.compiler.model import (
+    BatchNorm,
+    BnnModel,
+    ConvLayer,
+    DenseLayer,
+    MaxPoolLayer,
+    conv_windows,
+    execute,
+)
 from xnorflow.compiler.passes import FoldBatchNormIntoThresholds, RemoveArgmaxInvariantOutputScale
 
 

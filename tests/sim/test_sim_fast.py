@@ -58,3 +58,19 @@ def test_a_handshake_bug_that_shows_only_under_backpressure_fails_in_fast_mode(t
     assert stressed["errors"] or stressed["rtl_mismatches"]
     assert any("stuck" in e for e in stressed["errors"]), stressed["errors"]
 
+
+
+def test_chunks_on_a_dask_local_cluster_give_the_local_results(tmp_path):
+    from distributed import Client, LocalCluster
+
+    spec = random_spec(*SMALL, seed=3)
+    build = write_build_folder(tmp_path / "build", spec, frames=160)
+    local = simulate(build, seed=1, progress=False, chunks=2, sim_dir=tmp_path / "local")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        remote = simulate(build, seed=1, progress=False, chunks=2, sim_dir=tmp_path / "dask", client=client)
+    assert remote["errors"] == [] and remote["rtl_mismatches"] == 0
+    assert [{k: v for k, v in c.items() if k not in ("seconds",)} for c in remote["chunks"]] == \
+        [{k: v for k, v in c.items() if k not in ("seconds",)} for c in local["chunks"]]
+    for key in ("images_simulated", "cycles_per_frame", "latency_cycles", "reset_mid_frame_ok", "cycles_simulated"):
+        assert remote[key] == local[key], key
