@@ -1,4 +1,5 @@
-"""The compiler's resource estimate against Yosys + nextpnr: logic within 25%, memory blocks exact.
+"""The compiler's resource estimate against Yosys + nextpnr: memory blocks exact; logic within 5% on the
+calibration's own designs and 25% on designs outside it.
 
 The fast test replays the designs of bench/calibration.json (written by bench/calibrate_estimate.py
 from real synthesis runs), so a change to the estimate's formula that breaks the calibration fails
@@ -19,6 +20,9 @@ from xnorflow.hw.spec import NetworkSpec
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "calibration.json"
 LOGIC_TOLERANCE = 0.25
+# The calibration's own designs: bench/calibration.json's fit reaches every one within 3.7% of the LUTs
+# nextpnr reported, so the in-sample check allows 5% (a formula change that loses the fit fails here).
+CALIBRATED_TOLERANCE = 0.05
 
 
 def stored_designs() -> list[dict]:
@@ -47,7 +51,7 @@ def test_estimate_matches_every_calibration_design():
         estimate = estimate_resources(spec_of(record), record["family"])
         if measured.get("luts"):
             error = relative_error(estimate["luts"], measured["luts"])
-            assert abs(error) <= LOGIC_TOLERANCE, (record["name"], estimate["luts"], measured["luts"])
+            assert abs(error) <= CALIBRATED_TOLERANCE, (record["name"], estimate["luts"], measured["luts"])
             checked += 1
         if measured.get("brams") is not None:
             assert estimate["brams"] == measured["brams"], (record["name"], estimate["brams"], measured["brams"])
