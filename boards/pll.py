@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from xnorflow.boards.family import PllLimits, per_family
 from xnorflow.errors import XnorflowError
 
 MHZ = 1_000_000
@@ -37,21 +38,8 @@ class PllError(XnorflowError):
     """No PLL setting gives the requested clock; the message says which range is possible."""
 
 
-@dataclass(frozen=True)
-class PllLimits:
-    """Allowed frequency ranges (Hz, inclusive) of one PLL family."""
-
-    f_in: tuple[float, float]
-    f_pfd: tuple[float, float]
-    f_vco: tuple[float, float]
-    f_out: tuple[float, float]
-
-
-LIMITS = {
-    "ice40": PllLimits(f_in=(10e6, 133e6), f_pfd=(10e6, 133e6), f_vco=(533e6, 1066e6), f_out=(16e6, 275e6)),
-    "ecp5": PllLimits(f_in=(8e6, 400e6), f_pfd=(3.125e6, 400e6), f_vco=(400e6, 800e6), f_out=(3.125e6, 400e6)),
-}
-PRIMITIVES = {"ice40": "SB_PLL40_PAD", "ecp5": "EHXPLLL"}
+LIMITS = per_family("pll_limits")
+PRIMITIVES = per_family("pll_primitive")
 
 # The values each divider takes.
 ICE40_DIVR = range(16)

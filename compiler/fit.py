@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+from xnorflow.boards.family import per_family
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
@@ -15,13 +16,9 @@ from .analysis import BLOCK_RAMS, estimate_resources, layer_estimate
 from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
-# The share of a device's LUTs a design may take: room for the estimate's error and for routing.
-# On the iCE40UP5K, TFC on Fashion-MNIST at 80% of the logic cells (4231 of 5280) placed, routed and
-# met 45 MHz in about a minute. On the ECP5-85F nextpnr's router is the limit, not the LUTs: SFC at
-# II 96 (19.4k LUTs, 23%) routed in 5 minutes at a 70 MHz clock and reached 97.6 MHz, while the II 88
-# design a 35% share allowed (24.8k) was still routing after 25 minutes (router1; router2 had 6k
-# overused wires after 9 iterations), for 8% more frames/s (make bench, 2026-11-29).
-LUT_BUDGET_SHARE = {"ice40": 0.85, "ecp5": 0.25}
+# The share of a device's LUTs a design may take: room for the estimate's error and for routing, so
+# place and route takes minutes (boards/family.py; the builds behind it: bench/records.md, "LUT share").
+LUT_BUDGET_SHARE = per_family("lut_budget_share")
 
 
 # Past this many layers the exhaustive placement search (4 ** layers estimates) gives way to a greedy one.
@@ -163,7 +160,7 @@ def overflow(spec: NetworkSpec, board, lut_share: float | None = None) -> list[s
 
 # Families whose block RAM outputs are registered before the XNOR (LayerSpec.register_weights): on
 # ECP5 the flip-flops are plentiful and the DP16KD's unregistered output starts the longest path.
-REGISTER_WEIGHTS = {"ice40": False, "ecp5": True}
+REGISTER_WEIGHTS = per_family("register_weights")
 
 
 def place_for_board(spec: NetworkSpec, board) -> NetworkSpec:
