@@ -311,6 +311,45 @@ def _array(tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(np.float64)
 
 
+def _batchnorm(entry: dict) -> BatchNorm | None:
+    b = entry.get("bn")
+    if b is None:
+        return None
+    return BatchNorm(_array(b["gamma"]), _array(b["beta"]), _array(b["mean"]), _array(b["var"]), float(b["eps"]))
+
+
+def hardware_column_order(shape) -> np.ndarray:
+    """For a (C, H, W) tensor flattened by PyTorch in (c, y, x) order: the PyTorch index of each
+    element in the hardware's (y, x, c) order (hardware column (y*W + x)*C + c = PyTorch column
+    (c*H + y)*W + x), to permute a dense layer's weight columns or an image's pixels."""
+    c, h, w = (int(v) for v in shape)
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
+def _conv_layers(i: int, entry: dict) -> list:
+    """A model file's conv entry (training/model_file.py, version 2) as a ConvLayer and, when the entry
+    carries one, the MaxPoolLayer after it."""
+    latent = _array(entry["weight"])
+    if latent.ndim != 4 or latent.shape[2] != latent.shape[3]:
+        raise CompileError(f"layer {i} is a conv with weights of shape {latent.shape}: xnorflow takes square "
+                           "K x K kernels (O, C, K, K); retrain with BinaryConv2d")
+    o, c, k, _ = latent.shape
+    in_shape = tuple(int(v) for v in entry["in_shape"])
+    if in_shape[0] != c:
+        raise CompileError(f"layer {i}: a conv over {c} channels on an input of shape {in_shape}: the model "
+                           "file is inconsistent, retrain it")
+    # (O, C, ky, kx) -> rows ordered (ky, kx, c), c fastest (DESIGN.md 2a); sign(0) = +1 as in training
+    weights = (latent.transpose(0, 2, 3, 1).reshape(o, k * k * c) >= 0).astype(np.uint8)
+    pad_value = 1 if float(entry.get("pad_value") or -1) > 0 else 0
+    conv = ConvLayer(weights=weights, in_shape=in_shape, kernel=k, padding=int(entry.get("padding") or 0),
+                     pad_value=pad_value, bias=_array(entry["bias"]) if entry.get("bias") is not None else None,
+                     bn=_batchnorm(entry))
+    pool = entry.get("pool")
+    if not pool:
+        return [conv]
+    return [conv, MaxPoolLayer(in_shape=conv.out_shape, size=int(pool["size"]), before_bn=bool(pool["before_bn"]))]
+
+
 def model_from_file_dict(data: dict) -> BnnModel:
     """Build the compiler's model from a loaded model file (training/model_file.py documents it)."""
     entries = data["layers"]
@@ -318,29 +357,39 @@ def model_from_file_dict(data: dict) -> BnnModel:
         raise CompileError("the model file has no layers: train a model with `xnorflow train`")
     layers = []
     for i, entry in enumerate(entries):
+        is_output = i == len(entries) - 1
+        if entry.get("kind", "dense") == "conv":
+            if is_output:
+                raise CompileError(f"layer {i}, the last, is a conv: end the model in a dense layer that gives "
+                                   "the class scores")
+            layers += _conv_layers(i, entry)
+            continue
         latent = _array(entry["weight"])
         if latent.ndim != 2:
             raise CompileError(f"layer {i} has weights of shape {latent.shape}, not a dense layer's 2-D "
                                f"matrix; this xnorflow builds layers of kind {', '.join(kinds('layer'))}: "
-                               "use BinaryLinear layers")
+                               "use BinaryLinear or BinaryConv2d layers")
         weights = (latent >= 0).astype(np.uint8)   # sign(0) = +1, as in training
-        bias = _array(entry["bias"]) if entry.get("bias") is not None else None
-        bn = None
-        if entry.get("bn") is not None:
-            b = entry["bn"]
-            bn = BatchNorm(_array(b["gamma"]), _array(b["beta"]), _array(b["mean"]), _array(b["var"]),
-                           float(b["eps"]))
+        if entry.get("flatten_from") is not None:
+            shape = tuple(int(v) for v in entry["flatten_from"])
+            if int(np.prod(shape)) != weights.shape[1]:
+                raise CompileError(f"layer {i} flattens a {shape} tensor into {weights.shape[1]} inputs: the "
+                                   "model file is inconsistent, retrain it")
+            weights = weights[:, hardware_column_order(shape)]
         scale = entry.get("scale")
-        is_output = i == len(entries) - 1
         if scale is not None and not is_output:
             raise CompileError(f"layer {i} has an output scale but is not the last layer: "
                                "only the output layer may carry one")
-        layers.append(DenseLayer(weights=weights, is_output=is_output, bias=bias, bn=bn,
-                                 output_scale=None if scale is None else float(scale)))
+        layers.append(DenseLayer(weights=weights, is_output=is_output,
+                                 bias=_array(entry["bias"]) if entry.get("bias") is not None else None,
+                                 bn=_batchnorm(entry), output_scale=None if scale is None else float(scale)))
     for i in range(1, len(layers)):
-        if layers[i].n_in != layers[i - 1].n_out:
-            raise CompileError(f"layer {i} takes {layers[i].n_in} inputs but layer {i - 1} gives "
-                               f"{layers[i - 1].n_out}: the model's layer sizes must chain")
+        previous, layer = layers[i - 1], layers[i]
+        given = previous.out_bits if isinstance(previous, (ConvLayer, MaxPoolLayer)) else previous.n_out
+        taken = int(np.prod(layer.in_shape)) if isinstance(layer, (ConvLayer, MaxPoolLayer)) else layer.n_in
+        if given != taken:
+            raise CompileError(f"layer {i} takes {taken} inputs but layer {i - 1} gives {given}: the model's "
+                               "layer sizes must chain")
     return BnnModel(tuple(layers), arch=str(data.get("arch", "custom")), dataset=str(data.get("dataset", "unknown")),
                     binarize=dict(data.get("binarize", {})), accuracy_torch=data.get("accuracy_torch"))
 
