@@ -26,7 +26,9 @@ from .build import (
     synthesize_build,
 )
 from .model import CompileError
+from .qonnx_import import import_qonnx
 from .report import format_figure
+from .source import is_onnx
 
 MODEL_NAME = "model.pt"
 # The flow's simulation: random output backpressure at this probability (simulate_build's default).
@@ -97,8 +99,10 @@ def changed(previous: dict | None, current: dict, labels: dict) -> str | None:
 
 def compile_request(args) -> dict:
     folding = [list(p) for p in args.folding] if args.folding else None
+    # A QONNX graph names no dataset: --dataset is the test split it is compiled with.
+    dataset = args.dataset if args.model and is_onnx(args.model) else None
     return {"board": args.board, "fps": args.fps, "folding": folding, "lut_share": args.lut_share,
-            "dataset": None}
+            "dataset": dataset}
 
 
 def check_model_matches(record: dict, model_path: Path, args) -> None:
@@ -125,7 +129,9 @@ def run_flow(args) -> int:
     from xnorflow.boards.registry import get_board
 
     check_compile_options(get_board(args.board), fps=args.fps, lut_share=args.lut_share)
-    if args.model:
+    if args.model and is_onnx(model_path):
+        import_qonnx(model_path)             # a graph xnorflow cannot compile fails before the folder is touched
+    elif args.model:
         load_model_file(model_path)          # a bad --model fails before the folder is touched
     folder = build_folder.claim(build_dir, inputs=[model_path])
     with build_folder.locked(folder):
@@ -163,7 +169,8 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
     else:
         print(f"  compiling: {why or 'the earlier compile did not finish'}", flush=True)
         steps.run("compile", lambda: compile_model(model_path, build_dir, board_name=args.board, fps=args.fps,
-                                                   folding=args.folding, lut_share=args.lut_share))
+                                                   folding=args.folding, lut_share=args.lut_share,
+                                                   dataset=request["dataset"]))
 
     report = reports.read_report(build_dir)
     wanted = args.images or report.get("test_images")
