@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0 is pinned: pip takes this machine's CPU wheel instead of a multi-GB CUDA build.
-	$(PY) -m pip install --quiet -e '.[test]'
+	# The qonnx extra (qonnx, onnx, onnxruntime, Brevitas) for the QONNX tests.
+	$(PY) -m pip install --quiet -e '.[test,qonnx]'
 	touch $@
 
 demo: setup

@@ -38,8 +38,9 @@ from .fit import (
     lut_budget_share,
     overflow,
 )
-from .model import CompileError, model_from_file_dict
+from .model import CompileError
 from .passes import streamline
+from .source import read_source
 
 SPEC_FILE = "spec.npz"
 VECTORS_FILE = "vectors.npz"
@@ -79,29 +80,19 @@ def check_claimable(out_dir: Path, model_path=None) -> None:
                                                     "not a folder; choose another path for -o")
 
 
-def load_test_split(record: dict, dataset_override: str | None = None):
-    """The model's test split, binarised by the model's own rule: (name, bits, labels)."""
-    from xnorflow.training.datasets import binarize, load_dataset
-
-    name = dataset_override or record["dataset"]
-    data = load_dataset(name)
-    bits = binarize(data.test_images, record["binarize"])
-    if bits.shape[1] != record["in_features"]:
-        raise CompileError(f"dataset {name} has {bits.shape[1]} input features but the model takes "
-                           f"{record['in_features']}: compile with the dataset the model was trained on")
-    return name, bits, data.test_labels.astype(np.int64)
-
-
 def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: float | None = None,
                   folding: list[tuple[int, int]] | None = None, dataset: str | None = None,
                   log=print, lut_share: float | None = None) -> dict:
-    """Model file -> spec, golden vectors and Verilog in out_dir; returns the report.
+    """Model file (xnorflow .pt, or a QONNX .onnx graph) -> spec, golden vectors and Verilog in out_dir;
+    returns the report.
+
+    ``dataset``: the test split to evaluate on (default: the model file's own; a QONNX graph has none,
+    and without one seeded random frames are compiled as test vectors and accuracy is null).
 
     ``lut_share``: the share of the board's LUTs the design may take (default: compiler.fit's
     LUT_BUDGET_SHARE for the family, what places and routes in minutes)."""
     from xnorflow.boards.registry import get_board
     from xnorflow.sim.export import export_verilog
-    from xnorflow.training.model_file import load_model_file, model_from_file, predict
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -109,9 +100,9 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
     check_compile_options(board, fps=fps, lut_share=lut_share)
     check_claimable(out_dir, model_path)
     model_digest = build_folder.file_digest(model_path)
-    record = load_model_file(model_path)
+    source = read_source(model_path)
 
-    streamlined = streamline(model_from_file_dict(record))
+    streamlined = streamline(source.model)
     model, folding_reason = fold_for_board(streamlined, board, fps=fps, folding=folding, lut_share=lut_share)
     spec = lower_for_board(model, board)
     problems = overflow(spec, board, lut_share)
@@ -126,27 +117,41 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
         log(f"  layer {i}: {layer.n_in:>5} -> {layer.n_out:<5} PE={layer.pe:<4} SIMD={layer.simd:<4} "
             f"{layer.cycles} cycles/frame")
 
-    dataset_name, bits, labels = load_test_split(record, dataset)
-    log(f"golden model and PyTorch on {len(labels)} test images of {dataset_name}")
-    result = golden.execute(spec, bits)
-    torch_predictions = predict(model_from_file(record), bits)
+    frames = source.test_frames(dataset)
+    spec.meta["binarize"] = frames.binarize
+    if frames.labels is None:
+        log(f"golden model and the {source.reference_name} on {len(frames.bits)} seeded random frames "
+            "(no --dataset: accuracy is not measured)")
+    else:
+        log(f"golden model and the {source.reference_name} on {len(frames.labels)} test images of {frames.dataset}")
+    result = golden.execute(spec, frames.bits)
+    reference = frames.reference_predictions
+    labels = frames.labels
+
+    def accuracy(predictions):
+        return None if labels is None else float(np.mean(predictions == labels))
 
     folder = build_folder.claim(out_dir, inputs=[model_path])
     with build_folder.locked(folder), build_folder.transaction(folder, COMPILE_OUTPUTS) as stage:
         spec.save(stage / SPEC_FILE)
-        np.savez_compressed(stage / VECTORS_FILE, inputs=bits, labels=labels, golden_scores=result.scores,
-                            golden_predictions=result.predictions, torch_predictions=torch_predictions)
+        vectors = {"inputs": frames.bits, "golden_scores": result.scores,
+                   "golden_predictions": result.predictions, "torch_predictions": reference}
+        if labels is not None:
+            vectors["labels"] = labels
+        np.savez_compressed(stage / VECTORS_FILE, **vectors)
         log("writing Verilog")
         export_verilog(spec, stage / VERILOG_DIR / f"{TOP_NAME}.v", name=TOP_NAME)
         cycles = cycles_per_layer(spec)
         report = reports.empty_report()
         report.update(
-            arch=record["arch"], dataset=dataset_name, board=board.name, device=board.device,
+            arch=source.arch, dataset=frames.dataset, board=board.name, device=board.device,
             layers=cycles["layers"], analytic_cycles_per_frame=cycles["analytic_cycles_per_frame"],
-            accuracy_torch=float(np.mean(torch_predictions == labels)),
-            accuracy_golden=float(np.mean(result.predictions == labels)),
-            torch_golden_agreement=float(np.mean(torch_predictions == result.predictions)),
-            test_images=len(labels),
+            # For a QONNX graph, "torch" is the graph's own float32 execution (compiler/qonnx_import.py).
+            accuracy_torch=accuracy(reference),
+            accuracy_golden=accuracy(result.predictions),
+            torch_golden_agreement=float(np.mean(reference == result.predictions)),
+            test_images=len(frames.bits),
+            model_format=source.format,
             folding_reason=folding_reason,
             clock_mhz=expected_clock_hz(board) / 1e6,
             estimate=estimate_resources(spec, board.family),

@@ -19,6 +19,8 @@ examples:
   xnorflow simulate build/ [--images 100]
   xnorflow synth    build/
   xnorflow flow     --arch tfc --dataset digits --board icebreaker -o build/
+  xnorflow compile  model.onnx --dataset digits -o build/   # a QONNX graph (Brevitas export_qonnx)
+  xnorflow export   model.pt -o model.onnx                  # an xnorflow model as a QONNX graph
 
 datasets: digits (bundled with scikit-learn) | fashion-mnist (Debian's dataset-fashion-mnist or
 $XNORFLOW_DATA) | idx:DIR (a folder with the four MNIST-format IDX files, optionally .gz)
@@ -134,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="model file -> folded spec, golden vectors and Verilog",
                        description="Fold batch-norm into thresholds, choose the folding, write the spec, "
                                    "the golden test vectors and the Verilog into the build folder.")
-    p.add_argument("model", type=Path, help="model file written by `xnorflow train`")
+    p.add_argument("model", type=Path, help="model file written by `xnorflow train`, or a QONNX graph (.onnx, "
+                                            "e.g. from Brevitas's export_qonnx)")
     p.add_argument("-o", "--output", required=True, type=Path, help="build folder")
-    p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the model's own")
+    p.add_argument("--dataset", default=None,
+                   help="evaluate on this dataset instead of the model's own; a QONNX graph names none: "
+                        "without --dataset it is compiled with seeded random frames and accuracy is not "
+                        "measured (its input is read as pixel / the dataset's max value)")
     add_board_options(p)
 
     p = sub.add_parser("simulate", help="run the Verilog in Verilator (cocotb) against the golden model",
@@ -176,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tfc | sfc | lfc (default: tfc, or the arch of the model.pt already in the folder)")
     p.add_argument("--dataset", default=None,
                    help="digits | fashion-mnist | idx:DIR (default: digits, or the model's own)")
-    p.add_argument("--model", type=Path, default=None, help="use this model file instead of training")
+    p.add_argument("--model", type=Path, default=None,
+                   help="use this model file (or QONNX .onnx graph) instead of training")
     p.add_argument("-o", "--output", required=True, type=Path, help="build folder")
     p.add_argument("--images", type=positive_int, default=None, help="images to simulate (default: all)")
     p.add_argument("--no-synth", action="store_true", help="stop before synthesis")
@@ -187,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the --arch, --dataset, --seed and --epochs given match it; otherwise flow stops and "
                         "says which differs")
     add_board_options(p)
+
+    p = sub.add_parser("export", help="write an xnorflow model file as a QONNX graph (for qonnx, FINN)",
+                       description="Write the model file as a QONNX graph of the form Brevitas exports: "
+                                   "Sub BipolarQuant on the input (pixel / max value), MatMul(BipolarQuant(W)) "
+                                   "[Add] [BatchNormalization] BipolarQuant per hidden layer, MatMul [Mul] out.")
+    p.add_argument("model", type=Path, help="model file written by `xnorflow train`")
+    p.add_argument("-o", "--output", required=True, type=Path, help="ONNX file to write, e.g. model.onnx")
 
     p = sub.add_parser("run", help="send test images to a board over its UART and measure accuracy",
                        description="Host driver: frames out over the serial port, class indices back.")
@@ -311,6 +325,14 @@ def cmd_flow(args) -> int:
     return run_flow(args)
 
 
+def cmd_export(args) -> int:
+    from xnorflow.compiler.qonnx_export import export_qonnx_file
+
+    path = export_qonnx_file(args.model, args.output)
+    print(f"wrote {path} (QONNX: run it with qonnx's execute_onnx, compile it with `xnorflow compile {path}`)")
+    return 0
+
+
 def cmd_run(args) -> int:
 
     from xnorflow.boards.host import run_on_board
@@ -319,13 +341,15 @@ def cmd_run(args) -> int:
     build = require_build(args.build)
     spec = load_spec(build)
     vectors = load_vectors(build)
-    inputs, labels, golden = vectors["inputs"], vectors["labels"], vectors.get("golden_predictions")
+    inputs, labels, golden = vectors["inputs"], vectors.get("labels"), vectors.get("golden_predictions")
     if args.images is not None:
-        inputs, labels = inputs[:args.images], labels[:args.images]
+        inputs = inputs[:args.images]
+        labels = None if labels is None else labels[:args.images]
         golden = None if golden is None else golden[:args.images]
     result = run_on_board(args.port, spec, inputs, labels, baudrate=args.baud, golden=golden)
     print(f"  frames                   {result['frames']}")
-    print(f"  accuracy                 {result['accuracy']:.4f}")
+    accuracy = "not measured (no labels)" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
+    print(f"  accuracy                 {accuracy}")
     if golden is not None:
         print(f"  golden agreement         {result['golden_agreement']:.4f} "
               f"({result['golden_mismatches']} frames differ from the golden model)")
@@ -347,7 +371,7 @@ def cmd_sweep(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "compile": cmd_compile, "simulate": cmd_simulate, "synth": cmd_synth,
-            "flow": cmd_flow, "run": cmd_run, "sweep": cmd_sweep}
+            "flow": cmd_flow, "export": cmd_export, "run": cmd_run, "sweep": cmd_sweep}
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,9 @@ from .build import (
     synthesize_build,
 )
 from .model import CompileError
+from .qonnx_import import import_qonnx
 from .report import format_figure
+from .source import is_onnx
 
 MODEL_NAME = "model.pt"
 
@@ -96,8 +98,10 @@ def changed(previous: dict | None, current: dict, labels: dict) -> str | None:
 
 def compile_request(args) -> dict:
     folding = [list(p) for p in args.folding] if args.folding else None
+    # A QONNX graph names no dataset: --dataset is the test split it is compiled with.
+    dataset = args.dataset if args.model and is_onnx(args.model) else None
     return {"board": args.board, "fps": args.fps, "folding": folding, "lut_share": args.lut_share,
-            "dataset": None}
+            "dataset": dataset}
 
 
 # Why each step reruns: its recorded inputs (compiler/build.py) against the current ones, in words.
@@ -161,7 +165,9 @@ def run_flow(args) -> int:
     from xnorflow.boards.registry import get_board
 
     check_compile_options(get_board(args.board), fps=args.fps, lut_share=args.lut_share)
-    if args.model:
+    if args.model and is_onnx(model_path):
+        import_qonnx(model_path)             # a graph xnorflow cannot compile fails before the folder is touched
+    elif args.model:
         load_model_file(model_path)          # a bad --model fails before the folder is touched
     folder = build_folder.claim(build_dir, inputs=[model_path])
     with build_folder.locked(folder):
@@ -188,13 +194,15 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
         steps.run("train", do_train)
 
     report = reports.read_report(build_dir)
-    why = compile_rerun_reason(report, model_path, compile_request(args))
+    request = compile_request(args)
+    why = compile_rerun_reason(report, model_path, request)
     if why is None:
         steps.run("compile", None, skip_reason="reusing the compiled design (same model file and options)")
     else:
         print(f"  compiling: {why}", flush=True)
         steps.run("compile", lambda: compile_model(model_path, build_dir, board_name=args.board, fps=args.fps,
-                                                   folding=args.folding, lut_share=args.lut_share))
+                                                   folding=args.folding, lut_share=args.lut_share,
+                                                   dataset=request["dataset"]))
 
     report = reports.read_report(build_dir)
     why = simulate_rerun_reason(build_dir, report, args.images)

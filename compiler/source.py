@@ -1,0 +1,95 @@
+"""What a compile reads: an xnorflow model file (.pt) or a QONNX graph (.onnx), as one interface.
+
+``read_source(path)`` gives the compiler's BnnModel (before any pass) and, once the design is known to
+fit, ``test_frames(dataset)``: the input bits to compile as golden test vectors, their labels and the
+source model's own predictions (PyTorch's for a model file, the graph's float32 execution for QONNX).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .model import BnnModel, CompileError, model_from_file_dict
+
+# Without a dataset, a QONNX graph is compiled with this many seeded random frames as test vectors.
+RANDOM_FRAMES = 1000
+RANDOM_SEED = 0
+
+
+@dataclass
+class TestFrames:
+    dataset: str | None
+    bits: np.ndarray
+    labels: np.ndarray | None
+    reference_predictions: np.ndarray
+    binarize: dict
+
+
+def is_onnx(path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+class ModelFileSource:
+    format = "xnorflow"
+    reference_name = "PyTorch model"
+
+    def __init__(self, path):
+        from xnorflow.training.model_file import load_model_file
+
+        self.record = load_model_file(path)
+        self.model: BnnModel = model_from_file_dict(self.record)
+        self.arch = self.record["arch"]
+
+    def test_frames(self, dataset: str | None) -> TestFrames:
+        from xnorflow.training.datasets import binarize, load_dataset
+        from xnorflow.training.model_file import model_from_file, predict
+
+        record = self.record
+        name = dataset or record["dataset"]
+        data = load_dataset(name)
+        bits = binarize(data.test_images, record["binarize"])
+        if bits.shape[1] != record["in_features"]:
+            raise CompileError(f"dataset {name} has {bits.shape[1]} input features but the model takes "
+                               f"{record['in_features']}: compile with the dataset the model was trained on")
+        return TestFrames(name, bits, data.test_labels.astype(np.int64), predict(model_from_file(record), bits),
+                          dict(record["binarize"]))
+
+
+class QonnxSource:
+    format = "qonnx"
+    reference_name = "QONNX graph (float32)"
+
+    def __init__(self, path):
+        from .qonnx_import import import_qonnx
+
+        self.imported = import_qonnx(path)
+        self.model: BnnModel = self.imported.model
+        self.arch = self.model.arch
+
+    def test_frames(self, dataset: str | None) -> TestFrames:
+        from xnorflow.training.datasets import binarize, load_dataset
+
+        imported = self.imported
+        n_in = self.model.input_bits
+        if dataset is None:
+            bits = np.random.default_rng(RANDOM_SEED).integers(0, 2, (RANDOM_FRAMES, n_in)).astype(np.uint8)
+            rule = {"rule": "graph input >= threshold", "threshold": imported.input_threshold()}
+            return TestFrames(None, bits, None, imported.graph_predictions_from_bits(bits), rule)
+        data = load_dataset(dataset)
+        if data.n_features != n_in:
+            raise CompileError(f"dataset {dataset} has {data.n_features} input features but the graph takes "
+                               f"{n_in}: give --dataset the dataset the model was trained on")
+        rule = imported.binarize_rule(data.max_value)
+        bits = binarize(data.test_images, rule)
+        return TestFrames(dataset, bits, data.test_labels.astype(np.int64),
+                          imported.graph_predictions_from_bits(bits), rule)
+
+
+def read_source(path):
+    """The model at ``path``: a QONNX graph when it ends in .onnx, else an xnorflow model file."""
+    return QonnxSource(path) if is_onnx(path) else ModelFileSource(path)
+
+
+__all__ = ["RANDOM_FRAMES", "ModelFileSource", "QonnxSource", "TestFrames", "is_onnx", "read_source"]
