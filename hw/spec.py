@@ -180,7 +180,8 @@ class NetworkSpec:
 
     @property
     def input_bits(self) -> int:
-        return self.layers[0].n_in
+        """Bits of one input frame: the first layer's C x H x W (a dense layer's n_in), in (y, x, c) order."""
+        return int(np.prod(self.layers[0].in_shape))
 
     @property
     def n_classes(self) -> int:
