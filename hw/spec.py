@@ -229,6 +229,9 @@ class NetworkSpec:
                 if int(np.prod(given)) != int(np.prod(taken)):
                     raise SpecError(f"layer {i} takes {int(np.prod(taken))} inputs but layer {i - 1} gives "
                                     f"{int(np.prod(given))}: the model's layer sizes must chain")
+                if given != taken and given[1:] != (1, 1) and taken[1:] != (1, 1):
+                    raise SpecError(f"layer {i} takes C x H x W {taken} but layer {i - 1} gives {given}: "
+                                    "between spatial layers (conv, max-pool) the shapes must chain")
         output_op(self).validate(len(self.layers) - 1)
 
     # --- files -------------------------------------------------------------------------------
