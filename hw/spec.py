@@ -136,7 +136,8 @@ class LayerSpec:
 
     @property
     def weight_bits(self) -> int:
-        return self.n_out * self.n_in
+        """Bits of the weight matrix: n_out x n_in; a max-pool has none."""
+        return 0 if self.kind == "maxpool" else self.n_out * self.n_in
 
     def weight_banks(self) -> np.ndarray:
         """Weight memory contents: (pe, neuron_folds * synapse_folds) words of ``simd`` bits.

@@ -1,17 +1,20 @@
 """Random conv / max-pool networks for the hardware and simulation tests."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 from hw_harness import random_thresholds
 
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div, conv_layer, maxpool_layer
 
 
-def random_conv_folding(rng, n_in: int, n_out: int, max_folds: int) -> tuple[int, int]:
-    """A random (PE, SIMD), divisors or not, with NF * SF <= max_folds."""
+def random_conv_folding(rng, n_in: int, n_out: int, max_folds: int, max_simd: int | None = None) -> tuple[int, int]:
+    """A random (PE, SIMD), divisors or not, with NF * SF <= max_folds (and SIMD <= max_simd)."""
+    top = n_in if max_simd is None else min(n_in, max_simd)
     while True:
         pe = int(rng.integers(1, n_out + 1))
-        simd = int(rng.integers(1, n_in + 1))
+        simd = int(rng.integers(1, top + 1))
         if ceil_div(n_out, pe) * ceil_div(n_in, simd) <= max_folds:
             return pe, simd
 
@@ -47,9 +50,10 @@ def random_conv_spec(seed: int, *, max_c: int = 8, max_hw: int = 8, max_out: int
         shape = layers[-1].out_shape
     n = int(np.prod(shape))
     widths = [n] + [int(rng.integers(2, 12)) for _ in range(int(rng.integers(1, 3)))]
-    for k, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+    for k, (n_in, n_out) in enumerate(pairwise(widths)):
         last = k == len(widths) - 2
-        pe, simd = random_conv_folding(rng, n_in, n_out, 64)
+        # SIMD up to 256: Amaranth's Python simulator cannot compile a popcount of thousands of lanes.
+        pe, simd = random_conv_folding(rng, n_in, n_out, max(64, n_out * ceil_div(n_in, 256)), max_simd=256)
         layers.append(LayerSpec(n_in, n_out, rng.integers(0, 2, size=(n_out, n_in), dtype=np.uint8),
                                 None if last else random_thresholds(rng, n_in, n_out), pe=pe, simd=simd))
     spec = NetworkSpec(tuple(layers), name=f"conv{seed}")

@@ -6,8 +6,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conv_specs import describe_conv, random_conv_spec
-from hw_harness import check_network, pack_beats, random_frames, random_thresholds, simulate_network, simulate_stream, \
-    steady_interval
+from hw_harness import (
+    check_network,
+    pack_beats,
+    random_frames,
+    random_thresholds,
+    simulate_network,
+    simulate_stream,
+    steady_interval,
+)
 
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.ops.conv import ConvEngine, ConvOp, window_group
@@ -97,7 +104,7 @@ def test_conv_engine_alone_matches_reference(kernel, padding, pe, simd):
     out, _ = simulate_stream(ConvEngine(layer), beats, 2 * op.beats_per_frame, gap=0.3, stall=0.3, seed=kernel)
     assert np.array_equal(op.decode(out), op.reference(frames))
     # The golden kernel agrees with the reference too.
-    packed, bits = golden.GOLDEN_KERNELS["conv"](op, golden.pack_rows(frames))
+    _, bits = golden.GOLDEN_KERNELS["conv"](op, golden.pack_rows(frames))
     assert np.array_equal(bits, op.reference(frames))
 
 
