@@ -170,3 +170,12 @@ def test_conv_measured_ii_matches_analytic(folding, kernel, padding):
     spec = conv_net(folding, kernel=kernel, padding=padding)
     measured, analytic = measure_conv_ii(spec), spec.analytic_cycles_per_frame
     assert abs(measured - analytic) <= 0.02 * analytic, f"II {measured} != {analytic}: {describe_conv(spec)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(200, 230))
+def test_random_conv_spec_ii_matches_analytic(seed):
+    """The measured II of random conv / pool / dense nets (random folding) is the analytic one."""
+    spec = random_conv_spec(seed, max_c=16, max_hw=12, max_out=12, max_folds=8)
+    measured, analytic = measure_conv_ii(spec, frames=4, warmup=1), spec.analytic_cycles_per_frame
+    assert abs(measured - analytic) <= 0.02 * analytic, f"II {measured} != {analytic}: {describe_conv(spec)}"
