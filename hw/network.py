@@ -1,6 +1,7 @@
 """The whole accelerator: the ops of a NetworkSpec in a chain, joined by width adapters.
 
-Each layer is built by its op (hw/ops/: dense -> an MVTU), and the output op (label-select) after
+Each layer is built by its op (hw/ops/: dense -> an MVTU, conv -> a sliding-window generator and
+an MVTU, maxpool -> a streaming pool), and the output op (label-select) after
 the last layer; this module only joins them. Stream contract of :class:`Network` (also what the
 exported Verilog and the boards see):
 
@@ -12,7 +13,11 @@ exported Verilog and the boards see):
   sw = spec.score_width). :func:`decode_output` unpacks it.
 - ``tap{k}_data`` / ``tap{k}_valid`` for each hidden layer k: that layer's output beat and a strobe
   that is high on the cycle the beat is transferred; its op decodes them (`Op.decode`), and
-  :func:`taps_to_activations` does so for every hidden layer.
+  :func:`taps_to_activations` does so for every hidden layer: a dense layer's (n_out,) bits, a
+  conv's or max-pool's H x W x C bits in (y, x, c) order.
+- Between ops, a conv or max-pool stream carries one pixel per unit (a conv: NF beats of PE bits;
+  a pool: one beat of C bits), a dense layer one vector; the flatten from pixels to a dense layer's
+  vector is (y, x, c) order, the pixels' bits concatenated in raster order (`Network._join`).
 """
 from __future__ import annotations
 
@@ -54,9 +59,24 @@ def input_beats(spec: NetworkSpec, frames_bits: np.ndarray, in_width: int | None
 
 
 def taps_to_activations(spec: NetworkSpec, beats_per_layer: list[list[int]]) -> list[np.ndarray]:
-    """Tap beats of each hidden layer (in transfer order) -> per layer (frames, n_out) uint8 bits,
+    """Tap beats of each hidden layer (in transfer order) -> per layer (frames, out bits) uint8 bits,
     decoded by the layer's op. Only whole frames are returned; padded channels are dropped."""
     return [op_for(layer, k).decode(beats) for k, (layer, beats) in enumerate(zip(spec.layers[:-1], beats_per_layer))]
+
+
+def join_plan(width: int, unit: int, op, where: str = "") -> str:
+    """How a stream of ``width``-bit beats in units of ``unit`` real bits reaches ``op``'s input
+    (see `Network._join`): "direct", "same unit" (one adapter), "gather" (pixels -> a vector) or
+    "split" (a vector -> pixels); SpecError when the units do not chain."""
+    taken, width_in = op.in_unit, op.in_width
+    if unit == taken:
+        return "direct" if width == width_in else "same unit"
+    if taken % unit == 0:
+        return "gather"
+    if unit % taken == 0 and width_in == taken:
+        return "split"
+    raise SpecError(f"layer {where} ({op.kind}) takes units of {taken} bits but its input comes in units of "
+                    f"{unit}: the layers' shapes must chain (pixels of C channels, or whole vectors)")
 
 
 class Network(wiring.Component):
@@ -75,6 +95,13 @@ class Network(wiring.Component):
         self.ops = [op_for(layer, k) for k, layer in enumerate(spec.layers)]
         self.output_op = output_op(spec)
         self.in_width = int(in_width) if in_width is not None else self.ops[0].in_width
+        try:
+            join_plan(self.in_width, spec.input_bits, self.ops[0], "0")
+            for k, (made, taken) in enumerate(pairwise(self.ops)):
+                join_plan(made.out_width, made.out_unit, taken, str(k + 1))
+        except SpecError:
+            self._MustUse__silence = True
+            raise
         ports = {
             "i": In(stream.Signature(unsigned(self.in_width))),
             "o": Out(stream.Signature(output_layout(spec))),
@@ -92,29 +119,10 @@ class Network(wiring.Component):
             m.submodules[op.submodule_name(k)] = engine
             engines.append(engine)
         first = self.ops[0]
-
-        # Host -> first layer. When the widths match the host's zero padding is already what the
-        # layer expects, so no adapter is needed.
-        if self.in_width == first.in_width:
-            wiring.connect(m, wiring.flipped(self.i), engines[0].i)
-        else:
-            m.submodules.adapter_in = adapter = WidthAdapter(self.in_width, first.in_width, self.spec.input_bits)
-            wiring.connect(m, wiring.flipped(self.i), adapter.i)
-            self._connect_through_slice(m, adapter, engines[0], "slice_in")
-
-        # Layer k -> layer k+1. Equal widths connect directly: the padded channels of a hidden MVTU
-        # have threshold n_in + 1 and so are always 0, the zero padding the next layer needs.
-        # No FIFOs: each MVTU's ping-pong input buffer already holds a whole frame while the
-        # previous one is computed, and the gearbox never stalls a full-rate stream. A gearbox
-        # reaches its engine through a register slice (see _connect_through_slice).
+        # Host -> first layer, then layer k -> layer k+1, each through `_join`.
+        self._join(m, wiring.flipped(self.i), self.in_width, self.spec.input_bits, engines[0], first, "in")
         for k, ((producer, consumer), (made, taken)) in enumerate(zip(pairwise(engines), pairwise(self.ops))):
-            if made.out_width == taken.in_width:
-                wiring.connect(m, producer.o, consumer.i)
-            else:
-                adapter = WidthAdapter(made.out_width, taken.in_width, made.layer.n_out)
-                m.submodules[f"adapter{k}"] = adapter
-                wiring.connect(m, producer.o, adapter.i)
-                self._connect_through_slice(m, adapter, consumer, f"slice{k}")
+            self._join(m, producer.o, made.out_width, made.out_unit, consumer, taken, str(k))
             m.d.comb += [
                 getattr(self, f"tap{k}_data").eq(producer.o.payload),
                 getattr(self, f"tap{k}_valid").eq(producer.o.valid & producer.o.ready),
@@ -125,6 +133,40 @@ class Network(wiring.Component):
         wiring.connect(m, engines[-1].o, head.i)
         wiring.connect(m, head.o, wiring.flipped(self.o))
         return m
+
+    def _join(self, m: Module, source, width: int, unit: int, engine, op, name: str) -> None:
+        """Connect ``source`` (beats of ``width`` bits, units of ``unit`` real bits, the last beat of
+        each unit zero-padded) to ``engine``, the component of ``op``.
+
+        - Same unit (dense -> dense, pixel -> pixel): equal widths connect directly (a hidden
+          engine's padded channels are 0, the padding the next one needs); otherwise one width
+          adapter of that unit.
+        - The consumer's unit is several of the source's (conv or pool pixels -> a dense layer's
+          flattened (y, x, c) vector): the pixels' padding is dropped first (an adapter to one
+          unit per beat, unless the beats are whole units already), then they are packed into the
+          consumer's beats.
+        - The source's unit is several of the consumer's (a frame from the host or a dense layer
+          -> pixels): one adapter cuts it into the consumer's one-pixel beats.
+        """
+        taken, width_in = op.in_unit, op.in_width
+        suffix = "" if name == "in" else name
+        plan = join_plan(width, unit, op, name)
+        if plan == "direct":
+            wiring.connect(m, source, engine.i)
+            return
+        if plan == "same unit":
+            adapter = WidthAdapter(width, width_in, unit)
+        elif plan == "gather":
+            if width != unit:
+                m.submodules[f"unpad{suffix}"] = unpad = WidthAdapter(width, unit, unit)
+                wiring.connect(m, source, unpad.i)
+                source = unpad.o
+            adapter = WidthAdapter(unit, width_in, taken)
+        else:   # "split"
+            adapter = WidthAdapter(width, width_in, unit)
+        m.submodules[f"adapter{suffix}" if name != "in" else "adapter_in"] = adapter
+        wiring.connect(m, source, adapter.i)
+        self._connect_through_slice(m, adapter, engine, f"slice{suffix}" if name != "in" else "slice_in")
 
     @staticmethod
     def _connect_through_slice(m: Module, adapter: WidthAdapter, engine, name: str) -> None:

@@ -136,7 +136,8 @@ class LayerSpec:
 
     @property
     def weight_bits(self) -> int:
-        return self.n_out * self.n_in
+        """Bits of the weight matrix: n_out x n_in; a max-pool has none."""
+        return 0 if self.kind == "maxpool" else self.n_out * self.n_in
 
     def weight_banks(self) -> np.ndarray:
         """Weight memory contents: (pe, neuron_folds * synapse_folds) words of ``simd`` bits.
@@ -180,7 +181,8 @@ class NetworkSpec:
 
     @property
     def input_bits(self) -> int:
-        return self.layers[0].n_in
+        """Bits of one input frame: the first layer's C x H x W (a dense layer's n_in), in (y, x, c) order."""
+        return int(np.prod(self.layers[0].in_shape))
 
     @property
     def n_classes(self) -> int:
@@ -228,6 +230,9 @@ class NetworkSpec:
                 if int(np.prod(given)) != int(np.prod(taken)):
                     raise SpecError(f"layer {i} takes {int(np.prod(taken))} inputs but layer {i - 1} gives "
                                     f"{int(np.prod(given))}: the model's layer sizes must chain")
+                if given != taken and given[1:] != (1, 1) and taken[1:] != (1, 1):
+                    raise SpecError(f"layer {i} takes C x H x W {taken} but layer {i - 1} gives {given}: "
+                                    "between spatial layers (conv, max-pool) the shapes must chain")
         output_op(self).validate(len(self.layers) - 1)
 
     # --- files -------------------------------------------------------------------------------

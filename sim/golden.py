@@ -38,7 +38,8 @@ class GoldenResult:
 
     scores: np.ndarray          # (frames, n_classes) int64: the output layer's popcounts
     predictions: np.ndarray     # (frames,) int64: argmax of scores, ties to the lowest index
-    activations: list[np.ndarray]  # per hidden layer, (frames, n_out) uint8 output bits
+    activations: list[np.ndarray]  # per hidden layer, (frames, out bits) uint8: n_out for dense,
+                                   # H' * W' * C in (y, x, c) order for conv and max-pool
 
 
 def pack_rows(bits: np.ndarray) -> np.ndarray:
@@ -154,6 +155,68 @@ def _dense(op: Op, x: np.ndarray):
     limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
     _threshold_kernel(x, _weights_by_word(layer), limits, bits, packed)
     return packed, bits
+
+
+# Frames per chunk of a conv's window matrix (frames x output pixels x K*K*C bytes before packing).
+CONV_CHUNK_BYTES = 1 << 26
+
+
+@golden_kernel("conv")
+def _conv(op: Op, x: np.ndarray):
+    """Packed (y, x, c) pixels -> every output pixel's window, packed like a dense layer's input and
+    run through the dense threshold kernel -> the (y, x, c) output bits, packed."""
+    layer = op.layer
+    c, h, w = layer.in_shape
+    k, p = layer.kernel, layer.padding
+    _, oh, ow = layer.out_shape
+    frames = x.shape[0]
+    w_t = _weights_by_word(layer)
+    limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
+    bits = np.empty((frames, oh * ow * layer.n_out), dtype=np.uint8)
+    chunk = max(1, CONV_CHUNK_BYTES // max(1, oh * ow * layer.n_in))
+    for start in range(0, frames, chunk):
+        stop = min(frames, start + chunk)
+        images = np.full((stop - start, h + 2 * p, w + 2 * p, c), layer.pad_value, dtype=np.uint8)
+        images[:, p:p + h, p:p + w] = unpack_rows(x[start:stop], c * h * w).reshape(-1, h, w, c)
+        # (frames, oh, ow, c, ky, kx) -> (frames, oh, ow, ky, kx, c): the (ky, kx, c) window order.
+        windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))
+        windows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, layer.n_in)
+        rows = (stop - start) * oh * ow
+        pixel_bits = np.empty((rows, layer.n_out), dtype=np.uint8)
+        _threshold_kernel(pack_rows(windows), w_t, limits, pixel_bits,
+                          np.empty((rows, -(-layer.n_out // 64)), dtype=np.uint64))
+        bits[start:stop] = pixel_bits.reshape(stop - start, -1)
+    return pack_rows(bits), bits
+
+
+@njit(cache=True, nogil=True)
+def _maxpool_kernel(images, size, and_mask, out):
+    """images (frames, H, W, C) bits -> out (frames, H', W', C): per channel OR, AND where and_mask."""
+    for f in range(out.shape[0]):
+        for oy in range(out.shape[1]):
+            for ox in range(out.shape[2]):
+                for ch in range(out.shape[3]):
+                    any_one = 0
+                    all_one = 1
+                    for dy in range(size):
+                        for dx in range(size):
+                            bit = images[f, oy * size + dy, ox * size + dx, ch]
+                            any_one |= bit
+                            all_one &= bit
+                    out[f, oy, ox, ch] = all_one if and_mask[ch] else any_one
+
+
+@golden_kernel("maxpool")
+def _maxpool(op: Op, x: np.ndarray):
+    """Packed (y, x, c) pixels -> the pooled (y, x, c) pixels, packed, and their bits."""
+    layer = op.layer
+    c, h, w = layer.in_shape
+    _, oh, ow = layer.out_shape
+    images = np.ascontiguousarray(unpack_rows(x, c * h * w).reshape(-1, h, w, c))
+    out = np.empty((images.shape[0], oh, ow, c), dtype=np.uint8)
+    _maxpool_kernel(images, layer.kernel, np.ascontiguousarray(layer.pool_and, dtype=np.uint8), out)
+    bits = out.reshape(images.shape[0], -1)
+    return pack_rows(bits), bits
 
 
 @golden_kernel("label_select")

@@ -5,7 +5,9 @@ A failing image is re-run alone with the per-layer debug taps collected (and wav
 with ``golden.execute(...).activations``. Each layer's op decodes its own taps (`Op.decode`) and the
 output op the output beat. The first layer whose output differs, and the first channel in it, is
 where to look: for a dense hidden layer we also give the golden popcount and the threshold
-(`neuron_detail`), so the sentence says whether the threshold, the weights or the popcount is suspect.
+(`neuron_detail`), so the sentence says whether the threshold, the weights or the popcount is suspect;
+for a conv or max-pool layer the output channel and the pixel (y, x) as well (its activations are
+H x W x C bits in (y, x, c) order).
 """
 from __future__ import annotations
 
@@ -27,11 +29,19 @@ class Divergence:
     golden: int                  # golden output bit (score)
     popcount: int | None = None  # golden popcount of that neuron (hidden layers)
     threshold: int | None = None
+    # Conv and max-pool layers: ``neuron`` is the index into the (y, x, c) activations; these name it.
+    channel: int | None = None
+    pixel: tuple[int, int] | None = None
 
     def describe(self, image: int, spec: NetworkSpec) -> str:
         if self.layer == len(spec.layers) - 1:
             return (f"image {image}: output layer {self.layer} class {self.neuron} score differs "
                     f"(RTL {self.rtl}, golden {self.golden}); every hidden layer's output matches golden")
+        if self.pixel is not None:
+            kind = spec.layers[self.layer].kind
+            numbers = f"; popcount {self.popcount}, threshold {self.threshold}" if self.popcount is not None else ""
+            return (f"image {image}: layer {self.layer} ({kind}) channel {self.channel} at pixel (y, x) = "
+                    f"{tuple(self.pixel)} differs (RTL {self.rtl}, golden {self.golden}{numbers})")
         return (f"image {image}: layer {self.layer} neuron {self.neuron} differs (RTL {self.rtl}, golden "
                 f"{self.golden}; popcount {self.popcount}, threshold {self.threshold})")
 
@@ -62,7 +72,8 @@ def first_divergence(spec: NetworkSpec, frame_input: np.ndarray, golden_activati
             detail = op.neuron_detail(neuron, layer_input)
             return Divergence(layer=k, neuron=neuron, rtl=int(rtl_bits[neuron]),
                               golden=int(golden_activations[k][neuron]),
-                              popcount=detail.get("popcount"), threshold=detail.get("threshold"))
+                              popcount=detail.get("popcount"), threshold=detail.get("threshold"),
+                              channel=detail.get("channel"), pixel=detail.get("pixel"))
     if rtl_scores is not None:
         for c, (got, want) in enumerate(zip(rtl_scores, golden_scores)):
             if got != want:

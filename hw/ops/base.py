@@ -76,6 +76,20 @@ class Op:
         """Beats per frame on ``o``."""
         raise NotImplementedError
 
+    @property
+    def in_unit(self) -> int:
+        """Real bits of one unit of the input stream: a unit arrives as ceil(in_unit / in_width)
+        beats, the last zero-padded. A dense layer's unit is its whole vector; a conv's or a
+        max-pool's is one pixel (C bits), H x W of them per frame."""
+        return self.layer.n_in
+
+    @property
+    def out_unit(self) -> int:
+        """Real bits of one unit of the output stream (ceil(out_unit / out_width) beats, padding in
+        the last): a dense layer's vector, a conv's or a max-pool's pixel. The network top joins
+        units of different sizes with width adapters (hw/network.py)."""
+        return self.layer.n_out
+
     def submodule_name(self, index: int) -> str:
         """The component's name in the network top (and so in the netlist's hierarchy)."""
         return f"{self.kind}{index}"

@@ -25,6 +25,32 @@ def fold_beats_to_bits(beats, n_out: int, pe: int) -> np.ndarray:
     return bits.reshape(frames, nf * pe)[:, :n_out].copy()
 
 
+def check_matrix(layer, where: str) -> None:
+    """The matrix-vector unit's part of `validate` (dense and conv): bit weights of shape
+    (n_out, n_in), a folding that fits, memory styles, thresholds in range."""
+    if layer.weights is None or layer.weights.shape != (layer.n_out, layer.n_in):
+        shape = None if layer.weights is None else layer.weights.shape
+        raise SpecError(f"{where}: weights have shape {shape}, expected "
+                        f"({layer.n_out}, {layer.n_in}): re-run the compiler on the model")
+    if layer.weights.size and (layer.weights.max() > 1):
+        raise SpecError(f"{where}: weights must be bits (0 or 1): re-run the compiler on the model")
+    if not (1 <= layer.pe <= layer.n_out) or not (1 <= layer.simd <= layer.n_in):
+        raise SpecError(f"{where}: folding PE={layer.pe}, SIMD={layer.simd} does not fit "
+                        f"{layer.n_out} outputs x {layer.n_in} inputs: choose 1 <= PE <= {layer.n_out} "
+                        f"and 1 <= SIMD <= {layer.n_in}")
+    for style in (layer.weight_style, layer.buffer_style):
+        if style not in MEMORY_STYLES:
+            raise SpecError(f"{where}: memory style {style!r}: choose one of {', '.join(MEMORY_STYLES)}")
+    if layer.thresholds is not None:
+        if layer.thresholds.shape != (layer.n_out,):
+            raise SpecError(f"{where}: {layer.thresholds.shape} thresholds for {layer.n_out} "
+                            "channels: re-run the compiler on the model")
+        lo, hi = int(layer.thresholds.min()), int(layer.thresholds.max())
+        if lo < 0 or hi > layer.n_in + 1:
+            raise SpecError(f"{where}: threshold out of range [{lo}, {hi}], the hardware takes "
+                            f"0..{layer.n_in + 1}: fold batch-norm with the compiler, which clamps them")
+
+
 @register
 class DenseOp(Op):
     kind = "dense"
@@ -43,27 +69,7 @@ class DenseOp(Op):
                             f"n_out = {layer.n_out} (C x H x W {layer.in_shape} -> {layer.out_shape}, "
                             f"K={layer.kernel}, stride {layer.stride}, padding {layer.padding}): "
                             "re-run the compiler on the model")
-        if layer.weights is None or layer.weights.shape != (layer.n_out, layer.n_in):
-            shape = None if layer.weights is None else layer.weights.shape
-            raise SpecError(f"{where}: weights have shape {shape}, expected "
-                            f"({layer.n_out}, {layer.n_in}): re-run the compiler on the model")
-        if layer.weights.size and (layer.weights.max() > 1):
-            raise SpecError(f"{where}: weights must be bits (0 or 1): re-run the compiler on the model")
-        if not (1 <= layer.pe <= layer.n_out) or not (1 <= layer.simd <= layer.n_in):
-            raise SpecError(f"{where}: folding PE={layer.pe}, SIMD={layer.simd} does not fit "
-                            f"{layer.n_out} outputs x {layer.n_in} inputs: choose 1 <= PE <= {layer.n_out} "
-                            f"and 1 <= SIMD <= {layer.n_in}")
-        for style in (layer.weight_style, layer.buffer_style):
-            if style not in MEMORY_STYLES:
-                raise SpecError(f"{where}: memory style {style!r}: choose one of {', '.join(MEMORY_STYLES)}")
-        if layer.thresholds is not None:
-            if layer.thresholds.shape != (layer.n_out,):
-                raise SpecError(f"{where}: {layer.thresholds.shape} thresholds for {layer.n_out} "
-                                "channels: re-run the compiler on the model")
-            lo, hi = int(layer.thresholds.min()), int(layer.thresholds.max())
-            if lo < 0 or hi > layer.n_in + 1:
-                raise SpecError(f"{where}: threshold out of range [{lo}, {hi}], the hardware takes "
-                                f"0..{layer.n_in + 1}: fold batch-norm with the compiler, which clamps them")
+        check_matrix(layer, where)
 
     @property
     def emits_scores(self) -> bool:

@@ -99,12 +99,14 @@ class NetworkRun:
 
 def simulate_network(spec: NetworkSpec, frames_bits: np.ndarray, *, in_width: int | None = None,
                      gap: float = 0.0, stall: float = 0.0, seed: int = 0,
-                     junk_beats_first: int = 0, max_cycles: int | None = None) -> NetworkRun:
+                     junk_beats_first: int = 0, max_cycles: int | None = None, drain: int = 0) -> NetworkRun:
     """Run frames through :class:`Network` in Amaranth's simulator and collect every output beat.
 
     ``gap``: probability of an idle input cycle before each beat; ``stall``: probability that the
     output's ready is low in a cycle. ``junk_beats_first`` beats of random input are sent first,
     then the sync reset is pulsed mid-stream; only what comes out after the reset is recorded.
+    ``drain``: cycles to keep recording the taps after the last output (a max-pool's floor drops a
+    conv's last rows, which the output then no longer waits for).
     """
     dut = Network(spec, in_width=in_width)
     top = Module()
@@ -151,7 +153,9 @@ def simulate_network(spec: NetworkSpec, frames_bits: np.ndarray, *, in_width: in
                         run.taps[k].append(int(taps[2 * k + 1]))
             cycle += 1
             if len(run.outputs) == n_frames:
-                break
+                if state.setdefault("drained", 0) == drain:
+                    break
+                state["drained"] += 1
             if cycle > max_cycles:
                 raise AssertionError(f"only {len(run.outputs)} of {n_frames} frames came out in "
                                      f"{max_cycles} cycles: {describe(spec, in_width)}")

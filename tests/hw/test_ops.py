@@ -25,6 +25,7 @@ def test_every_registered_kind_defines_every_part(kind):
 
 def test_the_kinds_of_this_part_are_registered():
     assert OPS["dense"].role == "layer" and OPS["label_select"].role == "output"
+    assert OPS["conv"].role == "layer" and OPS["maxpool"].role == "layer"
 
 
 def test_every_part_answers_for_a_real_network():
@@ -45,7 +46,7 @@ def test_every_part_answers_for_a_real_network():
 def test_an_unknown_kind_is_refused_in_one_line_naming_the_known_ones():
     spec = random_spec(1)
     bad = replace(spec, layers=(replace(spec.layers[0], kind="winograd"), *spec.layers[1:]))
-    with pytest.raises(SpecError, match=r"layer 0 has kind 'winograd'.*knows dense") as info:
+    with pytest.raises(SpecError, match=r"layer 0 has kind 'winograd'.*knows conv, dense, maxpool") as info:
         bad.validate()
     assert "\n" not in str(info.value)
     with pytest.raises(SpecError, match="output.*'topk'.*knows label_select"):

@@ -1,0 +1,253 @@
+"""The conv op: a K x K, stride-1 binary convolution = sliding-window generator + MVTU.
+
+Numerics (DESIGN.md section 2a): the layer is the dense layer of N = K*K*C inputs and O outputs
+applied once per output pixel to the window vector ordered (ky, kx, c), c fastest, pixels outside
+the image being ``pad_value`` in every channel; p, thresholds and SIMD-lane padding are the dense
+layer's. A conv always ends in thresholds: the scores layer is dense.
+
+Streams. In: one pixel per beat, C bits, raster order, H x W per frame. Out: per output pixel
+(raster order) NF = ceil(O / PE) beats of PE bits, channel nf*PE + r at bit r of beat nf, the padded
+channels of the last beat 0; H' x W' pixels per frame, H' = H + 2P - K + 1. Decoded, a frame's
+activations are (H' * W' * O) bits in (y, x, c) order.
+
+Hardware: `ConvEngine` = `SlidingWindowGenerator` (hw/swg.py: line buffers in block-RAM-able
+memories, padding inserted on the read side, G window rows per beat) -> width adapter (G*K*C ->
+SIMD bits, one window = one adapter frame) -> register slice -> `MVTU` (hw/mvtu.py, unchanged: its
+"frame" is one output pixel). G = ceil(K / (NF * SF)) (at most K), so the generator reads a window
+in ceil(K / G) <= NF * SF cycles and the MVTU never waits for it: a frame takes
+max(H' * W' * NF * SF, H * W) cycles (the second term: the generator takes one input pixel per
+cycle; it binds only for valid convs folded to about one cycle per window).
+"""
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Module, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
+from xnorflow.hw.mvtu import MVTU
+from xnorflow.hw.ops.base import Op, register
+from xnorflow.hw.ops.dense import DenseOp, check_matrix, fold_beats_to_bits
+from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
+from xnorflow.hw.swg import QUEUE_DEPTH, SlidingWindowGenerator, buffer_rows
+
+
+def window_group(layer: LayerSpec) -> int:
+    """G: window rows the generator reads per beat, so that ceil(K / G) <= NF * SF."""
+    k = layer.kernel
+    return min(k, ceil_div(k, layer.neuron_folds * layer.synapse_folds))
+
+
+def padded_images(x: np.ndarray, layer: LayerSpec) -> np.ndarray:
+    """(frames, H*W*C) bits in (y, x, c) order -> (frames, H + 2P, W + 2P, C), padded with pad_value."""
+    c, h, w = layer.in_shape
+    p = layer.padding
+    x = np.asarray(x, dtype=np.uint8).reshape(-1, h, w, c)
+    out = np.full((x.shape[0], h + 2 * p, w + 2 * p, c), layer.pad_value, dtype=np.uint8)
+    out[:, p:p + h, p:p + w] = x
+    return out
+
+
+class ConvEngine(wiring.Component):
+    """One conv layer: pixels (C bits) in, NF beats of PE threshold bits per output pixel out."""
+
+    def __init__(self, layer: LayerSpec, index: int = 0):
+        try:
+            ConvOp(layer).validate(index)
+        except SpecError:
+            self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
+            raise
+        self.layer = layer
+        self.index = index
+        self.group = window_group(layer)
+        super().__init__({
+            "i": In(stream.Signature(unsigned(layer.in_shape[0]))),
+            "o": Out(stream.Signature(unsigned(layer.pe))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        layer = self.layer
+        c, h, w = layer.in_shape
+        m.submodules.swg = swg = SlidingWindowGenerator(c, h, w, layer.kernel, layer.padding, layer.pad_value,
+                                                        self.group, style=layer.buffer_style)
+        m.submodules.mvtu = mvtu = MVTU(layer, index=self.index)
+        m.submodules.regear = adapter = WidthAdapter(swg.o.payload.shape().width, layer.simd, layer.n_in)
+        wiring.connect(m, wiring.flipped(self.i), swg.i)
+        wiring.connect(m, swg.o, adapter.i)
+        if adapter.is_identity:
+            wiring.connect(m, adapter.o, mvtu.i)
+        else:
+            # The MVTU's ready would otherwise run through the gearbox's shifter (see network.py).
+            m.submodules.slice = pipe = RegisterSlice(layer.simd)
+            wiring.connect(m, adapter.o, pipe.i)
+            wiring.connect(m, pipe.o, mvtu.i)
+        wiring.connect(m, mvtu.o, wiring.flipped(self.o))
+        return m
+
+
+@register
+class ConvOp(Op):
+    kind = "conv"
+    role = "layer"
+
+    # --- the spec --------------------------------------------------------------------------------
+    def validate(self, index: int = 0) -> None:
+        layer = self.layer
+        where = f"layer {index} (conv)"
+        c, h, w = layer.in_shape
+        k, p = layer.kernel, layer.padding
+        if min(c, h, w) < 1 or layer.n_out < 1:
+            raise SpecError(f"{where}: input C x H x W {layer.in_shape} with {layer.n_out} output channels has a "
+                            "zero size: remove the layer from the model")
+        if layer.stride != 1:
+            raise SpecError(f"{where}: stride {layer.stride}; the conv op builds stride 1 only: use a stride-1 "
+                            "conv followed by a max-pool")
+        if k < 1 or not (0 <= p < k):
+            raise SpecError(f"{where}: kernel {k} with padding {p}; supported: K >= 1 and 0 <= padding < K")
+        if k > h + 2 * p or k > w + 2 * p:
+            raise SpecError(f"{where}: kernel {k} is larger than the padded input {h + 2 * p} x {w + 2 * p}: "
+                            "use a smaller kernel or more padding")
+        if layer.pad_value not in (0, 1):
+            raise SpecError(f"{where}: pad value {layer.pad_value}; padding is the bit 0 (-1) or 1 (+1)")
+        if layer.n_in != k * k * c:
+            raise SpecError(f"{where}: n_in = {layer.n_in}, a {k} x {k} window of {c} channels has {k * k * c}: "
+                            "re-run the compiler on the model")
+        out_shape = (layer.n_out, h + 2 * p - k + 1, w + 2 * p - k + 1)
+        if layer.out_shape != out_shape:
+            raise SpecError(f"{where}: output shape {layer.out_shape}, a stride-1 {k} x {k} conv with padding {p} "
+                            f"on {layer.in_shape} gives {out_shape} (dilation is not supported): "
+                            "re-run the compiler on the model")
+        if layer.thresholds is None:
+            raise SpecError(f"{where} has no thresholds: a conv gives activation bits, the network's last "
+                            "(scores) layer must be dense")
+        check_matrix(layer, where)
+
+    @property
+    def in_width(self) -> int:
+        return self.layer.in_shape[0]
+
+    @property
+    def in_unit(self) -> int:
+        return self.layer.in_shape[0]
+
+    @property
+    def out_width(self) -> int:
+        return self.layer.pe
+
+    @property
+    def out_unit(self) -> int:
+        return self.layer.n_out
+
+    @property
+    def out_pixels(self) -> int:
+        return self.layer.out_shape[1] * self.layer.out_shape[2]
+
+    @property
+    def beats_per_frame(self) -> int:
+        return self.out_pixels * self.layer.neuron_folds
+
+    def submodule_name(self, index: int) -> str:
+        return f"conv{index}"
+
+    # --- schedule --------------------------------------------------------------------------------
+    @property
+    def cycles(self) -> int:
+        """max(output pixels x NF x SF, input pixels): the MVTU's work, or the generator taking one
+        input pixel per cycle, whichever is longer (see the module docstring)."""
+        layer = self.layer
+        return max(self.out_pixels * layer.neuron_folds * layer.synapse_folds,
+                   layer.in_shape[1] * layer.in_shape[2])
+
+    # --- memories and the resource estimate ------------------------------------------------------
+    # First-order terms from the RTL's structure, expressed in the calibrated model's existing terms
+    # (compiler/analysis.py: LogicModel). They are not yet calibrated on synthesized conv designs:
+    # that is a later step (bench/calibrate_estimate.py with conv nets), which may add terms of its own.
+    def _window_bits(self) -> int:
+        """Bits of one generator beat: G window rows of K pixels of C bits."""
+        c = self.layer.in_shape[0]
+        return window_group(self.layer) * self.layer.kernel * c
+
+    def memories(self) -> list[dict]:
+        """The MVTU's (weights, input ping-pong buffer, thresholds) and the generator's line buffer:
+        G x K banks of C-bit words, each ``rows / G x ceil(W / K)`` deep."""
+        layer = self.layer
+        c, _, w = layer.in_shape
+        g, k = window_group(layer), layer.kernel
+        rows = buffer_rows(k, layer.padding, g)
+        line = {"role": "line buffer", "width": c, "depth": rows // g * ceil_div(w, k), "count": g * k,
+                "style": layer.buffer_style, "kind": "ram"}
+        return DenseOp(layer).memories() + [line]
+
+    def logic_terms(self) -> dict[str, int]:
+        """The MVTU's terms; the generator's control counts as one more engine; its rotation
+        multiplexers (per beat bit, log2 K + log2 G stages) and its G*K*C -> SIMD gearbox as gearbox
+        bits."""
+        layer = self.layer
+        terms = DenseOp(layer).logic_terms()
+        beat_bits = self._window_bits()
+        g = window_group(layer)
+        rotation = beat_bits * (bits_for(layer.kernel - 1) + (bits_for(g - 1) if g > 1 else 0))
+        # As compiler/analysis.py's gearbox_size: buffer bits x shifter stages.
+        capacity = beat_bits + 2 * layer.simd
+        regear = 0 if (beat_bits == layer.simd and layer.n_in % layer.simd == 0) else capacity * bits_for(capacity)
+        terms["engine"] += 1
+        terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + rotation + regear
+        return terms
+
+    def flip_flops(self) -> int:
+        """The MVTU's, plus the generator's counters, row accounting, delayed masks and output queue,
+        and the gearbox and register slice in front of the MVTU."""
+        layer = self.layer
+        _, h, w = layer.in_shape
+        k, g = layer.kernel, window_group(layer)
+        oh, ow = layer.out_shape[1:]
+        rows = buffer_rows(k, layer.padding, g)
+        beat_bits = self._window_bits()
+        ffs = DenseOp(layer).flip_flops()
+        ffs += 2 * bits_for(w) + bits_for(k) + 2 * bits_for(rows) + bits_for(h)               # writer, rows held
+        ffs += 3 * (bits_for(ceil_div(k, g)) + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows) + bits_for(ow + k)
+        ffs += 2 * g + k + bits_for(g) + bits_for(k) + 1                                        # delayed masks
+        ffs += QUEUE_DEPTH * beat_bits + 2 * bits_for(QUEUE_DEPTH)                              # output queue
+        if not (beat_bits == layer.simd and layer.n_in % layer.simd == 0):
+            capacity = beat_bits + 2 * layer.simd
+            ffs += capacity + 3 * bits_for(capacity) + 2 * (layer.simd + 1)                     # gearbox, slice
+        return ffs
+
+    # --- RTL -------------------------------------------------------------------------------------
+    def component(self, index: int = 0) -> ConvEngine:
+        return ConvEngine(self.layer, index)
+
+    def decode(self, beats: list[int]) -> np.ndarray:
+        """Output beats -> (frames, H' * W' * O) activation bits in (y, x, c) order (whole frames)."""
+        pixels = fold_beats_to_bits(beats, self.layer.n_out, self.layer.pe)      # (pixels, O)
+        frames = pixels.shape[0] // self.out_pixels
+        return pixels[:frames * self.out_pixels].reshape(frames, -1)
+
+    def neuron_detail(self, neuron: int, layer_input: np.ndarray) -> dict:
+        """Output bit ``neuron`` (flat (y, x, c) index) on one frame's input: its pixel, channel,
+        golden popcount and threshold."""
+        layer = self.layer
+        o = layer.n_out
+        pixel, channel = divmod(int(neuron), o)
+        y, x = divmod(pixel, layer.out_shape[2])
+        k = layer.kernel
+        window = padded_images(np.asarray(layer_input)[None, :], layer)[0, y:y + k, x:x + k].reshape(-1)
+        return {"popcount": int(np.count_nonzero(window == layer.weights[channel])),
+                "threshold": int(layer.thresholds[channel]), "pixel": (y, x), "channel": channel}
+
+    # --- numerics --------------------------------------------------------------------------------
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """(frames, H*W*C) bits in (y, x, c) order -> (frames, H'*W'*O) bits in (y, x, c) order."""
+        layer = self.layer
+        k = layer.kernel
+        _, oh, ow = layer.out_shape
+        images = padded_images(x, layer)
+        out = np.empty((images.shape[0], oh, ow, layer.n_out), dtype=np.uint8)
+        for y in range(oh):
+            for xx in range(ow):
+                window = images[:, y:y + k, xx:xx + k, :].reshape(images.shape[0], -1)     # (ky, kx, c)
+                counts = (window[:, None, :] == layer.weights[None, :, :]).sum(axis=2)
+                out[:, y, xx] = counts >= layer.thresholds[None, :]
+        return out.reshape(images.shape[0], -1)
