@@ -20,6 +20,8 @@ cycle; it binds only for valid convs folded to about one cycle per window).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from amaranth.hdl import Module, unsigned
 from amaranth.lib import stream, wiring
@@ -159,6 +161,21 @@ class ConvOp(Op):
         layer = self.layer
         return max(self.out_pixels * layer.neuron_folds * layer.synapse_folds,
                    layer.in_shape[1] * layer.in_shape[2])
+
+    # --- folding ---------------------------------------------------------------------------------
+    def _per_window(self, target_cycles: int) -> tuple[DenseOp, int]:
+        """The dense op of one window's matrix-vector product and its cycle budget per window."""
+        return DenseOp(replace(self.layer, kind="dense", in_shape=None, out_shape=None)), max(
+            1, target_cycles // self.out_pixels)
+
+    def cheapest_folding(self, target_cycles: int) -> tuple[int, int]:
+        """The dense rule for one window, with the target divided among the output pixels."""
+        dense, budget = self._per_window(target_cycles)
+        return dense.cheapest_folding(budget)
+
+    def folding_candidates(self, target_cycles: int, widths: list[int]) -> list[tuple[int, int]]:
+        dense, budget = self._per_window(target_cycles)
+        return dense.folding_candidates(budget, widths)
 
     # --- memories and the resource estimate ------------------------------------------------------
     # First-order terms from the RTL's structure, expressed in the calibrated model's existing terms

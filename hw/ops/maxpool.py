@@ -153,6 +153,13 @@ class MaxPoolOp(Op):
         """One input pixel per cycle: H x W."""
         return self.layer.in_shape[1] * self.layer.in_shape[2]
 
+    # A pool has no folding: one input pixel per cycle, whatever the target.
+    def cheapest_folding(self, target_cycles: int) -> tuple[int, int]:
+        return self.layer.pe, self.layer.simd
+
+    def folding_candidates(self, target_cycles: int, widths: list[int]) -> list[tuple[int, int]]:
+        return [(self.layer.pe, self.layer.simd)]
+
     # First-order terms, not yet calibrated on synthesized designs (a later step, as for conv).
     def memories(self) -> list[dict]:
         c, _, ow = self.layer.out_shape
