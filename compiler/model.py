@@ -194,7 +194,8 @@ class BnnModel:
 
     @property
     def input_bits(self) -> int:
-        return self.layers[0].n_in
+        first = self.layers[0]
+        return int(np.prod(first.in_shape)) if isinstance(first, (ConvLayer, MaxPoolLayer)) else first.n_in
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import BnnModel, CompileError, model_from_file_dict
+from .model import BnnModel, CompileError, ConvLayer, hardware_column_order, model_from_file_dict
 
 # Without a dataset, a QONNX graph is compiled with this many seeded random frames as test vectors.
 RANDOM_FRAMES = 1000
@@ -53,8 +53,12 @@ class ModelFileSource:
         if bits.shape[1] != record["in_features"]:
             raise CompileError(f"dataset {name} has {bits.shape[1]} input features but the model takes "
                                f"{record['in_features']}: compile with the dataset the model was trained on")
-        return TestFrames(name, bits, data.test_labels.astype(np.int64), predict(model_from_file(record), bits),
-                          dict(record["binarize"]))
+        reference = predict(model_from_file(record), bits)
+        first = self.model.layers[0]
+        if isinstance(first, ConvLayer):
+            # Images arrive in PyTorch's (c, y, x) order; the stream carries pixels, (y, x, c).
+            bits = np.ascontiguousarray(bits[:, hardware_column_order(first.in_shape)])
+        return TestFrames(name, bits, data.test_labels.astype(np.int64), reference, dict(record["binarize"]))
 
 
 class QonnxSource:
