@@ -107,8 +107,8 @@ READABLE_VERSIONS = (1, 2)
 REQUIRED_KEYS = ("format", "version", "arch", "in_features", "hidden", "n_classes", "dataset", "binarize",
                  "state_dict", "layers", "accuracy_torch", "train")
 BN_KEYS = ("gamma", "beta", "mean", "var", "eps")
-# Modules that are the identity on a flat vector in eval mode: allowed anywhere in the chain.
-NEUTRAL_MODULES = (nn.Identity, nn.Dropout)
+# Modules that are the identity in eval mode: allowed anywhere in the chain.
+NEUTRAL_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 CHAIN_HINT = ("an xnorflow model is a chain of BinaryLinear [-> BatchNorm1d] -> SignActivation blocks "
               "ending in BinaryLinear [-> Scale]")
 CONV_HINT = ("xnorflow builds BinaryConv2d with stride 1, no dilation, one group and +-1 padding "

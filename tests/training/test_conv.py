@@ -206,7 +206,7 @@ def test_both_pool_orders_are_recorded_and_reproduced(tmp_path):
 
 
 def test_bn_before_pool_before_sign_is_a_pool_after_the_activation():
-    model = nn.Sequential(BinaryConv2d(1, 2, 3), BatchNorm2d(2), MaxPool2d(2), SignActivation(),
+    model = nn.Sequential(BinaryConv2d(1, 2, 3), BatchNorm2d(2), MaxPool2d(2), SignActivation(), nn.Dropout2d(0.2),
                           Flatten(), BinaryLinear(2 * 3 * 3, 3))
     layers = extract_layers(model, image_shape=(1, 8, 8))
     assert layers[0]["pool"] == {"size": 2, "before_bn": False}
