@@ -23,7 +23,8 @@ examples:
   xnorflow export   model.pt -o model.onnx                  # an xnorflow model as a QONNX graph
 
 datasets: digits (bundled with scikit-learn) | fashion-mnist (Debian's dataset-fashion-mnist or
-$XNORFLOW_DATA) | idx:DIR (a folder with the four MNIST-format IDX files, optionally .gz)
+$XNORFLOW_DATA) | idx:DIR (a folder with the four MNIST-format IDX files, optionally .gz) |
+          cifar10:DIR (CIFAR-10's binary version: data_batch_1..5.bin, test_batch.bin; not shipped, download it)
 boards:   icebreaker | ulx3s-25f | ulx3s-45f | ulx3s-85f | orangecrab
 """
 
@@ -124,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a binarized network and save a model file",
                        description="Train a BNN (binary weights and activations, batch-norm) with Adam.")
-    p.add_argument("--arch", default="tfc", help="tfc (64x3) | sfc (256x3) | lfc (1024x3) (default: tfc)")
-    p.add_argument("--dataset", default="digits", help="digits | fashion-mnist | idx:DIR (default: digits)")
+    p.add_argument("--arch", default="tfc",
+                   help="tfc (64x3) | sfc (256x3) | lfc (1024x3) | scnv (conv, for 28x28) | cnv (FINN's CNV, for "
+                        "32x32xC); conv nets pad by -1 on smaller images (default: tfc)")
+    p.add_argument("--dataset", default="digits",
+                   help="digits | fashion-mnist | idx:DIR | cifar10:DIR (binary version) (default: digits)")
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write, e.g. model.pt")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: per dataset)")
     p.add_argument("--seed", type=seed_value, default=0, help="random seed (default: 0)")

@@ -1,4 +1,8 @@
-"""Datasets as flat uint8 pixel arrays, and the binarisation rule that turns pixels into input bits.
+"""Datasets as flat uint8 pixel arrays with their image shape, and the rule that turns pixels into bits.
+
+Images are stored flat, (n, C*H*W), in PyTorch's (c, y, x) order; ``Dataset.image_shape`` is (C, H, W)
+(C = 1 for grey images), so ``images.reshape(n, *image_shape)`` is the (N, C, H, W) tensor a conv net
+takes.
 
 Names accepted by :func:`load_dataset`:
 
@@ -9,9 +13,15 @@ Names accepted by :func:`load_dataset`:
   files or a folder holding a ``fashion-mnist`` sub-folder).
 - ``idx:DIR``: any folder with the standard MNIST-format files train-images-idx3-ubyte,
   train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally ``.gz``.
+- ``cifar10:DIR``: the *binary* version of CIFAR-10 (cifar-10-binary.tar.gz, extracted): DIR (or its
+  ``cifar-10-batches-bin`` sub-folder) holds data_batch_1.bin .. data_batch_5.bin (training) and
+  test_batch.bin, each a sequence of 3073-byte records: 1 label byte (0..9), then 3072 pixel bytes,
+  the 1024 red, 1024 green and 1024 blue values of a 32x32 image in raster order, i.e. (c, y, x).
+  The pickled "python version" is never read (unpickling runs code). CIFAR-10 is not shipped with
+  xnorflow nor installed on the reference machine: download it yourself.
 
-Binarisation (DESIGN.md section 2): a pixel becomes the bit ``pixel >= threshold`` (bit 1 = +1). The
-rule is a small dict stored in the model file, so training, the golden model and the hardware agree::
+Binarisation (DESIGN.md section 2): a pixel becomes the bit ``pixel >= threshold`` (bit 1 = +1), every
+channel by the same threshold. The rule is a small dict stored in the model file, so training, the golden model and the hardware agree::
 
     {"rule": "pixel >= threshold", "threshold": T, "max_value": M}
 """
@@ -28,6 +38,7 @@ from xnorflow.errors import XnorflowError
 
 __all__ = [
     "BINARIZE_RULE",
+    "CIFAR10_FILES",
     "DATASET_NAMES",
     "FASHION_MNIST_DIR",
     "IDX_FILES",
@@ -40,7 +51,7 @@ __all__ = [
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASET_NAMES = ("digits", "fashion-mnist", "idx:DIR")
+DATASET_NAMES = ("digits", "fashion-mnist", "idx:DIR", "cifar10:DIR")
 BINARIZE_RULE = "pixel >= threshold"
 
 # The four standard files of an MNIST-format folder, by role.
@@ -51,6 +62,16 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}   # unsigned-byte data with 3 (images) or 1 (labels) dims
+
+# CIFAR-10's binary version, by split; each file is a sequence of records of 1 label + 3072 pixel bytes.
+CIFAR10_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+CIFAR10_SHAPE = (3, 32, 32)
+CIFAR10_RECORD = 1 + 3 * 32 * 32
+CIFAR10_CLASSES = 10
+CIFAR10_SUBFOLDER = "cifar-10-batches-bin"      # what cifar-10-binary.tar.gz extracts to
 
 # Default binarisation threshold per dataset: the candidate with the best measured test accuracy.
 # digits, TFC, 40 epochs, mean of seeds 0-2: T=2 89.2%, 4 91.3%, 6 92.7%, 8 92.2%, 10 91.2%.
@@ -68,7 +89,8 @@ class DatasetError(XnorflowError):
 
 @dataclass
 class Dataset:
-    """Raw pixels, flattened: images are (n, features) uint8 in 0..max_value; labels int64."""
+    """Raw pixels, flattened in (c, y, x) order: images are (n, C*H*W) uint8 in 0..max_value; labels
+    int64; ``image_shape`` is (C, H, W)."""
 
     name: str
     train_images: np.ndarray
@@ -159,7 +181,7 @@ def load_idx_folder(folder: str | Path, name: str, fix: str) -> Dataset:
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise DatasetError(f"{folder}: train images are {arrays['train_images'].shape[1:]} but test images "
                            f"are {arrays['test_images'].shape[1:]}: use files of the same dataset")
-    image_shape = tuple(int(d) for d in arrays["train_images"].shape[1:])
+    image_shape = (1, *(int(d) for d in arrays["train_images"].shape[1:]))   # grey: one channel
     return Dataset(
         name=name,
         train_images=arrays["train_images"].reshape(len(arrays["train_images"]), -1).copy(),
@@ -192,18 +214,65 @@ def load_digits_dataset() -> Dataset:
     labels = digits.target.astype(np.int64)
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=DIGITS_SPLIT_SEED)
-    return Dataset("digits", train_x, train_y, test_x, test_y, max_value=16, image_shape=(8, 8))
+    return Dataset("digits", train_x, train_y, test_x, test_y, max_value=16, image_shape=(1, 8, 8))
+
+
+# --- CIFAR-10, binary version ----------------------------------------------------------------------------
+
+def read_cifar10_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 3072) uint8 in (c, y, x) order, labels (n,) int64) of one CIFAR-10 binary file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path} ({exc.strerror}): replace it with the file from "
+                           "cifar-10-binary.tar.gz") from None
+    if not data or len(data) % CIFAR10_RECORD:
+        raise DatasetError(f"{path} holds {len(data)} bytes, not a positive multiple of the {CIFAR10_RECORD}-byte "
+                           "CIFAR-10 record (1 label + 3072 pixels): the file is truncated or not the binary "
+                           "version; replace it with the file from cifar-10-binary.tar.gz")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() >= CIFAR10_CLASSES:
+        bad = int(np.argmax(labels >= CIFAR10_CLASSES))
+        raise DatasetError(f"{path}: record {bad} has label {int(labels[bad])}, CIFAR-10 labels are 0..9: "
+                           "the file is corrupt or not CIFAR-10's binary version; replace it")
+    return records[:, 1:].copy(), labels
+
+
+def load_cifar10_folder(folder: str | Path, name: str) -> Dataset:
+    """The CIFAR-10 binary files of ``folder`` (or of its cifar-10-batches-bin sub-folder)."""
+    folder = Path(folder).expanduser()
+    fix = ("download cifar-10-binary.tar.gz (the binary version, not the python one) from "
+           "https://www.cs.toronto.edu/~kriz/cifar.html and extract it there")
+    if not folder.is_dir():
+        raise DatasetError(f"CIFAR-10 folder {folder} does not exist: {fix}")
+    if not (folder / CIFAR10_FILES["test"][0]).exists() and (folder / CIFAR10_SUBFOLDER).is_dir():
+        folder = folder / CIFAR10_SUBFOLDER
+    wanted = [*CIFAR10_FILES["train"], *CIFAR10_FILES["test"]]
+    missing = [stem for stem in wanted if not (folder / stem).is_file()]
+    if missing:
+        pickled = " (it holds the pickled python version, which xnorflow never reads)" \
+            if (folder / "data_batch_1").exists() else ""
+        raise DatasetError(f"{folder} lacks the CIFAR-10 binary files {', '.join(missing)}{pickled}: {fix}")
+    splits = {}
+    for split, stems in CIFAR10_FILES.items():
+        parts = [read_cifar10_file(folder / stem) for stem in stems]
+        splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return Dataset(name, splits["train"][0], splits["train"][1], splits["test"][0], splits["test"][1],
+                   max_value=255, image_shape=CIFAR10_SHAPE)
 
 
 def canonical_dataset_name(name: str) -> str:
-    """``idx:DIR`` with DIR made absolute, so the name means the same folder from any directory."""
-    if isinstance(name, str) and name.startswith("idx:") and len(name) > len("idx:"):
-        return "idx:" + str(Path(name[len("idx:"):]).expanduser().resolve())
+    """``idx:DIR`` / ``cifar10:DIR`` with DIR made absolute, so the name means the same folder from
+    any directory."""
+    for prefix in ("idx:", "cifar10:"):
+        if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
+            return prefix + str(Path(name[len(prefix):]).expanduser().resolve())
     return name
 
 
 def load_dataset(name: str) -> Dataset:
-    """Load ``digits``, ``fashion-mnist`` or ``idx:DIR`` (see the module docstring)."""
+    """Load ``digits``, ``fashion-mnist``, ``idx:DIR`` or ``cifar10:DIR`` (see the module docstring)."""
     if name == "digits":
         return load_digits_dataset()
     if name == "fashion-mnist":
@@ -218,6 +287,12 @@ def load_dataset(name: str) -> Dataset:
                                "MNIST-format IDX files")
         fix = f"put the four MNIST-format files ({', '.join(IDX_FILES.values())}, optionally .gz) in it"
         return load_idx_folder(folder, name, fix)
+    if name.startswith("cifar10:"):
+        folder = name[len("cifar10:"):]
+        if not folder:
+            raise DatasetError("dataset 'cifar10:' names no folder: write cifar10:DIR with DIR holding "
+                               "CIFAR-10's binary files (data_batch_1.bin .. data_batch_5.bin, test_batch.bin)")
+        return load_cifar10_folder(folder, name)
     raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
 
 

@@ -14,6 +14,18 @@ Typical use::
     ...
     optimizer.step()
     clip_latent_weights(model)   # keep latent weights in [-1, 1] so their gradients stay alive
+
+Convolutions (DESIGN.md section 2a) work the same way on (N, C, H, W) tensors of +-1 values::
+
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),                        # flat input bits -> (C, H, W)
+        BinaryConv2d(1, 32, 3), BatchNorm2d(32), SignActivation(),
+        BinaryConv2d(32, 32, 3, padding=1, pad_value=-1), BatchNorm2d(32), SignActivation(),
+        MaxPool2d(2),                                         # max of +-1 values: the hardware ORs bits
+        Flatten(), BinaryLinear(32 * 13 * 13, 10), Scale())
+
+A BinaryConv2d pads its +-1 input with ``pad_value`` (-1 or +1, never 0, which is no bit) and is
+stride 1, no dilation, one group: the model file refuses anything else (model_file.extract_layers).
 """
 from __future__ import annotations
 
@@ -23,7 +35,11 @@ from torch import nn
 
 __all__ = [
     "BatchNorm",
+    "BatchNorm2d",
+    "BinaryConv2d",
     "BinaryLinear",
+    "Flatten",
+    "MaxPool2d",
     "Scale",
     "SignActivation",
     "binary_sign",
@@ -33,6 +49,13 @@ __all__ = [
 
 # Plain BatchNorm1d: the compiler folds its eval-mode form into integer thresholds.
 BatchNorm = nn.BatchNorm1d
+# The same per channel of a conv's (N, C, H, W) output.
+BatchNorm2d = nn.BatchNorm2d
+# Plain max-pool (kernel_size = stride, no padding, floor): on +-1 values it is the OR of the window's bits.
+MaxPool2d = nn.MaxPool2d
+# Plain flatten (start_dim 1): (N, C, H, W) -> (N, C*H*W) in PyTorch's (c, y, x) order, recorded in the
+# model file so the compiler can permute the next dense layer's columns to the hardware's (y, x, c).
+Flatten = nn.Flatten
 
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +108,51 @@ class BinaryLinear(nn.Linear):
         self.weight.clamp_(-1.0, 1.0)
 
 
+class BinaryConv2d(nn.Conv2d):
+    """A 2-D convolution whose forward pass uses sign(latent weight) in {-1, +1}.
+
+    ``padding`` pixels of ``pad_value`` (-1 or +1: a bit, never zero-padding) surround the +-1 input:
+    the input is padded explicitly with ``F.pad(value=pad_value)`` and the convolution itself runs with
+    padding 0, so PyTorch and the hardware see the same values at the border. ``stride``, ``dilation``
+    and ``groups`` exist so that a layer built with them is a valid torch module, but the model file
+    refuses anything other than 1 (the hardware builds stride-1 dense windows only).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 pad_value: int = -1, bias: bool = False, stride: int = 1, dilation: int = 1, groups: int = 1):
+        if isinstance(kernel_size, (tuple, list)):
+            if len(set(kernel_size)) != 1:
+                raise ValueError(f"BinaryConv2d kernel_size {tuple(kernel_size)}: give one square size K")
+            kernel_size = kernel_size[0]
+        if not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"BinaryConv2d padding {padding!r}: give one non-negative integer P "
+                             "(the same on every side)")
+        if pad_value not in (-1, 1):
+            raise ValueError(f"BinaryConv2d pad_value {pad_value!r}: pad with -1 or +1 (a bit), never 0")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
+                         dilation=dilation, groups=groups, bias=bias)
+        self.pad = int(padding)
+        self.pad_value = int(pad_value)
+
+    def binary_weight(self) -> torch.Tensor:
+        """The {-1, +1} weights used in the forward pass (no gradient path)."""
+        return binary_sign(self.weight.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, value=float(self.pad_value))
+        return F.conv2d(x, sign_ste(self.weight), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+    @torch.no_grad()
+    def clip_(self) -> None:
+        """Clip the latent weights into [-1, 1] in place."""
+        self.weight.clamp_(-1.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pad={self.pad}, pad_value={self.pad_value}"
+
+
 class SignActivation(nn.Module):
     """+1 if x >= 0 else -1; backward is the hardtanh STE (gradient zero where |x| > 1)."""
 
@@ -116,7 +184,7 @@ class Scale(nn.Module):
 
 @torch.no_grad()
 def clip_latent_weights(model: nn.Module) -> None:
-    """Clip the latent weights of every BinaryLinear in ``model`` into [-1, 1]."""
+    """Clip the latent weights of every BinaryLinear and BinaryConv2d in ``model`` into [-1, 1]."""
     for module in model.modules():
-        if isinstance(module, BinaryLinear):
+        if isinstance(module, (BinaryLinear, BinaryConv2d)):
             module.clip_()

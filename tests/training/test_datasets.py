@@ -52,7 +52,7 @@ def test_idx_folder_loads_plain_and_gzip(tmp_path, gz):
     arrays = write_idx_folder(tmp_path, gz=gz)
     data = load_dataset(f"idx:{tmp_path}")
     assert data.name == f"idx:{tmp_path}"
-    assert data.image_shape == (4, 3) and data.max_value == 255
+    assert data.image_shape == (1, 4, 3) and data.max_value == 255
     assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int64
     np.testing.assert_array_equal(data.train_images, arrays["train_images"].reshape(12, 12))
     np.testing.assert_array_equal(data.test_images, arrays["test_images"].reshape(5, 12))
@@ -105,7 +105,7 @@ def test_read_idx_header_too_short(tmp_path):
 
 
 def test_unknown_dataset_names_the_known_ones():
-    with pytest.raises(DatasetError, match="unknown dataset 'cifar'.*digits, fashion-mnist, idx:DIR"):
+    with pytest.raises(DatasetError, match="unknown dataset 'cifar'.*digits, fashion-mnist, idx:DIR, cifar10:DIR"):
         load_dataset("cifar")
     with pytest.raises(DatasetError, match="names no folder"):
         load_dataset("idx:")
@@ -129,14 +129,14 @@ def test_real_fashion_mnist(monkeypatch):
     monkeypatch.delenv("XNORFLOW_DATA", raising=False)
     data = load_dataset("fashion-mnist")
     assert data.train_images.shape == (60000, 784) and data.test_images.shape == (10000, 784)
-    assert data.image_shape == (28, 28) and data.n_classes == 10
+    assert data.image_shape == (1, 28, 28) and data.n_classes == 10
     assert np.bincount(data.test_labels).tolist() == [1000] * 10
 
 
 def test_digits_split_is_fixed_and_stratified():
     first, second = load_dataset("digits"), load_dataset("digits")
     np.testing.assert_array_equal(first.test_images, second.test_images)
-    assert first.train_images.shape[1] == 64 and first.image_shape == (8, 8) and first.max_value == 16
+    assert first.train_images.shape[1] == 64 and first.image_shape == (1, 8, 8) and first.max_value == 16
     assert len(first.train_images) + len(first.test_images) == 1797
     assert len(first.test_images) == 360
     counts = np.bincount(first.test_labels)

@@ -72,9 +72,9 @@ def test_round_trip_gives_same_predictions(tmp_path):
     model = randomised_model()
     path = save(tmp_path, model, image_shape=(8, 8))
     record = load_model_file(path)
-    assert record["format"] == "xnorflow-model" and record["version"] == 1
+    assert record["format"] == "xnorflow-model" and record["version"] == 2
     assert record["in_features"] == 64 and record["hidden"] == [64, 64, 64] and record["n_classes"] == 10
-    assert record["binarize"] == RULE and record["image_shape"] == [8, 8] and record["accuracy_torch"] == 0.5
+    assert record["binarize"] == RULE and record["image_shape"] == [1, 8, 8] and record["accuracy_torch"] == 0.5
     bits = random_bits(500, 64)
     reloaded = model_from_file(record)
     assert not reloaded.training
@@ -163,7 +163,7 @@ def test_wrong_format(tmp_path, content, found):
 def test_wrong_version_and_missing_keys(tmp_path):
     record = torch.load(save(tmp_path, randomised_model()), weights_only=True)
     torch.save({**record, "version": 99}, tmp_path / "v99.pt")
-    with pytest.raises(ModelFileError, match="version 99, this xnorflow reads version 1"):
+    with pytest.raises(ModelFileError, match="version 99, this xnorflow reads versions 1 and 2"):
         load_model_file(tmp_path / "v99.pt")
     del record["binarize"], record["layers"]
     torch.save(record, tmp_path / "partial.pt")

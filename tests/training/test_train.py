@@ -89,7 +89,7 @@ def test_idx_folder_trains_end_to_end(tmp_path):
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     summary = train("tfc", f"idx:{folder}", tmp_path / "m.pt", epochs=3, progress=False, threads=1)
     record = load_model_file(tmp_path / "m.pt")
-    assert record["n_classes"] == 2 and record["in_features"] == 36 and record["image_shape"] == [6, 6]
+    assert record["n_classes"] == 2 and record["in_features"] == 36 and record["image_shape"] == [1, 6, 6]
     assert record["binarize"]["threshold"] == 128 and summary["accuracy_torch"] >= 0.9
 
 
