@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from amaranth.back import verilog
-from board_helpers import random_frames, random_network
+from spec_factory import random_frames, sized_network
 
 from xnorflow.boards.host import pack_frames
 from xnorflow.boards.registry import get_board
@@ -62,7 +62,7 @@ def run_board_top(spec, frames_bits, work: Path, gap_probability: float = 0.1, s
 
 def test_board_top_answers_tagged_golden_classes_over_uart(tmp_path):
     # 37 input bits = 5 bytes per frame, fed through the 8 -> 5 bit input adapter; three layers.
-    spec = random_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
+    spec = sized_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
     # 140 frames: the 7-bit frame counter in the tags wraps from 127 to 0 along the way.
     frames_bits = random_frames(spec, 140, seed=4)
     expected = execute(spec, frames_bits).predictions.tolist()
@@ -81,17 +81,17 @@ def test_board_top_answers_tagged_golden_classes_over_uart(tmp_path):
 
 
 def test_frame_bytes_and_class_limit():
-    spec = random_network([37, 5], [(1, 5)])
+    spec = sized_network([37, 5], [(1, 5)])
     assert frame_bytes(spec) == 5
-    too_many = random_network([8, 129], [(1, 8)])
+    too_many = sized_network([8, 129], [(1, 8)])
     with pytest.raises(SpecError, match="at most 128 classes"):
         BoardTopCore(too_many, clk_hz=12e6)
-    check_protocol(random_network([8, 128], [(1, 8)]))    # 127 is the largest class index: accepted
+    check_protocol(sized_network([8, 128], [(1, 8)]))    # 127 is the largest class index: accepted
 
 
 def test_board_top_elaborates_on_every_platform():
     """The platform wrapper finds the clock and the UART (and LEDs where present) on each board."""
-    spec = random_network([16, 4], [(1, 8)])
+    spec = sized_network([16, 4], [(1, 8)])
     for name in ("icebreaker", "ulx3s-85f", "orangecrab"):
         board = get_board(name)
         platform = board.platform()

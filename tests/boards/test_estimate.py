@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from board_helpers import random_network
+from spec_factory import sized_network
 
 from xnorflow.boards.registry import get_board
 from xnorflow.boards.synth import synthesize
@@ -32,7 +32,7 @@ def stored_designs() -> list[dict]:
 def spec_of(record: dict) -> NetworkSpec:
     """A stored design's spec: its sizes, folding and memory placement (the estimate depends on
     shapes and placement only, so fresh random weights do)."""
-    spec = random_network(record["sizes"], [tuple(f) for f in record["folding"]])
+    spec = sized_network(record["sizes"], [tuple(f) for f in record["folding"]])
     layers = tuple(replace(layer, weight_style=placed["weight_style"], buffer_style=placed["buffer_style"])
                    for layer, placed in zip(spec.layers, record["layers"]))
     return replace(spec, layers=layers)
@@ -63,7 +63,7 @@ def test_calibration_designs_are_still_what_the_compiler_places():
     designs the compiler really builds (re-run bench/calibrate_estimate.py when this fails)."""
     for record in stored_designs():
         board = get_board(record["board"])
-        spec = random_network(record["sizes"], [tuple(f) for f in record["folding"]])
+        spec = sized_network(record["sizes"], [tuple(f) for f in record["folding"]])
         placed = place_for_board(spec, board)
         assert [(l.weight_style, l.buffer_style) for l in placed.layers] == \
             [(l["weight_style"], l["buffer_style"]) for l in record["layers"]], record["name"]
@@ -80,11 +80,11 @@ def check_against_synthesis(spec, board_name: str, out_dir) -> None:
 
 @pytest.mark.slow
 def test_tfc_on_icebreaker_estimate_matches_synthesis(tmp_path):
-    spec = random_network([784, 64, 64, 64, 10], [(4, 49), (4, 16), (2, 32), (1, 16)], seed=5)
+    spec = sized_network([784, 64, 64, 64, 10], [(4, 49), (4, 16), (2, 32), (1, 16)], seed=5)
     check_against_synthesis(spec, "icebreaker", tmp_path)
 
 
 @pytest.mark.slow
 def test_sfc_on_ulx3s_estimate_matches_synthesis(tmp_path):
-    spec = random_network([784, 256, 256, 256, 10], [(16, 49), (16, 32), (16, 32), (2, 32)], seed=5)
+    spec = sized_network([784, 256, 256, 256, 10], [(16, 49), (16, 32), (16, 32), (2, 32)], seed=5)
     check_against_synthesis(spec, "ulx3s-85f", tmp_path)

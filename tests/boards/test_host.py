@@ -3,8 +3,8 @@ import os
 
 import numpy as np
 import pytest
-from board_helpers import random_frames, random_network
 from conftest import run_cli
+from spec_factory import random_frames, sized_network
 
 from xnorflow.boards.host import BoardModel, HostError, pack_frames, run_on_board
 from xnorflow.boards.protocol import answer
@@ -13,7 +13,7 @@ from xnorflow.sim.golden import execute
 
 
 def test_pack_frames_is_lsb_first_and_zero_padded():
-    spec = random_network([11, 3], [(1, 11)])
+    spec = sized_network([11, 3], [(1, 11)])
     bits = np.zeros((2, 11), dtype=np.uint8)
     bits[0, [0, 9]] = 1          # byte 0 bit 0, byte 1 bit 1
     bits[1, [7, 10]] = 1         # byte 0 bit 7, byte 1 bit 2
@@ -21,7 +21,7 @@ def test_pack_frames_is_lsb_first_and_zero_padded():
 
 
 def test_pack_frames_refuses_wrong_shapes_and_non_bits():
-    spec = random_network([11, 3], [(1, 11)])
+    spec = sized_network([11, 3], [(1, 11)])
     with pytest.raises(HostError, match=r"\(frames, 11\)"):
         pack_frames(spec, np.zeros((2, 12), dtype=np.uint8))
     with pytest.raises(HostError, match="bits"):
@@ -29,7 +29,7 @@ def test_pack_frames_refuses_wrong_shapes_and_non_bits():
 
 
 def test_driver_gets_the_golden_classes_from_the_board_model(tmp_path):
-    spec = random_network([70, 32, 10], [(4, 8), (2, 8)], seed=5)
+    spec = sized_network([70, 32, 10], [(4, 8), (2, 8)], seed=5)
     frames = random_frames(spec, 60, seed=6)
     golden = execute(spec, frames).predictions
     assert len(set(golden.tolist())) > 2
@@ -50,7 +50,7 @@ def test_driver_gets_the_golden_classes_from_the_board_model(tmp_path):
 
 
 def test_driver_reports_a_silent_board_naming_the_port():
-    spec = random_network([16, 4], [(1, 8)])
+    spec = sized_network([16, 4], [(1, 8)])
     master, slave = os.openpty()
     try:
         name = os.ttyname(slave)
@@ -62,7 +62,7 @@ def test_driver_reports_a_silent_board_naming_the_port():
 
 
 def test_driver_refuses_a_missing_port_and_mismatched_labels(tmp_path):
-    spec = random_network([16, 4], [(1, 8)])
+    spec = sized_network([16, 4], [(1, 8)])
     frames = random_frames(spec, 3)
     with pytest.raises(HostError, match="cannot open"):
         run_on_board(str(tmp_path / "no-such-tty"), spec, frames)
@@ -128,7 +128,7 @@ def single_byte_faults(chunks: list[bytes], n_classes: int):
 
 
 def test_no_single_byte_fault_shifts_answers_onto_the_wrong_frames():
-    spec = random_network([20, 16, 6], [(4, 4), (2, 4)], seed=2)
+    spec = sized_network([20, 16, 6], [(4, 4), (2, 4)], seed=2)
     frames = random_frames(spec, 6, seed=3)
     golden = execute(spec, frames).predictions.tolist()
     chunks = [answer(120 + k, c) for k, c in enumerate(golden)]    # the counter wraps mid-run
@@ -153,7 +153,7 @@ def test_no_single_byte_fault_shifts_answers_onto_the_wrong_frames():
 
 
 def test_a_stray_byte_reports_how_many_answers_were_confirmed():
-    spec = random_network([20, 16, 6], [(4, 4), (2, 4)], seed=2)
+    spec = sized_network([20, 16, 6], [(4, 4), (2, 4)], seed=2)
     frames = random_frames(spec, 6, seed=3)
     golden = execute(spec, frames).predictions.tolist()
     chunks = [answer(k, c) for k, c in enumerate(golden)]

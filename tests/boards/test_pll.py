@@ -6,9 +6,9 @@ import re
 from fractions import Fraction
 
 import pytest
-from board_helpers import random_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from spec_factory import sized_network
 
 from xnorflow.boards.pll import LIMITS, PllError, plan_pll
 from xnorflow.boards.registry import get_board
@@ -188,7 +188,7 @@ def test_impossible_requests_say_what_is_possible(family, f_in, f_want, words):
 def build_files(board_name: str, clock_hz):
     """The RTLIL and constraint files amaranth writes for the board top (tools not run)."""
     board = get_board(board_name)
-    spec = random_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
+    spec = sized_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
     top = BoardTop(spec, board, clock_hz=clock_hz)
     plan = board.platform().build(top, name="xnorflow", do_build=False)
     return top, plan.files
@@ -224,6 +224,6 @@ def test_board_top_without_clock_runs_at_the_oscillator():
 
 
 def test_board_top_refuses_an_impossible_clock_before_building():
-    spec = random_network([37, 24, 5], [(6, 5), (1, 24)], seed=3)
+    spec = sized_network([37, 24, 5], [(6, 5), (1, 24)], seed=3)
     with pytest.raises(PllError, match="16-275 MHz"):
         BoardTop(spec, get_board("icebreaker"), clock_hz=8 * MHZ)

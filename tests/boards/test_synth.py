@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
-from board_helpers import random_network
+from spec_factory import sized_network
 
 from xnorflow.boards.pll import plan_pll
 from xnorflow.boards.registry import get_board
@@ -40,7 +40,7 @@ def weight_memories(result: dict, layer: int) -> dict:
 
 def test_tiny_network_on_icebreaker(tmp_path):
     # Layer 0's weights are asked for in block RAM (Yosys alone would put banks this small in LUTs).
-    spec = random_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3,
+    spec = sized_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3,
                           weight_styles=["block", "auto", "auto"])
     result = synthesize(spec, "icebreaker", tmp_path, progress=False)
 
@@ -61,7 +61,7 @@ def test_tiny_network_on_icebreaker(tmp_path):
 
 
 def tiny_network():
-    return random_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
+    return sized_network([37, 24, 16, 5], [(6, 5), (8, 8), (1, 16)], seed=3)
 
 
 def yosys_cells(out_dir: Path) -> dict:
@@ -158,7 +158,7 @@ def test_memory_mapping_parses_yosys_log():
 def test_network_too_big_for_the_device_fails_with_the_nextpnr_line(tmp_path):
     # 40 weight banks (one per PE) forced into block RAM cannot fit the UP5K's 30 EBRs. (Running out
     # of logic cells instead would take Yosys minutes to find out.)
-    spec = random_network([64, 40, 4], [(40, 1), (1, 8)], weight_styles=["block", "auto"])
+    spec = sized_network([64, 40, 4], [(40, 1), (1, 8)], weight_styles=["block", "auto"])
     with pytest.raises(SynthError) as info:
         synthesize(spec, "icebreaker", tmp_path, progress=False)
     message = str(info.value)
@@ -170,7 +170,7 @@ def test_network_too_big_for_the_device_fails_with_the_nextpnr_line(tmp_path):
 
 @pytest.mark.slow
 def test_tfc_sized_network_on_icebreaker_keeps_weights_in_ebr(tmp_path):
-    spec = random_network([784, 64, 64, 64, 10], [(4, 32), (2, 16), (2, 16), (1, 16)])
+    spec = sized_network([784, 64, 64, 64, 10], [(4, 32), (2, 16), (2, 16), (1, 16)])
     result = synthesize(spec, "icebreaker", tmp_path, progress=False)
     assert (tmp_path / "xnorflow.bin").stat().st_size > 0
     for layer in (0, 1, 2):
@@ -183,7 +183,7 @@ def test_tfc_sized_network_on_icebreaker_keeps_weights_in_ebr(tmp_path):
 
 @pytest.mark.slow
 def test_sfc_sized_network_on_ulx3s_85f_keeps_weights_in_ebr(tmp_path):
-    spec = random_network([784, 256, 256, 256, 10], [(16, 32), (16, 16), (16, 16), (2, 16)])
+    spec = sized_network([784, 256, 256, 256, 10], [(16, 32), (16, 16), (16, 16), (2, 16)])
     result = synthesize(spec, "ulx3s-85f", tmp_path, progress=False)
     assert (tmp_path / "xnorflow.bit").stat().st_size > 0
     for layer in (0, 1, 2):

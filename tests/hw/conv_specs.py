@@ -4,7 +4,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
-from hw_harness import random_thresholds
+from spec_factory import random_thresholds
 
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div, conv_layer, maxpool_layer
 

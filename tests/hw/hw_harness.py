@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 import numpy as np
 from amaranth.hdl import ClockDomain, Module, Value
 from amaranth.sim import Simulator
+from spec_factory import random_frames, random_thresholds, sized_network  # noqa: F401  (shared makers)
 
 from xnorflow.hw.network import Network, decode_output, input_beats, taps_to_activations
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, pack_words
@@ -15,15 +15,6 @@ from xnorflow.sim.golden import execute
 
 
 # --- random specs ------------------------------------------------------------------------------
-def random_thresholds(rng: np.random.Generator, n_in: int, n_out: int) -> np.ndarray:
-    """Thresholds around the expected popcount (so outputs vary) plus the constant channels 0 and n_in+1."""
-    spread = max(1, int(np.sqrt(n_in)))
-    t = rng.integers(n_in // 2 - spread, n_in // 2 + spread + 1, size=n_out)
-    kind = rng.random(n_out)
-    t = np.where(kind < 0.1, 0, np.where(kind < 0.2, n_in + 1, t))
-    return np.clip(t, 0, n_in + 1).astype(np.int64)
-
-
 def random_folding(rng: np.random.Generator, n_in: int, n_out: int, max_cycles: int) -> tuple[int, int]:
     """A random (pe, simd), divisors or not, whose layer takes at most max_cycles per frame."""
     while True:
@@ -53,26 +44,10 @@ def random_spec(seed: int, *, max_layers: int = 4, max_in: int = 300, max_out: i
     return spec
 
 
-def random_weights_spec(sizes: list[int], folding: list[tuple[int, int]], seed: int = 0) -> NetworkSpec:
-    """Given layer sizes (input first) and a folding, a spec with random weights and thresholds."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for k, (n_in, n_out) in enumerate(pairwise(sizes)):
-        output = k == len(sizes) - 2
-        weights = rng.integers(0, 2, size=(n_out, n_in), dtype=np.uint8)
-        thresholds = None if output else random_thresholds(rng, n_in, n_out)
-        layers.append(LayerSpec(n_in, n_out, weights, thresholds))
-    return NetworkSpec(tuple(layers), name="x".join(map(str, sizes))).with_folding(folding)
-
-
 def describe(spec: NetworkSpec, in_width: int | None = None) -> str:
     """Sizes and folding, for failure messages."""
     layers = ", ".join(f"{l.n_in}->{l.n_out} pe={l.pe} simd={l.simd}" for l in spec.layers)
     return f"{spec.name} [{layers}] in_width={in_width or spec.layers[0].simd}"
-
-
-def random_frames(spec: NetworkSpec, frames: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 2, size=(frames, spec.input_bits), dtype=np.uint8)
 
 
 # --- stream testbench --------------------------------------------------------------------------

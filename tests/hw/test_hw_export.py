@@ -6,7 +6,7 @@ import resource
 import time
 from dataclasses import replace
 
-from hw_harness import random_weights_spec
+from hw_harness import sized_network
 
 from xnorflow.sim.export import export_verilog, module_ports, verilog_port_names
 
@@ -24,7 +24,7 @@ def port_width(text: str, port: str) -> int:
 
 
 def test_export_has_the_documented_ports(tmp_path):
-    spec = random_weights_spec([64, 32, 10], [(8, 16), (5, 8)], seed=0)
+    spec = sized_network([64, 32, 10], [(8, 16), (5, 8)], seed=0)
     path = export_verilog(spec, tmp_path / "top.v", name="xnorflow_top")
     text = path.read_text()
     assert sorted(module_ports(text, "xnorflow_top")) == sorted(verilog_port_names(spec))
@@ -35,7 +35,7 @@ def test_export_has_the_documented_ports(tmp_path):
 
 
 def test_export_with_a_host_width(tmp_path):
-    spec = random_weights_spec([64, 32, 10], [(8, 16), (5, 8)], seed=0)
+    spec = sized_network([64, 32, 10], [(8, 16), (5, 8)], seed=0)
     text = export_verilog(spec, tmp_path / "top.v", in_width=8).read_text()
     assert port_width(text, "i__payload") == 8
 
@@ -43,7 +43,7 @@ def test_export_with_a_host_width(tmp_path):
 def test_sfc_export_is_quick(tmp_path):
     """SFC 784-256-256-256-10 at II = 256: well under the 10 s model-to-Verilog budget (CPU time,
     so that other jobs on the machine do not make it flaky)."""
-    spec = random_weights_spec([784, 256, 256, 256, 10], [(16, 49), (16, 32), (16, 32), (10, 16)], seed=0)
+    spec = sized_network([784, 256, 256, 256, 10], [(16, 49), (16, 32), (16, 32), (10, 16)], seed=0)
     start, wall = cpu_seconds(), time.perf_counter()
     path = export_verilog(spec, tmp_path / "sfc.v")
     spent, wall = cpu_seconds() - start, time.perf_counter() - wall
@@ -54,7 +54,7 @@ def test_sfc_export_is_quick(tmp_path):
 
 def test_memory_styles_reach_yosys(tmp_path):
     """The spec's weight/buffer style becomes the memories' ram_style/rom_style; "auto" sets none."""
-    spec = random_weights_spec([64, 32, 10], [(8, 16), (5, 8)], seed=0)
+    spec = sized_network([64, 32, 10], [(8, 16), (5, 8)], seed=0)
     styled = replace(spec, layers=tuple(replace(layer, weight_style="block", buffer_style="logic")
                                         for layer in spec.layers))
     text = export_verilog(styled, tmp_path / "styled.v").read_text()

@@ -11,8 +11,8 @@ from hw_harness import (
     describe,
     random_frames,
     random_spec,
-    random_weights_spec,
     simulate_network,
+    sized_network,
     steady_interval,
 )
 
@@ -70,7 +70,7 @@ def measure_ii(spec, frames=8, warmup=3):
     [(32, 32), (16, 64), (16, 16), (5, 32)],      # a middle layer is the bottleneck
 ])
 def test_tfc_measured_ii_matches_analytic(folding):
-    spec = random_weights_spec(TFC, folding, seed=1)
+    spec = sized_network(TFC, folding, seed=1)
     measured = measure_ii(spec)
     analytic = spec.analytic_cycles_per_frame
     assert abs(measured - analytic) <= 0.02 * analytic, f"II {measured} != {analytic}: {describe(spec)}"
@@ -82,14 +82,14 @@ def test_tfc_measured_ii_matches_analytic(folding):
     pytest.param([(8, 112), (4, 64), (8, 16), (1, 64)], id="ii512-unbalanced", marks=pytest.mark.slow),
 ])
 def test_sfc_measured_ii_matches_analytic(folding):
-    spec = random_weights_spec(SFC, folding, seed=2)
+    spec = sized_network(SFC, folding, seed=2)
     measured = measure_ii(spec, frames=6, warmup=2)
     analytic = spec.analytic_cycles_per_frame
     assert abs(measured - analytic) <= 0.02 * analytic, f"II {measured} != {analytic}: {describe(spec)}"
 
 
 @pytest.mark.parametrize("spec_maker, in_width", [
-    (lambda: random_weights_spec(TFC, [(16, 16), (8, 16), (16, 8), (10, 16)], seed=3), None),
+    (lambda: sized_network(TFC, [(16, 16), (8, 16), (16, 8), (10, 16)], seed=3), None),
     (lambda: random_spec(5), 8),
 ])
 def test_reset_mid_frame_then_clean_frames(spec_maker, in_width):
@@ -104,7 +104,7 @@ def test_reset_mid_frame_then_clean_frames(spec_maker, in_width):
 
 
 def test_output_payload_layout_is_the_documented_contract():
-    spec = random_weights_spec([20, 13], [(4, 5)], seed=0)
+    spec = sized_network([20, 13], [(4, 5)], seed=0)
     iw, sw = spec.class_index_width, spec.score_width
     layout = output_layout(spec)
     assert layout.size == iw + spec.n_classes * sw
@@ -116,7 +116,7 @@ def test_output_payload_layout_is_the_documented_contract():
 
 
 def test_taps_are_ports_for_each_hidden_layer():
-    spec = random_weights_spec(TFC, [(16, 16)] * 3 + [(10, 16)], seed=0)
+    spec = sized_network(TFC, [(16, 16)] * 3 + [(10, 16)], seed=0)
     network = Network(spec)
     Fragment.get(network, None)                  # elaborates: the taps are driven, not just declared
     names = set(network.signature.members)
@@ -124,7 +124,7 @@ def test_taps_are_ports_for_each_hidden_layer():
 
 
 def test_invalid_spec_is_refused_with_a_fix():
-    spec = random_weights_spec([10, 4, 3], [(1, 1), (1, 1)], seed=0)
+    spec = sized_network([10, 4, 3], [(1, 1), (1, 1)], seed=0)
     bad = spec.with_folding([(5, 1), (1, 1)])
     with pytest.raises(SpecError, match="choose 1 <= PE"):
         Network(bad)

@@ -3,31 +3,14 @@ with random weights, its Verilog from export_verilog, and vectors.npz from the g
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+from spec_factory import sized_network  # noqa: F401  (the sim tests' network maker)
 
-from xnorflow.hw.spec import LayerSpec, NetworkSpec
+from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim import golden
 from xnorflow.sim.export import export_verilog
-
-
-def random_spec(sizes: list[int], folding: list[tuple[int, int]], seed: int = 0) -> NetworkSpec:
-    """Layers sizes[0] -> sizes[1] -> ... with random weights and thresholds near n_in / 2, so the
-    hidden bits vary from frame to frame."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for k, (n_in, n_out) in enumerate(pairwise(sizes)):
-        weights = rng.integers(0, 2, size=(n_out, n_in), dtype=np.uint8)
-        spread = max(1, int(np.sqrt(n_in)) // 2)
-        is_output = k == len(sizes) - 2
-        thresholds = None if is_output else rng.integers(
-            n_in // 2 - spread, n_in // 2 + spread + 1, size=n_out).astype(np.int64)
-        layers.append(LayerSpec(n_in, n_out, weights, thresholds))
-    spec = NetworkSpec(tuple(layers), name="-".join(map(str, sizes))).with_folding(folding)
-    spec.validate()
-    return spec
 
 
 def write_build_folder(root: Path, spec: NetworkSpec, frames: int, seed: int = 1,

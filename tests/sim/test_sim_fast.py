@@ -2,7 +2,7 @@
 import itertools
 import re
 
-from sim_builds import random_spec, write_build_folder
+from sim_builds import sized_network, write_build_folder
 
 from xnorflow.sim.fast import chunk_ranges
 from xnorflow.sim.runner import simulate, top_module_ports
@@ -19,7 +19,7 @@ def test_chunks_cover_the_frames_once_in_order():
 
 
 def test_fast_mode_in_chunks_agrees_with_the_per_cycle_bench(tmp_path):
-    spec = random_spec(*SMALL, seed=5)
+    spec = sized_network(*SMALL, seed=5)
     build = write_build_folder(tmp_path / "build", spec, frames=240)
     fast = simulate(build, seed=4, progress=False, mode="fast", chunks=3, sim_dir=tmp_path / "fast")
     cycle = simulate(build, seed=4, progress=False, mode="cycle", sim_dir=tmp_path / "cycle")
@@ -48,7 +48,7 @@ def with_output_ready_ignored(verilog: str) -> str:
 
 
 def test_a_handshake_bug_that_shows_only_under_backpressure_fails_in_fast_mode(tmp_path):
-    spec = random_spec(*SMALL, seed=9)
+    spec = sized_network(*SMALL, seed=9)
     build = write_build_folder(tmp_path / "build", spec, frames=120)
     verilog = build / "verilog" / "xnorflow_top.v"
     verilog.write_text(with_output_ready_ignored(verilog.read_text()))
@@ -63,7 +63,7 @@ def test_a_handshake_bug_that_shows_only_under_backpressure_fails_in_fast_mode(t
 def test_chunks_on_a_dask_local_cluster_give_the_local_results(tmp_path):
     from distributed import Client, LocalCluster
 
-    spec = random_spec(*SMALL, seed=3)
+    spec = sized_network(*SMALL, seed=3)
     build = write_build_folder(tmp_path / "build", spec, frames=160)
     local = simulate(build, seed=1, progress=False, chunks=2, sim_dir=tmp_path / "local")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \

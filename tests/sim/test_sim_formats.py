@@ -2,7 +2,7 @@
 localiser names the right layer and neuron. Pure Python: no simulator."""
 import numpy as np
 import pytest
-from sim_builds import random_spec, with_threshold
+from sim_builds import sized_network, with_threshold
 
 from xnorflow.hw import network
 from xnorflow.sim import golden
@@ -12,7 +12,7 @@ from xnorflow.sim.localise import first_divergence, mismatch_lines
 
 @pytest.mark.parametrize("width", [1, 5, 8, 13, 64, 70])
 def test_frames_to_beats_matches_the_hardware_packing(width):
-    spec = random_spec([67, 9, 4], [(3, 7), (2, 3)])
+    spec = sized_network([67, 9, 4], [(3, 7), (2, 3)])
     frames = np.random.default_rng(width).integers(0, 2, size=(5, 67), dtype=np.uint8)
     ours = [beat for frame in frames_to_beats(frames, width) for beat in frame]
     assert ours == network.input_beats(spec, frames, in_width=width)
@@ -25,7 +25,7 @@ def test_frames_to_beats_puts_element_i_at_bit_i():
 
 
 def test_decode_payload_matches_decode_output():
-    spec = random_spec([16, 12, 10], [(4, 4), (5, 4)])
+    spec = sized_network([16, 12, 10], [(4, 4), (5, 4)])
     rng = np.random.default_rng(0)
     width = spec.class_index_width + spec.n_classes * spec.score_width
     for _ in range(50):
@@ -35,7 +35,7 @@ def test_decode_payload_matches_decode_output():
 
 
 def test_taps_to_bits_drops_padded_channels_and_matches_the_hardware_helper():
-    spec = random_spec([8, 10, 3], [(4, 8), (3, 2)])       # 10 channels in beats of 4: 2 padded
+    spec = sized_network([8, 10, 3], [(4, 8), (3, 2)])       # 10 channels in beats of 4: 2 padded
     bits = np.random.default_rng(1).integers(0, 2, size=(1, 10), dtype=np.uint8)
     padded = np.zeros(12, dtype=np.uint8)
     padded[:10] = bits[0]
@@ -61,7 +61,7 @@ def _taps_of(spec, activations):
 
 
 def test_first_divergence_names_the_layer_and_neuron_of_a_changed_threshold():
-    spec = random_spec([24, 16, 12, 6], [(3, 5), (4, 4), (2, 4)], seed=3)
+    spec = sized_network([24, 16, 12, 6], [(3, 5), (4, 4), (2, 4)], seed=3)
     frames = np.random.default_rng(2).integers(0, 2, size=(200, 24), dtype=np.uint8)
     truth = golden.execute(spec, frames)
     broken = golden.execute(with_threshold(spec, 1, 5, 0), frames)     # neuron 5 of layer 1 always fires
@@ -78,7 +78,7 @@ def test_first_divergence_names_the_layer_and_neuron_of_a_changed_threshold():
 
 
 def test_first_divergence_is_none_when_everything_agrees_and_points_at_scores_otherwise():
-    spec = random_spec([20, 8, 4], [(2, 5), (1, 4)], seed=5)
+    spec = sized_network([20, 8, 4], [(2, 5), (1, 4)], seed=5)
     frame = np.random.default_rng(0).integers(0, 2, size=(1, 20), dtype=np.uint8)
     truth = golden.execute(spec, frame)
     taps = _taps_of(spec, [a[0] for a in truth.activations])

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from sim_builds import flipping_threshold, random_spec, with_threshold, write_build_folder
+from sim_builds import flipping_threshold, sized_network, with_threshold, write_build_folder
 
 from xnorflow.sim import golden
 from xnorflow.sim.runner import REPORT_KEYS, SimulationError, simulate
@@ -18,7 +18,7 @@ SMALL = ([24, 16, 12, 6], [(3, 5), (4, 4), (2, 4)])
 
 
 def test_small_net_is_bit_exact_under_random_flow_control(tmp_path):
-    spec = random_spec(*SMALL, seed=11)
+    spec = sized_network(*SMALL, seed=11)
     build = write_build_folder(tmp_path / "build", spec, frames=150)
     result = simulate(build, backpressure=0.5, gaps=0.3, seed=3, progress=False, update_report=True)
 
@@ -47,7 +47,7 @@ def test_small_net_is_bit_exact_under_random_flow_control(tmp_path):
 
 @pytest.mark.slow
 def test_a_changed_threshold_is_caught_and_localised(tmp_path):
-    spec = random_spec([24, 16, 12, 10, 6], [(4, 6), (4, 4), (3, 4), (2, 5)], seed=7)
+    spec = sized_network([24, 16, 12, 10, 6], [(4, 6), (4, 4), (3, 4), (2, 5)], seed=7)
     frames = np.random.default_rng(1).integers(0, 2, size=(60, 24), dtype=np.uint8)
     neuron, threshold = flipping_threshold(spec, frames, layer=1)
     broken = with_threshold(spec, 1, neuron, threshold)
@@ -73,7 +73,7 @@ def test_a_changed_threshold_is_caught_and_localised(tmp_path):
 
 @pytest.mark.slow
 def test_waves_on_request_without_mismatch(tmp_path):
-    spec = random_spec([16, 8, 4], [(2, 4), (2, 4)], seed=2)
+    spec = sized_network([16, 8, 4], [(2, 4), (2, 4)], seed=2)
     build = write_build_folder(tmp_path / "build", spec, frames=12)
     result = simulate(build, waves=True, progress=False)
     assert result["rtl_mismatches"] == 0
@@ -87,7 +87,7 @@ def test_waves_on_request_without_mismatch(tmp_path):
     ([(4, 4), (4, 4), (4, 4), (1, 4)], 256),
 ])
 def test_tfc_sized_net_streams_10000_frames(tmp_path, folding, ii):
-    spec = random_spec([64, 64, 64, 64, 10], folding, seed=4)
+    spec = sized_network([64, 64, 64, 64, 10], folding, seed=4)
     assert spec.analytic_cycles_per_frame == ii
     build = write_build_folder(tmp_path / "build", spec, frames=10_000)
     result = simulate(build, progress=False)
@@ -121,7 +121,7 @@ def _wrap_with_stuck_output(verilog_path):
 
 @pytest.mark.slow
 def test_a_design_that_never_answers_is_reported_not_hung(tmp_path):
-    spec = random_spec([16, 8, 4], [(2, 4), (2, 4)], seed=2)
+    spec = sized_network([16, 8, 4], [(2, 4), (2, 4)], seed=2)
     build = write_build_folder(tmp_path / "build", spec, frames=20)
     _wrap_with_stuck_output(build / "verilog" / "xnorflow_top.v")
     with pytest.raises(SimulationError, match=r"no output for \d+ cycles after 0 of 20 frames.*stuck"):
