@@ -259,3 +259,63 @@ def test_flow_reruns_synthesis_when_the_clock_or_seed_changes(compiled, tmp_path
     assert "synthesizing: --clock-mhz changed (auto -> 0.001)" in result.stdout
     assert_one_line_error(result, "--clock-mhz")
     assert bitstream.read_bytes() == b"built at the automatic clock"
+
+
+def write_small_idx(folder, train_labels=None):
+    """A small learnable IDX set: class c lights the c-th block of pixels."""
+    import struct
+
+    rng = np.random.default_rng(0)
+
+    def images(labels):
+        x = rng.integers(0, 60, (len(labels), 6, 6), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            x[i].reshape(-1)[(c % 6) * 6:(c % 6) * 6 + 6] = 250
+        return x
+
+    def idx(array):
+        array = np.asarray(array, dtype=np.uint8)
+        return struct.pack(">I", 0x800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+
+    train = np.arange(120) % 3 if train_labels is None else np.asarray(train_labels)
+    test = np.arange(30) % 3
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in (("train-images-idx3-ubyte", images(train)), ("train-labels-idx1-ubyte", train),
+                        ("t10k-images-idx3-ubyte", images(test)), ("t10k-labels-idx1-ubyte", test)):
+        (folder / name).write_bytes(idx(array))
+
+
+def test_an_idx_dataset_named_by_a_relative_path_compiles_from_another_directory(tmp_path):
+    write_small_idx(tmp_path / "work" / "data")
+    trained = run_cli("train", "--dataset", "idx:data", "--epochs", "2", "-o", "m.pt", cwd=tmp_path / "work")
+    assert trained.returncode == 0, trained.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    compiled = run_cli("compile", tmp_path / "work" / "m.pt", "-o", "b", cwd=elsewhere)
+    assert compiled.returncode == 0, compiled.stderr
+    report = json.loads((elsewhere / "b" / "report.json").read_text())
+    assert report["dataset"] == f"idx:{(tmp_path / 'work' / 'data').resolve()}"
+
+
+def test_a_stray_idx_label_is_one_line_not_hundreds_of_classes(tmp_path):
+    labels = np.arange(120) % 3
+    labels[17] = 255
+    write_small_idx(tmp_path / "data", train_labels=labels)
+    result = run_cli("train", "--dataset", f"idx:{tmp_path / 'data'}", "--epochs", "1", "-o", tmp_path / "m.pt")
+    assert_one_line_error(result, "label 255", "256 classes")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_default_thread_count_does_not_depend_on_the_machine(tfc_digits_model, tmp_path, monkeypatch):
+    """Weights depend on torch's thread count; the default is fixed and the model file records it."""
+    from xnorflow.training import train as training
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert training.default_threads() == training.DEFAULT_THREADS == 1
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    for path in (a, b):
+        assert run_cli("train", "--epochs", "2", "--seed", "3", "-o", path).returncode == 0
+    record = torch.load(a, weights_only=True)
+    assert record["train"]["threads"] == 1
+    assert all(torch.equal(x, y) for x, y in zip(record["state_dict"].values(),
+                                                 torch.load(b, weights_only=True)["state_dict"].values()))
