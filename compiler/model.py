@@ -37,8 +37,22 @@ class BatchNorm:
         return self.gamma * (x - self.mean) / self.sigma + self.beta
 
 
+class WeightRows:
+    """A layer whose (n_out, n_in) weight bits are its matrix-vector unit's: dense, or a conv's window."""
+
+    weights: np.ndarray
+
+    @property
+    def n_in(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weights.shape[0]
+
+
 @dataclass(frozen=True)
-class DenseLayer:
+class DenseLayer(WeightRows):
     """A binary dense layer at some stage of compilation.
 
     Before folding, a hidden layer's output bit is ``y >= 0`` with ``y = bn(dot + bias)``
@@ -58,13 +72,6 @@ class DenseLayer:
     pe: int = 1
     simd: int = 1
 
-    @property
-    def n_in(self) -> int:
-        return self.weights.shape[1]
-
-    @property
-    def n_out(self) -> int:
-        return self.weights.shape[0]
 
     @property
     def cycles(self) -> int:
@@ -72,7 +79,7 @@ class DenseLayer:
 
 
 @dataclass(frozen=True)
-class ConvLayer:
+class ConvLayer(WeightRows):
     """A K x K binary convolution, stride 1, at some stage of compilation (DESIGN.md section 2a).
 
     ``weights`` is (O, K*K*C) bits ordered (ky, kx, c) with c fastest, so each output pixel is a
@@ -96,13 +103,6 @@ class ConvLayer:
     pe: int = 1
     simd: int = 1
 
-    @property
-    def n_in(self) -> int:
-        return self.weights.shape[1]
-
-    @property
-    def n_out(self) -> int:
-        return self.weights.shape[0]
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
