@@ -273,13 +273,15 @@ class TapMonitor:
 class Scoreboard:
     """Compares each output beat, in order, with the golden class index and every class score."""
 
-    def __init__(self, config: BenchConfig, image_ids, scores, predictions):
-        self.config = config
+    def __init__(self, n_classes: int, index_width: int, score_width: int, image_ids, scores, predictions):
+        self.layout = (n_classes, index_width, score_width)
         self.image_ids, self.scores, self.predictions = image_ids, scores, predictions
 
     def check(self, frame: int, payload: int) -> dict:
-        c = self.config
-        index, scores = decode_payload(payload, c.n_classes, c.index_width, c.score_width)
+        """The record of one output beat; a negative payload (X bits read from a dump) decodes as -1s."""
+        n_classes, index_width, score_width = self.layout
+        index, scores = (decode_payload(payload, n_classes, index_width, score_width) if payload >= 0
+                         else (-1, [-1] * n_classes))
         expected_scores = [int(s) for s in self.scores[frame]]
         expected_index = int(self.predictions[frame])
         record = {"frame": frame, "image": int(self.image_ids[frame]), "index": index, "scores": scores}
@@ -303,11 +305,11 @@ class Progress:
             self.path.write_text(f"{done} {self.total}\n")
 
 
-def watchdog_cycles(config: BenchConfig, gaps: float, backpressure: float) -> int:
-    """Cycles without any output after which the design counts as stuck: far beyond a frame's
-    latency through every layer even with random stalls."""
+def watchdog_cycles(analytic_ii: int, stages: int, gaps: float, backpressure: float) -> int:
+    """Cycles without any output after which a design of ``stages`` engines counts as stuck: far
+    beyond a frame's latency through every layer even with random stalls (both benches use it)."""
     stall = 1.0 / max(0.05, 1.0 - max(gaps, backpressure))
-    return int(64 * config.analytic_ii * stall * (len(config.taps) + 2)) + 2000
+    return int(64 * analytic_ii * stall * (stages + 2)) + 2000
 
 
 async def run_phase(bench: Bench, frames: list[int], beats, gaps: float, backpressure: float,
@@ -321,7 +323,7 @@ async def run_phase(bench: Bench, frames: list[int], beats, gaps: float, backpre
     monitor_task = cocotb.start_soon(monitor.run())
     tap_monitors = [TapMonitor(bench, d, v) for d, v in bench.taps] if bench.config.collect_taps else []
     tap_tasks = [cocotb.start_soon(t.run()) for t in tap_monitors]
-    limit = watchdog_cycles(bench.config, gaps, backpressure)
+    limit = watchdog_cycles(bench.config.analytic_ii, len(bench.config.taps), gaps, backpressure)
 
     async def feed():
         for frame in frames:
@@ -375,7 +377,7 @@ async def start_bench(dut):
     config = BenchConfig.from_env()
     image_ids, beats, scores, predictions = load_frames(config)
     bench = Bench(dut, config)
-    board = Scoreboard(config, image_ids, scores, predictions)
+    board = Scoreboard(config.n_classes, config.index_width, config.score_width, image_ids, scores, predictions)
     await bench.reset()
     return config, beats, bench, board
 
@@ -466,7 +468,8 @@ async def reset_mid_frame(dut):
             # Reset while the finished frame's output beat waits for a ready that never comes.
             try:
                 await with_timeout(sample_when_high(bench.clk, bench.o_valid),
-                                   watchdog_cycles(config, 0.0, 0.0) * CLOCK_PERIOD_NS, "ns")
+                                   watchdog_cycles(config.analytic_ii, len(config.taps), 0.0, 0.0)
+                                   * CLOCK_PERIOD_NS, "ns")
             except SimTimeoutError:
                 pass     # no output at all: the frames after the reset will show what is wrong
             await RisingEdge(bench.clk)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from xnorflow.sim import harness
-from xnorflow.sim.cocotb_tb import decode_payload, frames_to_beats, steady_state_ii
+from xnorflow.sim.cocotb_tb import Scoreboard, frames_to_beats, steady_state_ii, watchdog_cycles
 
 FAST_TB_MODULE = "xnorflow.sim.fast_tb"
 # Verilator built for speed: its own optimisations, X values resolved once, the C++ at -O2
@@ -42,12 +42,6 @@ def chunk_ranges(frames: int, chunks: int) -> list[tuple[int, int]]:
     chunks = max(1, min(chunks, frames))
     edges = np.linspace(0, frames, chunks + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
-
-
-def watchdog_cycles(analytic_ii: int, layers: int, gaps: float, backpressure: float) -> int:
-    """Cycles without an output after which the design counts as stuck (as the per-cycle bench)."""
-    stall = 1.0 / max(0.05, 1.0 - max(gaps, backpressure))
-    return int(64 * analytic_ii * stall * (layers + 2)) + 2000
 
 
 class FastSession:
@@ -150,23 +144,6 @@ class FastSession:
                 harness.read_hex(Path(files["out"]), count))
 
 
-def check_outputs(spec, payloads: list[int], frame_ids, image_ids, expected) -> list[dict]:
-    """Per output, the scoreboard's record (the per-cycle bench's format), "mismatch" where it differs."""
-    iw, sw, n = spec.class_index_width, spec.score_width, spec.n_classes
-    records = []
-    for payload, frame in zip(payloads, frame_ids):
-        index, scores = decode_payload(payload, n, iw, sw) if payload >= 0 else (-1, [-1] * n)
-        want_scores = [int(s) for s in expected.scores[frame]]
-        want_index = int(expected.predictions[frame])
-        record = {"frame": int(frame), "image": int(image_ids[frame]), "index": index, "scores": scores}
-        if index != want_index or scores != want_scores:
-            record["mismatch"] = {"expected_index": want_index, "expected_scores": want_scores,
-                                  "differing_classes": [k for k, (g, e) in enumerate(zip(scores, want_scores))
-                                                        if g != e]}
-        records.append(record)
-    return records
-
-
 def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps: float, seed: int,
              chunks: int | None = None, measure_frames: int = 32, reset_test: bool = True,
              progress: bool = False, client=None) -> dict:
@@ -216,6 +193,8 @@ def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps:
                 chunk_results.append(client.submit(one, k, pure=False).result())
     seconds = time.perf_counter() - started
 
+    board = Scoreboard(spec.n_classes, spec.class_index_width, spec.score_width, image_ids, expected.scores,
+                       expected.predictions)
     result = {"frames": [], "mismatches": [], "errors": [], "measure": {"frames": 0}, "reset": {"trials": []}}
     for chunk in chunk_results:
         a, b = chunk["start"], chunk["stop"]
@@ -231,7 +210,7 @@ def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps:
             count = phase["frames"]
             frame_ids = np.arange(a, a + count)
             payloads, accepted, produced = fast.read_phase(phase, min(count, status.get("outputs", 0)))
-            records = check_outputs(spec, payloads, frame_ids, image_ids, expected)
+            records = [board.check(int(frame), payload) for payload, frame in zip(payloads, frame_ids)]
             problem = None
             if status.get("stuck"):
                 problem = (f"no output for {phase['watchdog']} cycles after {status['outputs']} of {count} "
