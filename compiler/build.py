@@ -68,18 +68,6 @@ def load_vectors(build_dir) -> dict:
         raise CompileError(f"cannot read {path} ({e}): run `xnorflow compile MODEL -o {build_dir}` again") from None
 
 
-def check_claimable(out_dir: Path, model_path=None) -> None:
-    """Fail fast, before any work, on a folder the compile could not claim (build_folder.claim)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() or out_dir.is_symlink():
-        build_folder.claim(out_dir, inputs=[model_path] if model_path else (), create=False)
-    else:
-        for parent in out_dir.absolute().parents:
-            if parent.exists() and not parent.is_dir():
-                raise build_folder.BuildFolderError(f"cannot make the build folder {out_dir}: {parent} is a file, "
-                                                    "not a folder; choose another path for -o")
-
-
 def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: float | None = None,
                   folding: list[tuple[int, int]] | None = None, dataset: str | None = None,
                   log=print, lut_share: float | None = None) -> dict:
@@ -98,7 +86,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
     out_dir = Path(out_dir)
     board = get_board(board_name)
     check_compile_options(board, fps=fps, lut_share=lut_share)
-    check_claimable(out_dir, model_path)
+    build_folder.check_claimable(out_dir, inputs=[model_path])   # fail fast, before any work
     model_digest = build_folder.file_digest(model_path)
     source = read_source(model_path)
 

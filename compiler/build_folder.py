@@ -57,13 +57,9 @@ def is_owned(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def claim(folder, *, inputs=(), create: bool = True) -> Path:
-    """Make ``folder`` an xnorflow build folder, or refuse it; returns its path.
-
-    ``inputs``: files the step reads that may already sit in the folder (the model file being
-    compiled); they are never written or deleted. A folder with the marker is ours; an empty one (but
-    for ``inputs``) becomes ours; any other is refused. ``create``: make a missing folder (else refuse).
-    """
+def check_claimable(folder, *, inputs=()) -> None:
+    """Refuse, writing nothing, a folder `claim` would refuse: a link, a file, a path under a file, or
+    an existing folder that is neither ours nor empty but for ``inputs``."""
     folder = Path(folder)
     _no_symlink(folder)
     for parent in folder.absolute().parents:
@@ -72,24 +68,33 @@ def claim(folder, *, inputs=(), create: bool = True) -> Path:
                                    "choose another path for -o")
     if folder.exists() and not folder.is_dir():
         raise BuildFolderError(f"{folder} is a file: choose a folder for -o")
-    if not folder.exists():
-        if not create:
-            raise BuildFolderError(f"build folder {folder} does not exist: run `xnorflow compile MODEL -o {folder}` "
-                                   "first")
-        try:
-            folder.mkdir(parents=True)
-        except OSError as e:
-            raise BuildFolderError(f"cannot make the build folder {folder} ({e.strerror}): choose a folder you "
-                                   "can write for -o") from e
-    if is_owned(folder):
-        return folder
+    if not folder.is_dir() or is_owned(folder):
+        return
     input_names = {Path(p).name for p in inputs if Path(p).absolute().parent == folder.absolute()}
     foreign = [name for name in _entries(folder) if name not in input_names]
     if foreign:
         raise BuildFolderError(f"{folder} holds files xnorflow did not make ({', '.join(foreign[:3])}"
                                f"{', ...' if len(foreign) > 3 else ''}) and is not an xnorflow build folder: "
                                "choose a new or empty folder for -o (xnorflow never deletes what it did not create)")
-    write_atomically(folder / MARKER, json.dumps({"created_by": "xnorflow", "format": 1}) + "\n")
+
+
+def claim(folder, *, inputs=()) -> Path:
+    """Make ``folder`` an xnorflow build folder, or refuse it; returns its path.
+
+    ``inputs``: files the step reads that may already sit in the folder (the model file being
+    compiled); they are never written or deleted. A folder with the marker is ours; an empty one (but
+    for ``inputs``) becomes ours; a missing one is made; any other is refused (`check_claimable`).
+    """
+    folder = Path(folder)
+    check_claimable(folder, inputs=inputs)
+    if not folder.exists():
+        try:
+            folder.mkdir(parents=True)
+        except OSError as e:
+            raise BuildFolderError(f"cannot make the build folder {folder} ({e.strerror}): choose a folder you "
+                                   "can write for -o") from e
+    if not is_owned(folder):
+        write_atomically(folder / MARKER, json.dumps({"created_by": "xnorflow", "format": 1}) + "\n")
     return folder
 
 
@@ -276,5 +281,5 @@ def file_digest(path) -> str | None:
     return digest.hexdigest()
 
 
-__all__ = ["BuildFolderError", "claim", "file_digest", "link_tree", "locked", "relocate", "require_owned",
+__all__ = ["BuildFolderError", "check_claimable", "claim", "file_digest", "link_tree", "locked", "relocate", "require_owned",
            "transaction", "write_atomically"]
