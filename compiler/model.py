@@ -13,6 +13,7 @@ import numpy as np
 
 from xnorflow.errors import XnorflowError
 from xnorflow.hw.ops import kinds
+from xnorflow.hw.spec import conv_out_shape, pool_out_shape
 
 
 class CompileError(XnorflowError):
@@ -106,9 +107,7 @@ class ConvLayer(WeightRows):
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
-        _, h, w = self.in_shape
-        k, p = self.kernel, self.padding
-        return (self.n_out, h + 2 * p - k + 1, w + 2 * p - k + 1)
+        return conv_out_shape(self.in_shape, self.n_out, self.kernel, self.padding)
 
     @property
     def out_bits(self) -> int:
@@ -141,8 +140,7 @@ class MaxPoolLayer:
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.in_shape
-        return (c, h // self.size, w // self.size)
+        return pool_out_shape(self.in_shape, self.size)
 
     @property
     def n_in(self) -> int:

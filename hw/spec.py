@@ -288,6 +288,19 @@ class NetworkSpec:
         return cls(tuple(layers), header.get("name", "network"), header.get("meta", {}), output_kind)
 
 
+def conv_out_shape(in_shape, out_channels: int, kernel: int, padding: int) -> tuple[int, int, int]:
+    """The (O, H', W') output of a K x K stride-1 conv with ``padding`` on a (C, H, W) input."""
+    _, h, w = (int(v) for v in in_shape)
+    grow = 2 * int(padding) - int(kernel) + 1
+    return (int(out_channels), h + grow, w + grow)
+
+
+def pool_out_shape(in_shape, size: int) -> tuple[int, int, int]:
+    """The (C, H // S, W // S) output of an S x S, stride-S max-pool (trailing rows and columns dropped)."""
+    c, h, w = (int(v) for v in in_shape)
+    return (c, h // int(size), w // int(size))
+
+
 def conv_layer(in_shape: tuple[int, int, int], weights: np.ndarray, thresholds: np.ndarray, *, kernel: int,
                padding: int = 0, pad_value: int = 0, pe: int = 1, simd: int = 1) -> LayerSpec:
     """A K x K binary convolution, stride 1, as a LayerSpec (DESIGN.md section 2a).
@@ -300,9 +313,8 @@ def conv_layer(in_shape: tuple[int, int, int], weights: np.ndarray, thresholds: 
     """
     c, h, w = (int(v) for v in in_shape)
     k, p = int(kernel), int(padding)
-    o = int(np.asarray(weights).shape[0])
-    out_shape = (o, h + 2 * p - k + 1, w + 2 * p - k + 1)
-    return LayerSpec(k * k * c, o, np.asarray(weights, dtype=np.uint8),
+    out_shape = conv_out_shape(in_shape, np.asarray(weights).shape[0], k, p)
+    return LayerSpec(k * k * c, out_shape[0], np.asarray(weights, dtype=np.uint8),
                      None if thresholds is None else np.asarray(thresholds, dtype=np.int64), pe=pe, simd=simd,
                      kind="conv", in_shape=(c, h, w), out_shape=out_shape, kernel=k, stride=1, padding=p,
                      pad_value=int(pad_value))
@@ -316,7 +328,7 @@ def maxpool_layer(in_shape: tuple[int, int, int], size: int, pool_and: np.ndarra
     s = int(size)
     polarity = np.zeros(c, dtype=np.uint8) if pool_and is None else np.asarray(pool_and, dtype=np.uint8)
     return LayerSpec(c, c, None, None, pe=pe, simd=pe, kind="maxpool", in_shape=(c, h, w),
-                     out_shape=(c, h // s, w // s), kernel=s, stride=s, pool_and=polarity)
+                     out_shape=pool_out_shape(in_shape, s), kernel=s, stride=s, pool_and=polarity)
 
 
 def check_version(path, version) -> None:

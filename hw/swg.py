@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.mvtu import memory_style_attrs
 from xnorflow.hw.pipeline import output_queue, register
-from xnorflow.hw.spec import SpecError, ceil_div
+from xnorflow.hw.spec import SpecError, ceil_div, conv_out_shape
 
 # Issue -> word in the queue is one cycle (the banks' synchronous read, rotation and mask after
 # it); a queue slot is held from issue until the word is taken, 3 cycles at the least.
@@ -68,7 +68,7 @@ class SlidingWindowGenerator(wiring.Component):
                             "built: it takes C, H, W >= 1, 0 <= P < K <= H + 2P and W + 2P, 1 <= G <= K")
         self.channels, self.height, self.width, self.kernel, self.padding = c, h, w, k, p
         self.pad_value, self.group, self.style = int(pad_value), g, style
-        self.out_height, self.out_width = h + 2 * p - k + 1, w + 2 * p - k + 1
+        _, self.out_height, self.out_width = conv_out_shape((c, h, w), c, k, p)
         self.beats = ceil_div(k, g)                    # R: beats per window
         self.rows = buffer_rows(k, p, g)
         self.bank_columns = ceil_div(w, k)             # Wb: words per row slot in each bank

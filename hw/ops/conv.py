@@ -31,7 +31,7 @@ from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
 from xnorflow.hw.mvtu import MVTU
 from xnorflow.hw.ops.base import Op, register
 from xnorflow.hw.ops.dense import DenseOp, check_matrix, fold_beats_to_bits
-from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
+from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div, conv_out_shape
 from xnorflow.hw.swg import QUEUE_DEPTH, SlidingWindowGenerator, buffer_rows
 
 
@@ -116,7 +116,7 @@ class ConvOp(Op):
         if layer.n_in != k * k * c:
             raise SpecError(f"{where}: n_in = {layer.n_in}, a {k} x {k} window of {c} channels has {k * k * c}: "
                             "re-run the compiler on the model")
-        out_shape = (layer.n_out, h + 2 * p - k + 1, w + 2 * p - k + 1)
+        out_shape = conv_out_shape(layer.in_shape, layer.n_out, k, p)
         if layer.out_shape != out_shape:
             raise SpecError(f"{where}: output shape {layer.out_shape}, a stride-1 {k} x {k} conv with padding {p} "
                             f"on {layer.in_shape} gives {out_shape} (dilation is not supported): "

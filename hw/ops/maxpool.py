@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.mvtu import memory_style_attrs
 from xnorflow.hw.ops.base import Op, register
-from xnorflow.hw.spec import MEMORY_STYLES, LayerSpec, SpecError, bits_for
+from xnorflow.hw.spec import MEMORY_STYLES, LayerSpec, SpecError, bits_for, pool_out_shape
 
 
 def pool_bits(a, b, and_mask):
@@ -114,9 +114,10 @@ class MaxPoolOp(Op):
                             "size S >= 1 with stride S and no padding")
         if s > h or s > w:
             raise SpecError(f"{where}: a {s} x {s} pool of a {h} x {w} input has no output: use a smaller pool")
-        if layer.out_shape != (c, h // s, w // s) or layer.n_in != c or layer.n_out != c:
+        if layer.out_shape != pool_out_shape(layer.in_shape, s) or layer.n_in != c or layer.n_out != c:
             raise SpecError(f"{where}: shapes {layer.in_shape} -> {layer.out_shape} (n_in {layer.n_in}, n_out "
-                            f"{layer.n_out}); a {s} x {s} pool gives {(c, h // s, w // s)}: re-run the compiler")
+                            f"{layer.n_out}); a {s} x {s} pool gives {pool_out_shape(layer.in_shape, s)}: "
+                            "re-run the compiler")
         polarity = layer.pool_and
         if polarity is None or np.shape(polarity) != (c,) or (polarity.size and polarity.max() > 1):
             raise SpecError(f"{where}: pool_and must be {c} bits (1 = AND, 0 = OR per channel): re-run the compiler")
