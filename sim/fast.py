@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from xnorflow.sim import harness
-from xnorflow.sim.cocotb_tb import Scoreboard, frames_to_beats, steady_state_ii, watchdog_cycles
+from xnorflow.sim.cocotb_tb import Scoreboard, steady_state_ii, watchdog_cycles
 
 FAST_TB_MODULE = "xnorflow.sim.fast_tb"
 # Verilator built for speed: its own optimisations, X values resolved once, the C++ at -O2
@@ -50,8 +50,7 @@ class FastSession:
     def __init__(self, session):
         self.session = session           # sim.runner.BenchSession: folder, spec, ports, in_width
         spec = session.spec
-        self.beats_per_frame = -(-spec.input_bits // session.in_width)
-        self.out_width = spec.class_index_width + spec.n_classes * spec.score_width
+        self.beats_per_frame = harness.beats_per_frame(spec, session.in_width)
 
     @property
     def runner(self):
@@ -66,8 +65,8 @@ class FastSession:
         obj_dir = self.session.folder.sim_dir / f"obj_fast{capacity}"
         source = self.session.folder.sim_dir / f"harness{capacity}.v"     # beside obj_dir: a rebuild empties it
         source.parent.mkdir(parents=True, exist_ok=True)
-        text = harness.harness_verilog(self.runner.TOP, self.session.ports, self.session.in_width,
-                                       self.out_width, self.beats_per_frame, capacity)
+        text = harness.harness_verilog(self.runner.TOP, self.session.ports, self.session.spec,
+                                       self.session.in_width, capacity)
         if not source.is_file() or source.read_text() != text:
             source.write_text(text)
         seconds = self.runner.build_model(self.session.folder.verilog, obj_dir, top=harness.HARNESS_TOP,
@@ -105,9 +104,8 @@ class FastSession:
                   progress_file: Path | None) -> dict:
         run_dir = self.session.folder.sim_dir / "run" / f"chunk{chunk}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        beats = np.array(frames_to_beats(inputs[start:stop], self.session.in_width), dtype=object).reshape(-1)
         frames_file = run_dir / "frames.hex"
-        harness.write_frames_hex(frames_file, beats, self.session.in_width)
+        harness.write_frames_hex(frames_file, inputs[start:stop], self.session.in_width)
         dump = {key: str(run_dir / f"dump.{key}.hex") for key in ("payloads", "in", "out")}
         phases = self.phases(chunk, stop - start, run_dir, backpressure=backpressure, gaps=gaps, seed=seed,
                              measure_frames=measure_frames, reset_test=reset_test)

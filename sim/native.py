@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from xnorflow.sim import harness
-from xnorflow.sim.cocotb_tb import frames_to_beats
 from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE, DEFAULT_GAPS
 
 NATIVE_MAIN = Path(__file__).with_name("native_main.cpp")
@@ -47,14 +46,10 @@ def native_rate(build_dir, work_dir, images: int | None = None, seed: int = 0) -
     in_width = widths[ports["i_payload"]]
     with np.load(build_dir / "vectors.npz") as vectors:
         inputs = vectors["inputs"][:images] if images else vectors["inputs"]
-    beats_per_frame = -(-spec.input_bits // in_width)
-    out_width = spec.class_index_width + spec.n_classes * spec.score_width
     source = work_dir / "harness.v"
-    source.write_text(harness.harness_verilog(TOP, ports, in_width, out_width, beats_per_frame,
-                                              harness.depth_for(len(inputs))))
+    source.write_text(harness.harness_verilog(TOP, ports, spec, in_width, harness.depth_for(len(inputs))))
     frames_file = work_dir / "frames.hex"
-    harness.write_frames_hex(frames_file, np.array(frames_to_beats(inputs, in_width), dtype=object).reshape(-1),
-                             in_width)
+    harness.write_frames_hex(frames_file, inputs, in_width)
     obj = work_dir / "obj"
     started = time.perf_counter()
     commands = [
