@@ -241,9 +241,20 @@ def test_a_near_miss_is_rebuilt_once_with_another_seed_then_the_clock_drops():
     # 43 MHz at a 45 MHz clock is within NEAR_MISS: same clock, the next seed.
     assert next_attempt("ice40", 12e6, 45e6, None, [43.0], reseeded=False) == ("reseed", 45e6, NEXTPNR_DEFAULT_SEED + 1)
     assert next_attempt("ice40", 12e6, 45e6, 7, [43.0], reseeded=False) == ("reseed", 45e6, 8)
-    # Once only; then, as for a wide miss, RETRY_MARGIN below the lowest Fmax so far, seed kept.
-    lowered = plan_pll("ice40", 12e6, RETRY_MARGIN * 42.0e6).f_out_hz
+    # Once only; then, as for a wide miss, RETRY_MARGIN below the median Fmax so far, seed kept.
+    lowered = plan_pll("ice40", 12e6, RETRY_MARGIN * 42.5e6).f_out_hz
+    assert lowered < 45e6
     assert next_attempt("ice40", 12e6, 45e6, 8, [43.0, 42.0], reseeded=True) == ("lower", lowered, 8)
     assert next_attempt("ice40", 12e6, 45e6, None, [30.0], reseeded=False)[0] == "lower"
     # Below what the PLL makes: the board oscillator.
     assert next_attempt("ice40", 12e6, 45e6, None, [10.0], reseeded=False) == ("oscillator", None, None)
+
+
+def test_one_bad_placement_at_a_lowered_clock_is_reseeded_not_lowered_again():
+    # TFC on the UP5K: 44.4 and 43.4 MHz at 45 MHz, then 33.0 at the lowered clock. The median keeps
+    # the margin where it was, so the lowered clock is tried again with the next seed rather than
+    # dropped by another 10% (or to the 12 MHz oscillator when the attempts run out).
+    lowered = plan_pll("ice40", 12e6, RETRY_MARGIN * 43.4e6).f_out_hz
+    assert next_attempt("ice40", 12e6, lowered, 2, [44.4, 43.4, 33.0], reseeded=True) == ("reseed", lowered, 3)
+    # Builds that keep missing by a lot do lower it: the median follows them.
+    assert next_attempt("ice40", 12e6, lowered, 2, [44.4, 33.0, 31.0], reseeded=True)[0] == "lower"
