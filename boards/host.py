@@ -11,6 +11,7 @@ tested end to end through a real serial port without an FPGA.
 from __future__ import annotations
 
 import os
+import re
 import select
 import termios
 import threading
@@ -279,6 +280,13 @@ class BoardModel:
         self._thread.join(timeout=5)
         self.hang_up()
         os.close(self._slave)   # held open until now so the master never sees a hang-up
+
+    @property
+    def line_baud(self) -> int | None:
+        """The baud rate the host set on the line (the pty's speed), None if not a standard rate."""
+        speed = termios.tcgetattr(self._slave)[5]
+        rates = {getattr(termios, name): int(name[1:]) for name in dir(termios) if re.fullmatch(r"B\d+", name)}
+        return rates.get(speed)
 
     def hang_up(self) -> None:
         """Close the board's end of the line, as a board unplugged: the host's port fails."""

@@ -30,6 +30,7 @@ from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
 from amaranth_boards.ulx3s import ULX3S_25F_Platform, ULX3S_45F_Platform, ULX3S_85F_Platform
 
 from xnorflow.boards.family import FAMILIES, per_family
+from xnorflow.boards.uart import DEFAULT_BAUD
 from xnorflow.errors import XnorflowError
 
 
@@ -59,6 +60,9 @@ class Board:
     spram_bits: int
     dsps: int
     uart: tuple[str, int] = ("uart", 0)   # (resource name, number) on the platform
+    # The fastest baud rate the board's USB-serial bridge takes; the board top runs its UART at the
+    # fastest rate not above it that the design's clock makes (boards/uart.py: fastest_baud).
+    max_baud: int = DEFAULT_BAUD
     pll_first_try_hz: float | None = None   # first PLL clock synthesize_at_best_clock tries (FIRST_TRY_HZ)
     notes: str = ""
 
@@ -111,6 +115,10 @@ def _orangecrab_platform():
     return platform
 
 
+# FTDI's FT2232H (iCEBreaker) and FT231X (ULX3S) both make 3 Mbaud exactly (3 MHz / 1; the FT231X's
+# data sheet limit, the FT2232H takes more but 3 Mbaud is already 4 clocks a bit at 12 MHz).
+FTDI_BAUD = 3_000_000
+
 _ICE40_EBR_BITS = 4096
 _ECP5_EBR_BITS = 18432
 
@@ -124,25 +132,28 @@ BOARDS: dict[str, Board] = {
         "icebreaker", _build_only(ICEBreakerPlatform, "ice40"), "ice40", "iCE40UP5K", "SG48",
         luts=5280, bram_blocks=30, bram_block_bits=_ICE40_EBR_BITS,
         sprams=4, spram_bits=256 * 1024, dsps=8, pll_first_try_hz=FIRST_TRY_HZ["ice40"],
-        notes="UART through the FTDI's second channel; SPRAM unusable for weights (no init)"),
+        max_baud=FTDI_BAUD, notes="UART through the FT2232H's second channel; SPRAM unusable for weights (no init)"),
     "ulx3s-25f": Board(
         "ulx3s-25f", _build_only(ULX3S_25F_Platform, "ecp5"), "ecp5", "LFE5U-25F", "BG381",
         luts=24288, bram_blocks=56, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=28,
-        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], max_baud=FTDI_BAUD,
+        notes="UART through the FT231X (US1 USB port)"),
     "ulx3s-45f": Board(
         "ulx3s-45f", _build_only(ULX3S_45F_Platform, "ecp5"), "ecp5", "LFE5U-45F", "BG381",
         luts=43848, bram_blocks=108, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=72,
-        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], max_baud=FTDI_BAUD,
+        notes="UART through the FT231X (US1 USB port)"),
     "ulx3s-85f": Board(
         "ulx3s-85f", _build_only(ULX3S_85F_Platform, "ecp5"), "ecp5", "LFE5U-85F", "BG381",
         luts=83640, bram_blocks=208, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=156,
-        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], notes="UART through the FTDI (US1 USB port)"),
+        pll_first_try_hz=FIRST_TRY_HZ["ecp5"], max_baud=FTDI_BAUD,
+        notes="UART through the FT231X (US1 USB port)"),
     "orangecrab": Board(
         "orangecrab", _orangecrab_platform, "ecp5", "LFE5U-25F", "MG285",
         luts=24288, bram_blocks=56, bram_block_bits=_ECP5_EBR_BITS, sprams=0, spram_bits=0, dsps=28,
         pll_first_try_hz=FIRST_TRY_HZ["ecp5"],
         notes="OrangeCrab r0.2 (25F); UART on Feather pins 0 (RX) / 1 (TX) via a 3.3 V USB-serial "
-              "adapter; run dfu-suffix on the .bit before loading it with dfu-util"),
+              "adapter (115200 baud unless --baud says what it takes); run dfu-suffix on the .bit before loading it with dfu-util"),
 }
 
 

@@ -37,7 +37,6 @@ from xnorflow.boards.family import per_family
 from xnorflow.boards.pll import PllError, plan_pll
 from xnorflow.boards.registry import Board, get_board
 from xnorflow.boards.top import BoardTop
-from xnorflow.boards.uart import DEFAULT_BAUD
 from xnorflow.errors import XnorflowError
 from xnorflow.hw.spec import NetworkSpec
 
@@ -237,16 +236,18 @@ class SynthProgress:
 
 # --- the flow ------------------------------------------------------------------------------------
 def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = True,
-               baud: int = DEFAULT_BAUD, seed: int | None = None, clock_hz: float | None = None,
+               baud: int | None = None, seed: int | None = None, clock_hz: float | None = None,
                timing_allow_fail: bool = False, on_progress=None, expected_luts: int | None = None) -> dict:
     """Build a bitstream of the network behind a UART for ``board_name`` into ``out_dir``.
 
+    ``baud``: the UART's rate (None: the fastest the board's USB-serial bridge takes that the clock
+    makes, `xnorflow.boards.uart.fastest_baud`; the figures say which as ``baud``).
     ``clock_hz``: None runs the design at the board oscillator; a frequency adds the PLL (the
     highest frequency it makes not above ``clock_hz``; `xnorflow.boards.pll.PllError` if none).
     nextpnr fails the run (`SynthError`) when timing is not met at that clock, unless
     ``timing_allow_fail``, which builds the bitstream anyway and reports ``timing_met: False``.
 
-    Returns ``{device, board, luts, ffs, brams, sprams, dsps, fmax_mhz, clock_mhz, pll, timing_met,
+    Returns ``{device, board, luts, ffs, brams, sprams, dsps, fmax_mhz, clock_mhz, baud, pll, timing_met,
     synth_seconds, stage_seconds, bitstream, capacity, memories, clock_attempts_mhz, fmax_attempts_mhz,
     seed_attempts}``: ``clock_mhz`` is the frequency the bitstream runs at (the PLL's output, or the
     oscillator), ``fmax_mhz`` the achieved frequency
@@ -297,6 +298,7 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
         "board": board.name,
         "device": board.device,
         "clock_mhz": clock_mhz,
+        "baud": top.baud,
         "pll": top.pll.as_dict() if top.pll else None,
         "timing_met": None if figures["fmax_mhz"] is None else figures["fmax_mhz"] >= clock_mhz,
         "synth_seconds": round(time.perf_counter() - started, 1),
@@ -351,7 +353,7 @@ def next_attempt(family: str, oscillator_hz: float, clock_hz: float, seed: int |
 
 
 def synthesize_at_best_clock(spec: NetworkSpec, board_name: str, out_dir, first_try_hz: float | None = None,
-                             progress: bool = True, baud: int = DEFAULT_BAUD, seed: int | None = None,
+                             progress: bool = True, baud: int | None = None, seed: int | None = None,
                              max_attempts: int = 4, on_progress=None, expected_luts: int | None = None) -> dict:
     """Build with the PLL as fast as timing allows.
 

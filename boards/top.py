@@ -15,8 +15,9 @@ Clock: ``BoardTop(..., clock_hz=None)`` runs the design at the board oscillator 
 EHXPLLL) between the oscillator and the ``sync`` domain, set by `xnorflow.boards.pll.plan_pll` to the
 highest frequency it can make that is not above F, so the network runs near the Fmax nextpnr
 reports: the frames/s the build reports are then what the bitstream delivers whenever the link is
-not the bottleneck (at 115200 baud the UART still is: a 784-bit frame is 98 bytes = 8.5 ms; faster
-links may come). The UART divisor is computed from the PLL's actual output frequency, and the PLL
+not the bottleneck. The UART runs at the fastest rate the board's USB-serial bridge takes that the
+clock makes (3 Mbaud on the iCEBreaker and ULX3S: a 98-byte frame in 0.33 ms), unless a baud rate is
+given. The UART divisor is computed from the PLL's actual output frequency, and the PLL
 output net carries nextpnr's clock constraint, so timing is checked at the frequency the design runs.
 Reset with a PLL: the ``sync`` domain is held in reset until the PLL reports LOCK (and while the
 board's reset button, if the platform has one, is pressed), the way amaranth's platforms reset their
@@ -38,7 +39,7 @@ from amaranth.lib.wiring import In, Out
 from xnorflow.boards.pll import PllPlan, plan_pll
 from xnorflow.boards.protocol import MAX_CLASSES, TAG_BITS, TAG_MARK
 from xnorflow.boards.registry import Board
-from xnorflow.boards.uart import DEFAULT_BAUD, UARTRx, UARTTx, uart_divisor
+from xnorflow.boards.uart import DEFAULT_BAUD, UARTRx, UARTTx, fastest_baud, uart_divisor
 from xnorflow.hw.adapters import RegisterSlice
 from xnorflow.hw.network import Network
 from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div
@@ -142,7 +143,8 @@ class BoardTopCore(wiring.Component):
 
 class BoardTop(Elaboratable):
     """`BoardTopCore` on a board: its UART resource, clocked by the board oscillator (``clock_hz=None``)
-    or by the family's PLL at the highest frequency it makes not above ``clock_hz``.
+    or by the family's PLL at the highest frequency it makes not above ``clock_hz``; its UART at
+    ``baud``, or (None) the fastest rate the board's bridge takes that ``clk_hz`` makes.
 
     ``pll`` is the `PllPlan` (None without a PLL), ``clk_hz`` the frequency the design runs at and
     ``core`` the `BoardTopCore` (its UART divisor computed from ``clk_hz``).
@@ -150,15 +152,15 @@ class BoardTop(Elaboratable):
     ``overrun`` and ``framing_error`` light the board's LEDs 0 and 1 when it has them.
     """
 
-    def __init__(self, spec: NetworkSpec, board: Board, baud: int = DEFAULT_BAUD, clock_hz: float | None = None):
+    def __init__(self, spec: NetworkSpec, board: Board, baud: int | None = None, clock_hz: float | None = None):
         self.spec = spec
         self.board = board
-        self.baud = baud
         try:
             self.pll: PllPlan | None = None if clock_hz is None else plan_pll(board.family, board.clock_hz, clock_hz)
             self.clk_hz = self.pll.f_out_hz if self.pll else board.clock_hz
+            self.baud = fastest_baud(self.clk_hz, board.max_baud) if baud is None else baud
             # Built here so a spec or baud rate the core refuses fails before any platform work.
-            self.core = BoardTopCore(spec, self.clk_hz, baud)
+            self.core = BoardTopCore(spec, self.clk_hz, self.baud)
         except ValueError:
             self._MustUse__silence = True  # refused, never built: no "created but never used" warning
             raise

@@ -23,6 +23,11 @@ DEFAULT_BAUD = 115200
 MAX_BAUD_ERROR = 0.02
 # The receiver votes over the samples at middle-1, middle, middle+1 of a bit, which needs 4 cycles.
 MIN_DIVISOR = 4
+# Rates a USB-serial bridge makes to a fraction of a percent, fastest first (FTDI's FT2232H and
+# FT231X divide 3 MHz by 1, 1.5, 2, 3, 3.25, 6, 6.5, 13, ...): a board's link runs at the fastest of
+# these that its bridge takes and its clock's divisor makes within MAX_BAUD_ERROR (`fastest_baud`).
+LINK_RATES = (3_000_000, 2_000_000, 1_500_000, 1_000_000, 921_600, 500_000, 460_800, 230_400, 115_200,
+              57_600, 38_400, 19_200, 9_600)
 
 
 class UARTError(XnorflowError):
@@ -42,6 +47,19 @@ def uart_divisor(clk_hz: float, baud: int = DEFAULT_BAUD) -> int:
         raise UARTError(f"{baud} baud is {error:.1%} off at {clk_hz / 1e6:g} MHz (divisor {divisor}): "
                         "choose a baud rate that divides the clock more evenly, e.g. 115200 or 9600")
     return divisor
+
+
+def fastest_baud(clk_hz: float, max_baud: int) -> int:
+    """The fastest of `LINK_RATES` not above ``max_baud`` (the bridge's limit) that ``clk_hz`` makes."""
+    for baud in LINK_RATES:
+        if baud <= max_baud:
+            try:
+                uart_divisor(clk_hz, baud)
+            except UARTError:
+                continue
+            return baud
+    raise UARTError(f"a {clk_hz / 1e6:g} MHz clock makes none of the baud rates up to {max_baud}: "
+                    "give one it divides with --baud")
 
 
 def _check_divisor(divisor: int) -> int:

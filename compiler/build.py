@@ -182,10 +182,12 @@ def simulation_inputs(build_dir: Path, images, backpressure, seed) -> dict:
             "images": images, "backpressure": backpressure, "seed": seed}
 
 
-def synthesis_inputs(build_dir: Path, clock_mhz, seed, parallel_seeds: int | None = None) -> dict:
-    """The inputs a synthesis's result depends on (flow reruns it when any differ)."""
+def synthesis_inputs(build_dir: Path, clock_mhz, seed, parallel_seeds: int | None = None,
+                     baud: int | None = None) -> dict:
+    """The inputs a synthesis's result depends on (flow reruns it when any differ); ``baud`` None is
+    the board's fastest rate."""
     inputs = {"spec_sha256": build_folder.file_digest(build_dir / SPEC_FILE), "clock_mhz": clock_mhz,
-              "pnr_seed": seed}
+              "pnr_seed": seed, "baud": baud}
     if parallel_seeds:
         inputs["parallel_seeds"] = parallel_seeds
     return inputs
@@ -276,7 +278,8 @@ def fps_from(fmax_mhz, cycles_per_frame):
 
 
 def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = "auto",
-                     seed: int | None = None, on_progress=None, parallel_seeds: int | None = None) -> dict:
+                     seed: int | None = None, on_progress=None, parallel_seeds: int | None = None,
+                     baud: int | None = None) -> dict:
     """Yosys + nextpnr for the build's board; merge utilisation, Fmax and fps into the report.
 
     ``clock_mhz``: "auto" builds with the board's PLL as fast as timing allows (a rebuild, at most
@@ -285,7 +288,8 @@ def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = 
     ``seed``: nextpnr's placement seed (None: its default). ``on_progress``: called with each live
     phase event of the tools (boards.synth.SynthProgress). ``parallel_seeds`` (with "auto"): the first
     clock is built with that many nextpnr seeds (from ``seed``, default 1) at once on a Dask
-    LocalCluster and the best is kept (compiler.sweep.synthesize_seeds_in_parallel).
+    LocalCluster and the best is kept (compiler.sweep.synthesize_seeds_in_parallel). ``baud``: the
+    board UART's rate (None: the fastest the board's USB-serial bridge takes that the clock makes).
     """
     from xnorflow.boards.registry import get_board
     from xnorflow.boards.synth import synthesize, synthesize_at_best_clock
@@ -300,17 +304,18 @@ def synthesize_build(build_dir, progress: bool = True, clock_mhz: float | str = 
         if parallel_seeds and clock_mhz != "auto":
             raise CompileError(f"--parallel-seeds tries seeds at the first clock of --clock-mhz auto, not at "
                                f"--clock-mhz {clock_mhz}: drop one of them (a sweep tries seeds at any clock)")
-        inputs = synthesis_inputs(build_dir, clock_mhz, seed, parallel_seeds)
+        inputs = synthesis_inputs(build_dir, clock_mhz, seed, parallel_seeds, baud)
         with build_folder.transaction(build_dir, ("synth", reports.REPORT_NAME)) as stage:
             out = stage / "synth"
-            live = {"progress": progress, "seed": seed, "on_progress": on_progress,
+            live = {"progress": progress, "seed": seed, "on_progress": on_progress, "baud": baud,
                     "expected_luts": (report.get("estimate") or {}).get("luts")}
             if clock_mhz == "auto" and parallel_seeds and parallel_seeds > 1:
                 from .sweep import synthesize_seeds_in_parallel
 
                 first = seed or 1
                 results = synthesize_seeds_in_parallel(spec, board.name, out, list(range(first, first + parallel_seeds)),
-                                                       progress=progress, expected_luts=live["expected_luts"])
+                                                       progress=progress, expected_luts=live["expected_luts"],
+                                                       baud=baud)
             elif clock_mhz == "auto":
                 results = synthesize_at_best_clock(spec, board.name, out, **live)
             elif clock_mhz == "board":

@@ -85,6 +85,10 @@ def add_clock_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pnr-seed", type=positive_int, default=None, metavar="N",
                    help="nextpnr's placement seed for the first build (default: nextpnr's, 1); a near "
                         "miss is rebuilt with N+1. A seed gives the same bitstream every time")
+    p.add_argument("--baud", type=positive_int, default=None,
+                   help="the board UART's baud rate (default: the fastest the board's USB-serial bridge "
+                        "takes that the clock makes: 3000000 on the iCEBreaker and ULX3S, 115200 on the "
+                        "OrangeCrab's adapter); report.json records it and `xnorflow run` uses it")
 
 
 def add_board_options(p: argparse.ArgumentParser) -> None:
@@ -211,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("build", type=Path, help="build folder (its spec and test vectors)")
     p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
     p.add_argument("--images", type=positive_int, default=None, help="images to send (default: all)")
-    p.add_argument("--baud", type=positive_int, default=115200, help="baud rate (default: 115200)")
+    p.add_argument("--baud", type=positive_int, default=None,
+                   help="baud rate (default: the rate the build's bitstream was synthesized for, from its "
+                        "report.json; 115200 for a build synthesized before the rate was recorded)")
     add_sweep_parser(sub)
     return parser
 
@@ -316,8 +322,8 @@ def cmd_synth(args) -> int:
     from xnorflow.compiler.build import synthesize_build
 
     report = synthesize_build(args.build, progress=sys.stderr.isatty(), clock_mhz=args.clock_mhz, seed=args.pnr_seed,
-                              parallel_seeds=args.parallel_seeds)
-    print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "clock_mhz",
+                              parallel_seeds=args.parallel_seeds, baud=args.baud)
+    print_summary(report, ("device", "luts", "ffs", "brams", "sprams", "dsps", "fmax_mhz", "fps", "clock_mhz", "baud",
                            "timing_met", "fps_at_clock", "synth_seconds"))
     print(f"  bitstream                {report.get('bitstream')}")
     return 0
@@ -339,7 +345,8 @@ def cmd_export(args) -> int:
 
 def cmd_run(args) -> int:
 
-    from xnorflow.boards.host import run_on_board
+    from xnorflow.boards.host import DEFAULT_BAUD, run_on_board
+    from xnorflow.compiler import report as reports
     from xnorflow.compiler.build import load_spec, load_vectors, require_build
 
     build = require_build(args.build)
@@ -350,14 +357,15 @@ def cmd_run(args) -> int:
         inputs = inputs[:args.images]
         labels = None if labels is None else labels[:args.images]
         golden = None if golden is None else golden[:args.images]
-    result = run_on_board(args.port, spec, inputs, labels, baudrate=args.baud, golden=golden)
+    baud = args.baud or reports.read_report(build).get("baud") or DEFAULT_BAUD
+    result = run_on_board(args.port, spec, inputs, labels, baudrate=baud, golden=golden)
     print(f"  frames                   {result['frames']}")
     accuracy = "not measured (no labels)" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
     print(f"  accuracy                 {accuracy}")
     if golden is not None:
         print(f"  golden agreement         {result['golden_agreement']:.4f} "
               f"({result['golden_mismatches']} frames differ from the golden model)")
-    print(f"  frames/s                 {result['fps']:,.1f} (host to board and back, over the UART)")
+    print(f"  frames/s                 {result['fps']:,.1f} (host to board and back, over the UART at {baud:,} baud)")
     if result["golden_mismatches"]:
         first = result["mismatched_frames"][0]
         print(f"xnorflow: error: the board disagrees with the golden model on {result['golden_mismatches']} of "

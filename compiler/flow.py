@@ -109,7 +109,8 @@ COMPILE_LABELS = {"model_sha256": "the model file", "board": "--board", "fps": "
                   "lut_share": "--lut-share", "dataset": "--dataset"}
 SIMULATION_LABELS = {"spec_sha256": "the spec", "vectors_sha256": "the test vectors", "verilog_sha256": "the Verilog",
                      "backpressure": "backpressure", "seed": "the simulation seed"}
-SYNTHESIS_LABELS = {"spec_sha256": "the spec", "clock_mhz": "--clock-mhz", "pnr_seed": "--pnr-seed"}
+SYNTHESIS_LABELS = {"spec_sha256": "the spec", "clock_mhz": "--clock-mhz", "pnr_seed": "--pnr-seed",
+                    "baud": "--baud"}
 
 
 def compile_rerun_reason(report: dict, model_path: Path, request: dict) -> str | None:
@@ -133,9 +134,11 @@ def simulate_rerun_reason(build_dir: Path, report: dict, images: int | None) -> 
     return why
 
 
-def synth_rerun_reason(build_dir: Path, report: dict, clock_mhz, seed) -> str | None:
-    """Why synthesis at ``clock_mhz`` with nextpnr ``seed`` must run again; None to reuse it."""
-    why = changed(report.get("synthesis_inputs"), synthesis_inputs(build_dir, clock_mhz, seed), SYNTHESIS_LABELS)
+def synth_rerun_reason(build_dir: Path, report: dict, clock_mhz, seed, baud: int | None = None) -> str | None:
+    """Why synthesis at ``clock_mhz`` with nextpnr ``seed`` and the UART at ``baud`` must run again;
+    None to reuse it."""
+    why = changed(report.get("synthesis_inputs"), synthesis_inputs(build_dir, clock_mhz, seed, baud=baud),
+                  SYNTHESIS_LABELS)
     if why is None and not (report.get("bitstream") and Path(report["bitstream"]).is_file()):
         return "no bitstream in the build folder"
     return why
@@ -221,13 +224,14 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
     if args.no_synth:
         steps.run("synth", None, skip_reason="skipped (--no-synth)")
     else:
-        why = synth_rerun_reason(build_dir, report, args.clock_mhz, args.pnr_seed)
+        why = synth_rerun_reason(build_dir, report, args.clock_mhz, args.pnr_seed, args.baud)
         if why is None:
-            steps.run("synth", None, skip_reason=f"reusing {report['bitstream']} (same spec, clock and seed)")
+            steps.run("synth", None, skip_reason=f"reusing {report['bitstream']} (same spec, clock, seed and baud)")
         else:
             print(f"  synthesizing: {why}", flush=True)
             steps.run("synth", lambda: synthesize_build(build_dir, progress=sys.stderr.isatty(),
-                                                        clock_mhz=args.clock_mhz, seed=args.pnr_seed))
+                                                        clock_mhz=args.clock_mhz, seed=args.pnr_seed,
+                                                        baud=args.baud))
 
     def do_report():
         from .html_report import FIGURES_DIR, write_html_report

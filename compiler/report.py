@@ -28,7 +28,7 @@ SIMULATION_KEYS = ("images_simulated", "rtl_mismatches", "accuracy_rtl", "cycles
 SYNTHESIS_KEYS = ("fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps", "synth_seconds",
                   # beyond DESIGN.md: the clock the bitstream runs at (PLL output or oscillator),
                   # the PLL's settings, whether nextpnr met timing there, and every build tried
-                  "clock_mhz", "pll", "timing_met", "clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts",
+                  "clock_mhz", "baud", "pll", "timing_met", "clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts",
                   # where Yosys put each memory ("block", "logic", ...): the weights in block RAM, checked
                   "memories")
 

@@ -577,7 +577,8 @@ def _forward_progress(label: str, event: dict) -> None:
 
 
 def synthesize_seeds_in_parallel(spec, board_name: str, out_dir, seeds: list[int], progress: bool = True,
-                                 expected_luts: int | None = None, workers: int | None = None) -> dict:
+                                 expected_luts: int | None = None, workers: int | None = None,
+                                 baud: int | None = None) -> dict:
     """`synthesize_at_best_clock`, but its first clock built with every seed of ``seeds`` at once as
     tasks on a LocalCluster (the sweep's machinery); the best build that meets the clock (highest
     Fmax) becomes ``out_dir``. When none meets it, the search goes on from the best seed's Fmax as
@@ -606,7 +607,7 @@ def synthesize_seeds_in_parallel(spec, board_name: str, out_dir, seeds: list[int
             say(f"[synth] {len(seeds)} seeds ({', '.join(map(str, seeds))}) at {first_hz / 1e6:g} MHz on "
                 f"{len(client.scheduler_info()['workers'])} workers")
             futures = {seed: client.submit(synthesize, spec, board_name, str(tries / f"seed-{seed}"), progress=False,
-                                           seed=seed, clock_hz=first_hz, timing_allow_fail=True,
+                                           seed=seed, clock_hz=first_hz, timing_allow_fail=True, baud=baud,
                                            expected_luts=expected_luts, pure=False,
                                            on_progress=functools.partial(_forward_progress, str(seed)))
                        for seed in seeds}
@@ -638,10 +639,11 @@ def synthesize_seeds_in_parallel(spec, board_name: str, out_dir, seeds: list[int
         say(f"[synth] no seed met {first_hz / 1e6:g} MHz (best: seed {best}, Fmax {results[best]['fmax_mhz']} MHz): "
             f"going on {'at the board oscillator' if action == 'oscillator' else f'at {clock_hz / 1e6:g} MHz'}")
         if action == "oscillator":
-            result = synthesize(spec, board_name, out_dir, progress=progress, seed=seed, expected_luts=expected_luts)
+            result = synthesize(spec, board_name, out_dir, progress=progress, seed=seed, expected_luts=expected_luts,
+                                baud=baud)
         else:
             result = synthesize_at_best_clock(spec, board_name, out_dir, first_try_hz=clock_hz, progress=progress,
-                                              seed=seed, expected_luts=expected_luts)
+                                              seed=seed, expected_luts=expected_luts, baud=baud)
         later = [result]
     shutil.rmtree(tries, ignore_errors=True)
     for key in ("clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts"):

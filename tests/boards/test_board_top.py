@@ -12,14 +12,15 @@ from spec_factory import random_frames, sized_network
 from xnorflow.boards.host import pack_frames
 from xnorflow.boards.registry import get_board
 from xnorflow.boards.top import TAG_MARK, BoardTop, BoardTopCore, check_protocol, frame_bytes
+from xnorflow.boards.uart import fastest_baud
 from xnorflow.hw.spec import SpecError
 from xnorflow.sim.golden import execute
 from xnorflow.sim.verilator import activate_verilator
 
 TB_DIR = Path(__file__).parent
-CLOCK_NS = 10
-BAUD = 1_000_000
-DIVISOR = 4            # clk = 4 x baud: the fastest the receiver's 3-sample vote allows, keeps the test quick
+# The iCEBreaker without a PLL: its 12 MHz oscillator and the 3 Mbaud its FT2232H takes, 4 clocks a bit,
+# the fewest the receiver's 3-sample vote allows.
+BOARD = "icebreaker"
 
 
 def run_board_top(spec, frames_bits, work: Path, gap_probability: float = 0.1, seed: int = 0) -> dict:
@@ -27,23 +28,26 @@ def run_board_top(spec, frames_bits, work: Path, gap_probability: float = 0.1, s
     activate_verilator()
     from xnorflow.sim.runner import verilator_runner  # after PATH / VERILATOR_ROOT are set
 
-    core = BoardTopCore(spec, clk_hz=DIVISOR * BAUD, baud=BAUD)
-    assert core.divisor == DIVISOR
+    board = get_board(BOARD)
+    baud = fastest_baud(board.clock_hz, board.max_baud)
+    core = BoardTopCore(spec, clk_hz=board.clock_hz, baud=baud)
+    assert (baud, core.divisor) == (3_000_000, 4)
+    # cocotb's Clock wants an even period; 83,334 ps is 12 MHz to 8 ppm.
+    clock_ps, bit_ps = 2 * round(0.5e12 / board.clock_hz), round(1e12 / baud)
     source = work / "board_top.v"
     source.write_text(verilog.convert(core, name="board_top"))
 
     frames = [list(frame) for frame in pack_frames(spec, frames_bits)]
-    bit_cycles = DIVISOR
     results_file = work / "results.json"
     config = {
-        "clock_ns": CLOCK_NS,
-        "divisor": DIVISOR,
+        "clock_ps": clock_ps,
+        "bit_ps": bit_ps,
         "frames": frames,
         "seed": seed,
         "gap_probability": gap_probability,
         # After the last byte: at most two frames still queued (FIFO + ping-pong), each answered in
         # its compute time plus two 10-bit answer bytes (tag, class); generous margin on top.
-        "drain_ns": CLOCK_NS * (4 * spec.analytic_cycles_per_frame + 200 + 40 * bit_cycles * 10),
+        "drain_ps": clock_ps * (4 * spec.analytic_cycles_per_frame + 200) + 40 * bit_ps * 10,
         "results_file": str(results_file),
     }
     config_file = work / "config.json"

@@ -1,5 +1,7 @@
 """The host driver against the software board on a real pseudo-terminal, through pyserial."""
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -222,6 +224,25 @@ def test_run_checks_every_answer_against_the_golden_model(tfc_build):
     assert result.returncode == 0, result.stderr
     assert f"accuracy                 {np.mean(golden[:40] == labels[:40]):.4f}" in result.stdout
     assert "golden agreement         1.0000 (0 frames differ from the golden model)" in result.stdout
+    # Not synthesized: no rate recorded, so the rate of builds from before it was.
+    assert "over the UART at 115,200 baud" in result.stdout
+
+
+def test_run_talks_at_the_baud_rate_the_bitstream_was_built_for(tfc_build, tmp_path):
+    build, spec, _, _ = tfc_build
+    copy = tmp_path / "build"
+    shutil.copytree(build, copy)
+    report = json.loads((copy / "report.json").read_text())
+    (copy / "report.json").write_text(json.dumps({**report, "baud": 3_000_000}))
+    with BoardModel(spec) as board:
+        result = run_cli("run", copy, "--port", board.port, "--images", "5")
+        assert board.line_baud == 3_000_000     # what the host set on the line
+    assert result.returncode == 0, result.stderr
+    assert "over the UART at 3,000,000 baud" in result.stdout
+    with BoardModel(spec) as board:
+        result = run_cli("run", copy, "--port", board.port, "--images", "5", "--baud", "115200")
+        assert board.line_baud == 115_200
+    assert "over the UART at 115,200 baud" in result.stdout
 
 
 def test_run_stops_at_a_stray_byte_instead_of_shifting_the_answers(tfc_build):

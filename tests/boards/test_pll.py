@@ -13,7 +13,7 @@ from spec_factory import sized_network
 from xnorflow.boards.pll import LIMITS, PllError, plan_pll
 from xnorflow.boards.registry import get_board
 from xnorflow.boards.top import BoardTop
-from xnorflow.boards.uart import DEFAULT_BAUD, uart_divisor
+from xnorflow.boards.uart import uart_divisor
 
 MHZ = 1e6
 
@@ -197,7 +197,8 @@ def build_files(board_name: str, clock_hz):
 def test_icebreaker_top_with_pll_instantiates_it_and_constrains_its_output():
     top, files = build_files("icebreaker", 24 * MHZ)
     assert top.clk_hz == 24 * MHZ and top.pll.f_out_hz == 24 * MHZ
-    assert top.core.divisor == uart_divisor(24 * MHZ, DEFAULT_BAUD) == 208   # UART at the PLL clock
+    # The UART at the PLL clock, as fast as the iCEBreaker's FT2232H takes: 8 clocks a bit.
+    assert top.baud == 3_000_000 and top.core.divisor == uart_divisor(24 * MHZ, top.baud) == 8
     rtlil = files["xnorflow.il"]
     assert "cell \\SB_PLL40_PAD" in rtlil
     assert re.search(r"parameter \\DIVF 63\b", rtlil) and re.search(r"parameter \\DIVQ 5\b", rtlil)
@@ -208,7 +209,7 @@ def test_icebreaker_top_with_pll_instantiates_it_and_constrains_its_output():
 def test_ulx3s_top_with_pll_uses_the_ehxplll_and_the_global_reset():
     top, files = build_files("ulx3s-25f", 52 * MHZ)
     assert top.clk_hz == 50 * MHZ      # the highest the PLL makes from 25 MHz without going above 52
-    assert top.core.divisor == uart_divisor(50 * MHZ, DEFAULT_BAUD)
+    assert top.core.divisor == uart_divisor(50 * MHZ, top.baud)
     rtlil = files["xnorflow.il"]
     assert "cell \\EHXPLLL" in rtlil and "cell \\SGSR" in rtlil
     assert re.search(r"parameter \\CLKOP_DIV 12\b", rtlil)
@@ -218,7 +219,7 @@ def test_ulx3s_top_with_pll_uses_the_ehxplll_and_the_global_reset():
 def test_board_top_without_clock_runs_at_the_oscillator():
     top, files = build_files("icebreaker", None)
     assert top.pll is None and top.clk_hz == 12 * MHZ
-    assert top.core.divisor == uart_divisor(12 * MHZ, DEFAULT_BAUD)
+    assert top.baud == 3_000_000 and top.core.divisor == uart_divisor(12 * MHZ, top.baud) == 4
     assert "SB_PLL40" not in files["xnorflow.il"]
     assert "set_frequency clocking" not in files["xnorflow.pcf"]
 

@@ -6,7 +6,7 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
-from xnorflow.boards.uart import UARTError, UARTRx, UARTTx, uart_divisor
+from xnorflow.boards.uart import LINK_RATES, UARTError, UARTRx, UARTTx, fastest_baud, uart_divisor
 
 
 def line_levels(byte: int, stop: int = 1) -> list[int]:
@@ -186,3 +186,25 @@ def test_tx_to_rx_loopback_with_random_backpressure():
     sim.run_until(1e-6 * 12 * divisor * (len(data) + 2))
     assert received == data
     assert isinstance(tx, wiring.Component) and isinstance(rx, wiring.Component)
+
+
+@pytest.mark.parametrize("clk_hz, max_baud, baud", [
+    (12e6, 3_000_000, 3_000_000),    # iCEBreaker oscillator: 4 clocks a bit
+    (45e6, 3_000_000, 3_000_000),    # a PLL clock: 15 clocks a bit
+    (33.75e6, 3_000_000, 2_000_000),  # 11.25 clocks a bit is 2.3 % off at 3 Mbaud; 2 Mbaud is 0.7 %
+    (25e6, 3_000_000, 1_500_000),    # ULX3S oscillator: 3 and 2 Mbaud are 4.2 % off
+    (48e6, 115_200, 115_200),        # a bridge limited to 115200
+])
+def test_fastest_baud_is_the_fastest_link_rate_the_bridge_takes_and_the_clock_makes(clk_hz, max_baud, baud):
+    assert fastest_baud(clk_hz, max_baud) == baud
+    uart_divisor(clk_hz, baud)
+    faster = [rate for rate in LINK_RATES if baud < rate <= max_baud]
+    for rate in faster:
+        with pytest.raises(UARTError):
+            uart_divisor(clk_hz, rate)
+
+
+def test_fastest_baud_refuses_a_clock_too_slow_for_any_rate():
+    with pytest.raises(UARTError, match="--baud") as info:
+        fastest_baud(30e3, 3_000_000)
+    assert "\n" not in str(info.value)

@@ -161,6 +161,8 @@ def test_synth_merges_the_build_it_made_into_the_report(tfc_digits_model, tmp_pa
     assert report["fmax_attempts_mhz"] == [report["fmax_mhz"]] and report["timing_met"] is True
     assert report["fps"] == report["fmax_mhz"] * 1e6 / report["cycles_per_frame"]
     assert report["fps_at_clock"] == 12e6 / report["cycles_per_frame"]
+    # The UART as fast as the iCEBreaker's FT2232H takes at the 12 MHz oscillator; `run` reads it back.
+    assert report["baud"] == 3_000_000 and report["synthesis_inputs"]["baud"] is None
     # The compiler's block count is what synthesis made, and every bank it put in blocks is one.
     from xnorflow.compiler.build import load_spec
     assert report["brams"] == report["estimate"]["brams"] > 0
