@@ -189,3 +189,51 @@ def test_synth_tries_seeds_in_parallel_at_the_first_clock(tfc_digits_model, tmp_
     assert report["timing_met"] and (build / "synth" / "xnorflow.bin").is_file()
     assert sorted(p.name for p in build.iterdir() if not p.name.startswith(".")) == \
         ["report.json", "spec.npz", "synth", "vectors.npz", "verilog"]
+
+
+SHARES = "0.4,0.6,0.85,1"
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_points_and_the_next_run_builds_only_the_rest(tfc_digits_model, tmp_path):
+    """Ctrl-C in a terminal interrupts the whole foreground process group (the command and its Dask
+    workers): finished points stay whole and listed, and the same command later reuses them."""
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    points = grid_points(models(tfc_digits_model), "icebreaker", lut_shares=SHARES, synth=False)
+    argv = [sys.executable, "-m", "xnorflow.compiler.cli", "sweep", "-o", str(sweep), "--model",
+            str(tfc_digits_model), "--boards", "icebreaker", "--lut-share", SHARES,
+            "--no-synth", "--images", str(IMAGES), "--workers", "1"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    done, deadline = [], time.monotonic() + 600
+    while not done and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        try:
+            rows = json.loads((sweep / "results.json").read_text())["points"]
+        except (OSError, ValueError, KeyError):
+            continue
+        done = [r["point"] for r in rows if r["status"] == "done"]
+    assert done, "no point finished before the deadline"
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+
+    rows = {r["point"]: r for r in json.loads((sweep / "results.json").read_text())["points"]}
+    finished = [name for name, r in rows.items() if r["status"] == "done"]
+    assert set(done) <= set(finished) and len(finished) < len(points), "the interrupt came after every point finished"
+    for point in points:
+        if point.name in finished:
+            assert point_complete(point, sweep / "points" / point.name, IMAGES), point.name
+            assert not list((sweep / "points" / point.name).glob(".stage-*")), point.name
+
+    again = run_cli(*argv[3:])
+    assert again.returncode == 0, again.stderr
+    rows = {r["point"]: r for r in json.loads((sweep / "results.json").read_text())["points"]}
+    assert all(rows[name]["status"] == "reused" for name in finished)
+    assert all(r["status"] in ("done", "reused") for r in rows.values())
+    assert sum(r["status"] == "done" for r in rows.values()) == len(points) - len(finished)
