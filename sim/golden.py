@@ -234,8 +234,10 @@ def _integer_thresholds(values: np.ndarray, layer: LayerSpec) -> np.ndarray:
     """(rows, n_in) elements (of `_sum_dtype`) -> (rows, n_out) bits ``s >= T``, s = values @ (+-1
     weights) through BLAS, exact (see `_sum_dtype`)."""
     weights = (2 * layer.weights.astype(values.dtype) - 1).T
-    sums = (values @ weights).astype(np.int64)
-    return (sums >= layer.thresholds[None, :]).astype(np.uint8)
+    # Compared in the float type: thresholds clamped into [-S, S + 1] (the same bits) are exact there too.
+    bound = layer.n_in * ((1 << layer.input_bits) - 1)
+    thresholds = np.clip(layer.thresholds, -bound, bound + 1).astype(values.dtype)
+    return np.greater_equal(values @ weights, thresholds[None, :]).view(np.uint8)
 
 
 @golden_kernel("int_dense")
