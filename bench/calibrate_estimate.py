@@ -328,7 +328,9 @@ def fit(data: dict, family: str) -> dict:
     if FROM_ICE40.get(family):
         ice40 = fit(data, "ice40")
         fixed.update({name: ice40[name] for name in FROM_ICE40[family]})
-    names = [f for f in LogicModel.__dataclass_fields__ if f != "packing" and f not in fixed]
+    # The integer-input engine's terms are not in these designs: they keep their own values.
+    names = [f for f in LogicModel.__dataclass_fields__
+             if f not in ("packing", "int_lane_bit", "int_acc_bit") and f not in fixed]
     records = [r for r in data["designs"].values() if r["family"] == family]
     rows = [row for r in records for row in fit_rows(r)]
     remaining = [measured - sum(v * terms.get(n, 0) for n, v in fixed.items()) for terms, measured in rows]

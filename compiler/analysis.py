@@ -80,6 +80,15 @@ def ops_memories(ops: list[Op], family: str | None = None) -> list[dict]:
 # whose figures are in bench/calibration.json and checked by tests/boards/test_estimate.py.
 
 
+# Coefficients of the integer-input engine's terms (see `LogicModel`), the same on both families. Set
+# from Yosys synth_ice40 of five int_dense engines alone (b 4 and 8, PE 2-16, SIMD 7-25, weights and
+# buffer in block RAM), their SB_LUT4 counts scaled by the calibrated model's cells per SB_LUT4 on two
+# binary MVTUs synthesized the same way (1.39); int_acc_bit is confounded with the lanes there and
+# set low. Not yet checked against nextpnr or on ECP5.
+INT_LANE_BIT = 3.1
+INT_ACC_BIT = 1.0
+
+
 @dataclass(frozen=True)
 class LogicModel:
     """Logic cells (iCE40) or LUT slots (ECP5) per unit of each structural term of `logic_terms`.
@@ -108,6 +117,11 @@ class LogicModel:
     gearbox_bit: float  # per (buffer bit x shift stage) of a width adapter (`gearbox_size`)
     top: float          # UART RX/TX, reset timer, FIFO and I/O of the board top (iCE40 186-242)
     packing: float = 1.0
+    # The integer-input engine (hw/intmvu.py) is not in the calibration designs, so these are not
+    # fitted there (see `INT_LANE_BIT`).
+    int_lane_bit: float = INT_LANE_BIT  # per input bit of each adder tree (every PE's gated tree and
+                                        #   the shared total): adders, gating, level registers
+    int_acc_bit: float = INT_ACC_BIT    # per PE per accumulator bit: 2P - X, accumulator, signed compare
 
 
 LOGIC_MODELS = {
@@ -171,7 +185,8 @@ def logic_terms(layer: LayerSpec, in_width: int, family: str) -> dict[str, int]:
     return ops_logic_terms(layer_ops(layer), in_width, family)
 
 
-TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit")
+TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit",
+         "int_lane_bit", "int_acc_bit")
 
 
 def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -55,6 +55,41 @@ def fold_scores_signature(layer: LayerSpec) -> wiring.Signature:
         "start": Out(1),
         "room": In(1),
     })
+
+
+def registered_sums(m: Module, first_level: list[list[tuple]], control: dict, rows: list[str]):
+    """Registered adder trees, one per row: ``first_level[r]`` holds row r's (expression, largest
+    value) terms, all rows the same number of them.
+
+    Level 0 registers every term; each next level registers sums of up to POPCOUNT_GROUP terms of
+    the level below, until one is left per row (`count_levels`), so every level is a shallow adder
+    tree however wide SIMD is. ``control`` (a `register_stage` dict) moves along one stage per level.
+    Returns (one sum per row, the control of the last level). Registers are named
+    ``count_{rows[r]}_l{level}_g{g}``, stages ``count{level}``.
+    """
+    def register_level(level, terms_per_row):
+        registered = []
+        for name, terms in zip(rows, terms_per_row):
+            row = []
+            for g, (value, most) in enumerate(terms):
+                reg = Signal(bits_for(most), name=f"count_{name}_l{level}_g{g}")
+                m.d.sync += reg.eq(value)
+                row.append((reg, most))
+            registered.append(row)
+        return registered
+
+    def grouped_sums(terms):
+        chunks = [terms[start:stop] for start, stop in group_slices(len(terms))]
+        return [(sum(value for value, _ in chunk), sum(most for _, most in chunk)) for chunk in chunks]
+
+    counted = register_level(0, first_level)
+    control = register_stage(m, "count0", control)
+    level = 0
+    while len(counted[0]) > 1:
+        level += 1
+        counted = register_level(level, [grouped_sums(terms) for terms in counted])
+        control = register_stage(m, f"count{level}", control)
+    return [row[0][0] for row in counted], control
 
 
 def memory_style_attrs(style: str) -> dict[str, str]:
@@ -132,6 +167,11 @@ class MVTU(wiring.Component, EngineTiming):
     index and every class's popcount.
 
     Ports: ``i`` takes SF beats of ``simd`` bits per frame (padded lanes of the last beat are 0).
+
+    An engine on other inputs (hw/intmvu.py: b-bit integers) subclasses this one and changes only
+    what its numerics change: the lanes' width (``layer.input_bits`` bits each), `_count` (the
+    per-beat sums), `accumulator_shape`, `threshold_shape` and `threshold_banks`. Issue, buffers,
+    weight banks, accumulation and the output queue are these.
     """
 
     def __init__(self, layer: LayerSpec, index: int = 0):
@@ -143,9 +183,41 @@ class MVTU(wiring.Component, EngineTiming):
         self.layer = layer
         out = fold_scores_signature(layer) if layer.is_output else stream.Signature(unsigned(layer.pe))
         super().__init__({
-            "i": In(stream.Signature(unsigned(layer.simd))),
+            "i": In(stream.Signature(unsigned(self.word_width))),
             "o": Out(out),
         })
+
+    # --- what the engine's numerics decide (hw/intmvu.py changes these) ---------------------
+    @property
+    def word_width(self) -> int:
+        """Bits of an input beat and of a buffer word: SIMD lanes of ``input_bits`` bits."""
+        return self.layer.simd * self.layer.input_bits
+
+    @property
+    def accumulator_shape(self) -> Shape:
+        """A fold's accumulated count: a popcount in 0..n_in."""
+        return unsigned(self.layer.popcount_width)
+
+    @property
+    def threshold_shape(self) -> Shape:
+        """A stored threshold: 0..n_in + 1."""
+        return unsigned(self.layer.threshold_width)
+
+    def threshold_banks(self):
+        """The threshold ROM's contents, (pe, neuron_folds), as `LayerSpec.threshold_banks`."""
+        return self.layer.threshold_banks()
+
+    def _count(self, m: Module, x, weights, control):
+        """One beat's count per PE, registered in levels: popcount(XNOR(x, w_r)) per group of
+        POPCOUNT_GROUP lanes, then sums of those (`registered_sums`). Returns (counts, control)."""
+        layer = self.layer
+        # The XNOR goes into a named signal first: the tree slices it bit by bit, and slicing an
+        # expression would re-emit the whole XNOR once per bit (Amaranth does not share subexpressions).
+        agree = [Signal(layer.simd, name=f"agree_pe{r}") for r in range(layer.pe)]
+        m.d.comb += [agree[r].eq(~(x ^ weights[r])) for r in range(layer.pe)]
+        first = [[(popcount(agree[r][start:stop]), stop - start) for start, stop in group_slices(layer.simd)]
+                 for r in range(layer.pe)]
+        return registered_sums(m, first, control, [f"pe{r}" for r in range(layer.pe)])
 
     # --- building blocks ---------------------------------------------------------------------
     def _input_buffer(self, m: Module, *, read_bank_full, issue, last_sf, release):
@@ -153,7 +225,7 @@ class MVTU(wiring.Component, EngineTiming):
         (the bank the engine reads next holds a whole frame). Each ``issue`` reads the next word of
         the bank; ``last_sf`` wraps to the bank's first, ``release`` moves to the other bank."""
         sf_count = self.layer.synapse_folds
-        m.submodules.input_buffer = buf = Memory(shape=unsigned(self.layer.simd), depth=2 * sf_count, init=[],
+        m.submodules.input_buffer = buf = Memory(shape=unsigned(self.word_width), depth=2 * sf_count, init=[],
                                                  attrs=memory_style_attrs(self.layer.buffer_style))
         write, read = buf.write_port(), buf.read_port()
 
@@ -210,20 +282,21 @@ class MVTU(wiring.Component, EngineTiming):
         """Threshold ROM, one word per fold holding the ``pe`` thresholds; read one stage ahead so
         the thresholds arrive together with the completed accumulators."""
         layer = self.layer
-        width = layer.threshold_width
-        banks = layer.threshold_banks()          # (pe, nf)
-        init = [sum(int(banks[r, nf]) << (r * width) for r in range(layer.pe))
+        shape = self.threshold_shape
+        width = shape.width
+        banks = self.threshold_banks()          # (pe, nf); a signed threshold is stored in two's complement
+        init = [sum((int(banks[r, nf]) & ((1 << width) - 1)) << (r * width) for r in range(layer.pe))
                 for nf in range(layer.neuron_folds)]
         m.submodules.thresholds = rom = Memory(shape=unsigned(layer.pe * width), depth=len(init), init=init)
         port = rom.read_port()
         m.d.comb += port.addr.eq(fold)
-        return [port.data[r * width:(r + 1) * width] for r in range(layer.pe)]
+        words = [port.data[r * width:(r + 1) * width] for r in range(layer.pe)]
+        return [word.as_signed() for word in words] if shape.signed else words
 
     # --- the engine --------------------------------------------------------------------------
     def elaborate(self, platform):
         layer = self.layer
         pe, sf_count, nf_count = layer.pe, layer.synapse_folds, layer.neuron_folds
-        acc_width = layer.popcount_width
         m = Module()
 
         # S0: issue counters, whose first/last flags are registers (they gate ``issue``, which
@@ -244,7 +317,7 @@ class MVTU(wiring.Component, EngineTiming):
         # after the buffer's read: the weight banks are addressed one cycle later to stay aligned.
         # With register_weights the banks are read at once and their words registered like x.
         buffered = self._input_buffer(m, read_bank_full=bank_full, issue=issue, last_sf=last_sf, release=release)
-        x = Signal(layer.simd)
+        x = Signal(self.word_width)
         m.d.sync += x.eq(buffered)
         if layer.register_weights:
             weights = [Signal(layer.simd, name=f"weight_pe{r}") for r in range(pe)]
@@ -262,40 +335,10 @@ class MVTU(wiring.Component, EngineTiming):
         s1 = register_stage(m, "s1", s0)
         fetched = register_stage(m, "x", s1)      # x and the weight words are both valid here
 
-        # XNOR, then one registered popcount per group of lanes per PE. The XNOR goes into
-        # a named signal first: the tree slices it bit by bit, and slicing an expression would
-        # re-emit the whole XNOR once per bit (Amaranth does not share subexpressions).
-        agree = [Signal(layer.simd, name=f"agree_pe{r}") for r in range(pe)]
-        m.d.comb += [agree[r].eq(~(x ^ weights[r])) for r in range(pe)]
-        # Then registered sums of up to POPCOUNT_GROUP partial counts, level by level, until one
-        # count per PE is left: every level is a shallow adder tree, however wide SIMD is.
-        def register_level(level, terms_per_pe):
-            """terms_per_pe[r]: (expression, largest value) pairs -> registered pairs, one per term."""
-            registered = []
-            for r, terms in enumerate(terms_per_pe):
-                row = []
-                for g, (value, most) in enumerate(terms):
-                    register = Signal(bits_for(most), name=f"count_pe{r}_l{level}_g{g}")
-                    m.d.sync += register.eq(value)
-                    row.append((register, most))
-                registered.append(row)
-            return registered
-
-        def grouped_sums(terms):
-            chunks = [terms[start:stop] for start, stop in group_slices(len(terms))]
-            return [(sum(value for value, _ in chunk), sum(most for _, most in chunk)) for chunk in chunks]
-
-        counted = register_level(0, [[(popcount(agree[r][start:stop]), stop - start)
-                                      for start, stop in group_slices(layer.simd)] for r in range(pe)])
-        control = register_stage(m, "count0", fetched)
-        for level in range(1, self.count_stages):
-            counted = register_level(level, [grouped_sums(terms) for terms in counted])
-            control = register_stage(m, f"count{level}", control)
-        counts = [counted[r][0][0] for r in range(pe)]
-        count_stage = control
+        counts, count_stage = self._count(m, x, weights, fetched)
 
         # Accumulate over the synapse folds; restart at the first beat of each fold.
-        accs = [Signal(acc_width, name=f"acc_pe{r}") for r in range(pe)]
+        accs = [Signal(self.accumulator_shape, name=f"acc_pe{r}") for r in range(pe)]
         with m.If(count_stage["valid"]):
             m.d.sync += [accs[r].eq(Mux(count_stage["first"], counts[r], accs[r] + counts[r])) for r in range(pe)]
         done = register_stage(m, "acc", {"valid": count_stage["valid"] & count_stage["last"], "nf": count_stage["nf"]})

@@ -87,6 +87,10 @@ class LayerSpec:
     # Max-pool only: per channel, 1 = the AND of the window's bits (the pool sat before a batch-norm
     # with gamma < 0), 0 = the OR (DESIGN.md section 2a); None for every other kind.
     pool_and: np.ndarray | None = None
+    # b, the bits of one input element: 1 for a binary layer (elements are +-1 bits); b >= 2 for the
+    # integer-input kinds int_dense and int_conv (unsigned b-bit elements, DESIGN.md section 2b).
+    # n_in still counts elements; element i occupies bits [i*b, (i+1)*b) of the input, LSB first.
+    input_bits: int = 1
 
     def __post_init__(self):
         for name, default in (("in_shape", (self.n_in, 1, 1)), ("out_shape", (self.n_out, 1, 1))):
@@ -155,10 +159,11 @@ class LayerSpec:
         words = pack_words(blocks.reshape(self.pe * nf * sf, self.simd))
         return words.reshape(self.pe, nf * sf)
 
-    def threshold_banks(self) -> np.ndarray:
-        """Threshold contents: (pe, neuron_folds) ints; padded channels get n_in + 1 (always 0)."""
+    def threshold_banks(self, pad: int | None = None) -> np.ndarray:
+        """Threshold contents: (pe, neuron_folds) ints; padded channels get ``pad``, a threshold no
+        sum reaches (always 0): n_in + 1 unless given."""
         nf = self.neuron_folds
-        padded = np.full(nf * self.pe, self.n_in + 1, dtype=np.int64)
+        padded = np.full(nf * self.pe, self.n_in + 1 if pad is None else pad, dtype=np.int64)
         padded[: self.n_out] = self.thresholds
         return padded.reshape(nf, self.pe).T.copy()
 
@@ -181,8 +186,9 @@ class NetworkSpec:
 
     @property
     def input_bits(self) -> int:
-        """Bits of one input frame: the first layer's C x H x W (a dense layer's n_in), in (y, x, c) order."""
-        return int(np.prod(self.layers[0].in_shape))
+        """Bits of one input frame: the first layer's C x H x W (a dense layer's n_in) elements of its
+        ``input_bits`` bits each, in (y, x, c) order (element j at bits [j*b, (j+1)*b), LSB first)."""
+        return int(np.prod(self.layers[0].in_shape)) * self.layers[0].input_bits
 
     @property
     def n_classes(self) -> int:
@@ -247,7 +253,7 @@ class NetworkSpec:
                         "in_shape": list(l.in_shape), "out_shape": list(l.out_shape), "kernel": l.kernel,
                         "stride": l.stride, "padding": l.padding, "pad_value": l.pad_value,
                         "weight_style": l.weight_style, "buffer_style": l.buffer_style,
-                        "register_weights": l.register_weights} for l in self.layers],
+                        "register_weights": l.register_weights, "input_bits": l.input_bits} for l in self.layers],
             "output": {"kind": self.output_kind},
         }
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
@@ -279,7 +285,7 @@ class NetworkSpec:
                                             kind=l["kind"], in_shape=tuple(l["in_shape"]),
                                             out_shape=tuple(l["out_shape"]), kernel=l["kernel"], stride=l["stride"],
                                             padding=l["padding"], pad_value=l["pad_value"],
-                                            pool_and=data.get(f"p{i}")))
+                                            pool_and=data.get(f"p{i}"), input_bits=int(l.get("input_bits", 1))))
                 output_kind = header["output"]["kind"]
         except SpecError:
             raise
@@ -302,8 +308,10 @@ def pool_out_shape(in_shape, size: int) -> tuple[int, int, int]:
 
 
 def conv_layer(in_shape: tuple[int, int, int], weights: np.ndarray, thresholds: np.ndarray, *, kernel: int,
-               padding: int = 0, pad_value: int = 0, pe: int = 1, simd: int = 1) -> LayerSpec:
-    """A K x K binary convolution, stride 1, as a LayerSpec (DESIGN.md section 2a).
+               padding: int = 0, pad_value: int = 0, pe: int = 1, simd: int = 1, input_bits: int = 1) -> LayerSpec:
+    """A K x K binary convolution, stride 1, as a LayerSpec (DESIGN.md section 2a); with
+    ``input_bits`` b >= 2, the int_conv layer on b-bit pixels (section 2b: ``pad_value`` is then an
+    input value, 0).
 
     ``in_shape`` is (C, H, W); ``weights`` is (O, K*K*C) bits ordered (ky, kx, c) with c fastest
     (``w[o, (ky*K + kx)*C + c] = W[o, c, ky, kx]``), rows of negative gamma already inverted;
@@ -316,8 +324,8 @@ def conv_layer(in_shape: tuple[int, int, int], weights: np.ndarray, thresholds: 
     out_shape = conv_out_shape(in_shape, np.asarray(weights).shape[0], k, p)
     return LayerSpec(k * k * c, out_shape[0], np.asarray(weights, dtype=np.uint8),
                      None if thresholds is None else np.asarray(thresholds, dtype=np.int64), pe=pe, simd=simd,
-                     kind="conv", in_shape=(c, h, w), out_shape=out_shape, kernel=k, stride=1, padding=p,
-                     pad_value=int(pad_value))
+                     kind="conv" if input_bits == 1 else "int_conv", in_shape=(c, h, w), out_shape=out_shape,
+                     kernel=k, stride=1, padding=p, pad_value=int(pad_value), input_bits=int(input_bits))
 
 
 def maxpool_layer(in_shape: tuple[int, int, int], size: int, pool_and: np.ndarray | None = None,

@@ -29,6 +29,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from xnorflow.hw.ops import Op, network_ops
+from xnorflow.hw.ops.conv import padded_images
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
 
@@ -161,32 +162,101 @@ def _dense(op: Op, x: np.ndarray):
 CONV_CHUNK_BYTES = 1 << 26
 
 
+def _conv_windows(layer: LayerSpec, x: np.ndarray, elements: Callable, dtype, per_window: Callable):
+    """Every output pixel's window of a conv, in chunks of frames: ``elements`` turns packed frames into
+    their (frames, H*W*C) input elements (``dtype``), padded here with pad_value; ``per_window`` turns
+    the (windows, K*K*C) rows, (ky, kx, c) order, into their (windows, O) output bits. Returns the
+    (y, x, c) output bits, packed, and the bits."""
+    _, oh, ow = layer.out_shape
+    k = layer.kernel
+    frames = x.shape[0]
+    bits = np.empty((frames, oh * ow * layer.n_out), dtype=np.uint8)
+    chunk = max(1, CONV_CHUNK_BYTES // max(1, oh * ow * layer.n_in * np.dtype(dtype).itemsize))
+    for start in range(0, frames, chunk):
+        stop = min(frames, start + chunk)
+        images = padded_images(elements(x[start:stop]), layer, dtype)
+        # (frames, oh, ow, c, ky, kx) -> (frames, oh, ow, ky, kx, c): the (ky, kx, c) window order.
+        windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))
+        windows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, layer.n_in)
+        bits[start:stop] = per_window(windows).reshape(stop - start, -1)
+    return pack_rows(bits), bits
+
+
 @golden_kernel("conv")
 def _conv(op: Op, x: np.ndarray):
     """Packed (y, x, c) pixels -> every output pixel's window, packed like a dense layer's input and
     run through the dense threshold kernel -> the (y, x, c) output bits, packed."""
     layer = op.layer
     c, h, w = layer.in_shape
-    k, p = layer.kernel, layer.padding
-    _, oh, ow = layer.out_shape
-    frames = x.shape[0]
     w_t = _weights_by_word(layer)
     limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
-    bits = np.empty((frames, oh * ow * layer.n_out), dtype=np.uint8)
-    chunk = max(1, CONV_CHUNK_BYTES // max(1, oh * ow * layer.n_in))
-    for start in range(0, frames, chunk):
-        stop = min(frames, start + chunk)
-        images = np.full((stop - start, h + 2 * p, w + 2 * p, c), layer.pad_value, dtype=np.uint8)
-        images[:, p:p + h, p:p + w] = unpack_rows(x[start:stop], c * h * w).reshape(-1, h, w, c)
-        # (frames, oh, ow, c, ky, kx) -> (frames, oh, ow, ky, kx, c): the (ky, kx, c) window order.
-        windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2))
-        windows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, layer.n_in)
-        rows = (stop - start) * oh * ow
+
+    def per_window(windows):
+        rows = windows.shape[0]
         pixel_bits = np.empty((rows, layer.n_out), dtype=np.uint8)
         _threshold_kernel(pack_rows(windows), w_t, limits, pixel_bits,
                           np.empty((rows, -(-layer.n_out // 64)), dtype=np.uint64))
-        bits[start:stop] = pixel_bits.reshape(stop - start, -1)
+        return pixel_bits
+
+    return _conv_windows(layer, x, lambda frames: unpack_rows(frames, c * h * w), np.uint8, per_window)
+
+
+# --- integer inputs (int_dense, int_conv: DESIGN.md section 2b) -----------------------------------
+@njit(cache=True, nogil=True)
+def _elements_kernel(x, input_bits, out):
+    """Packed words (frames, words) -> out (frames, n): element i is bits [i*b, (i+1)*b) of the frame,
+    LSB first, possibly straddling two words."""
+    mask = np.uint64((1 << input_bits) - 1)
+    for f in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            position = i * input_bits
+            word, offset = position >> 6, position & 63
+            value = x[f, word] >> np.uint64(offset)
+            if offset + input_bits > 64:
+                value |= x[f, word + 1] << np.uint64(64 - offset)
+            out[f, i] = value & mask
+
+
+def _elements(x: np.ndarray, n: int, input_bits: int, dtype) -> np.ndarray:
+    """Packed (frames, words) uint64 -> (frames, n) b-bit elements as ``dtype``."""
+    out = np.empty((x.shape[0], n), dtype=dtype)
+    _elements_kernel(np.ascontiguousarray(x, dtype=np.uint64), input_bits, out)
+    return out
+
+
+def _sum_dtype(layer: LayerSpec):
+    """A float type whose BLAS matrix product is exact for the layer: every partial sum is an integer
+    of magnitude at most n_in * (2^b - 1), exact in float32 below 2^24 (float64 beyond)."""
+    return np.float32 if layer.n_in * ((1 << layer.input_bits) - 1) < 1 << 24 else np.float64
+
+
+def _integer_thresholds(values: np.ndarray, layer: LayerSpec) -> np.ndarray:
+    """(rows, n_in) elements (of `_sum_dtype`) -> (rows, n_out) bits ``s >= T``, s = values @ (+-1
+    weights) through BLAS, exact (see `_sum_dtype`)."""
+    weights = (2 * layer.weights.astype(values.dtype) - 1).T
+    # Compared in the float type: thresholds clamped into [-S, S + 1] (the same bits) are exact there too.
+    bound = layer.n_in * ((1 << layer.input_bits) - 1)
+    thresholds = np.clip(layer.thresholds, -bound, bound + 1).astype(values.dtype)
+    return np.greater_equal(values @ weights, thresholds[None, :]).view(np.uint8)
+
+
+@golden_kernel("int_dense")
+def _int_dense(op: Op, x: np.ndarray):
+    """Packed frames of b-bit elements -> the next layer's packed input and the activation bits."""
+    layer = op.layer
+    bits = _integer_thresholds(_elements(x, layer.n_in, layer.input_bits, _sum_dtype(layer)), layer)
     return pack_rows(bits), bits
+
+
+@golden_kernel("int_conv")
+def _int_conv(op: Op, x: np.ndarray):
+    """Packed (y, x, c) pixels of b-bit elements -> every output pixel's window (padded with 0), its
+    sums through BLAS -> the (y, x, c) output bits, packed."""
+    layer = op.layer
+    c, h, w = layer.in_shape
+    dtype = _sum_dtype(layer)
+    return _conv_windows(layer, x, lambda frames: _elements(frames, c * h * w, layer.input_bits, dtype), dtype,
+                         lambda windows: _integer_thresholds(windows, layer))
 
 
 @njit(cache=True, nogil=True)

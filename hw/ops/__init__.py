@@ -17,7 +17,7 @@ from xnorflow.hw.ops.base import (
 )
 
 # The kinds this xnorflow builds (each module registers its op class).
-from xnorflow.hw.ops import conv, dense, label_select, maxpool  # noqa: F401  isort: skip
+from xnorflow.hw.ops import conv, dense, int_conv, int_dense, label_select, maxpool  # noqa: F401  isort: skip
 
 __all__ = ["OPS", "Op", "kinds", "layer_groups", "layer_ops", "network_ops", "op_class", "op_for", "output_op",
            "register"]

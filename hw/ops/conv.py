@@ -41,22 +41,26 @@ def window_group(layer: LayerSpec) -> int:
     return min(k, ceil_div(k, layer.neuron_folds * layer.synapse_folds))
 
 
-def padded_images(x: np.ndarray, layer: LayerSpec) -> np.ndarray:
-    """(frames, H*W*C) bits in (y, x, c) order -> (frames, H + 2P, W + 2P, C), padded with pad_value."""
+def padded_images(x: np.ndarray, layer: LayerSpec, dtype=np.uint8) -> np.ndarray:
+    """(frames, H*W*C) elements (bits; int_conv: integers) in (y, x, c) order -> (frames, H + 2P,
+    W + 2P, C), padded with pad_value."""
     c, h, w = layer.in_shape
     p = layer.padding
-    x = np.asarray(x, dtype=np.uint8).reshape(-1, h, w, c)
-    out = np.full((x.shape[0], h + 2 * p, w + 2 * p, c), layer.pad_value, dtype=np.uint8)
+    x = np.asarray(x, dtype=dtype).reshape(-1, h, w, c)
+    out = np.full((x.shape[0], h + 2 * p, w + 2 * p, c), layer.pad_value, dtype=dtype)
     out[:, p:p + h, p:p + w] = x
     return out
 
 
 class ConvEngine(wiring.Component):
-    """One conv layer: pixels (C bits) in, NF beats of PE threshold bits per output pixel out."""
+    """One conv layer: pixels (C elements of ``input_bits`` bits) in, NF beats of PE threshold bits
+    per output pixel out. ``matrix_unit`` is the engine run on each window (int_conv: the IntMVU)."""
+
+    matrix_unit = MVTU
 
     def __init__(self, layer: LayerSpec, index: int = 0):
         try:
-            ConvOp(layer).validate(index)
+            layer.validate(index)
         except SpecError:
             self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
             raise
@@ -64,7 +68,7 @@ class ConvEngine(wiring.Component):
         self.index = index
         self.group = window_group(layer)
         super().__init__({
-            "i": In(stream.Signature(unsigned(layer.in_shape[0]))),
+            "i": In(stream.Signature(unsigned(layer.in_shape[0] * layer.input_bits))),
             "o": Out(stream.Signature(unsigned(layer.pe))),
         })
 
@@ -72,17 +76,20 @@ class ConvEngine(wiring.Component):
         m = Module()
         layer = self.layer
         c, h, w = layer.in_shape
-        m.submodules.swg = swg = SlidingWindowGenerator(c, h, w, layer.kernel, layer.padding, layer.pad_value,
-                                                        self.group, style=layer.buffer_style)
-        m.submodules.mvtu = mvtu = MVTU(layer, index=self.index)
-        m.submodules.regear = adapter = WidthAdapter(swg.o.payload.shape().width, layer.simd, layer.n_in)
+        # The generator sees a pixel as C*b bits (element c at bits [c*b, (c+1)*b)), so a window
+        # vector is the K*K*C elements in (ky, kx, c) order; a pad value of 0 pads every bit with 0.
+        m.submodules.swg = swg = SlidingWindowGenerator(c * layer.input_bits, h, w, layer.kernel, layer.padding,
+                                                        layer.pad_value, self.group, style=layer.buffer_style)
+        m.submodules.mvtu = mvtu = self.matrix_unit(layer, index=self.index)
+        m.submodules.regear = adapter = WidthAdapter(swg.o.payload.shape().width, mvtu.word_width,
+                                                     layer.n_in * layer.input_bits)
         wiring.connect(m, wiring.flipped(self.i), swg.i)
         wiring.connect(m, swg.o, adapter.i)
         if adapter.is_identity:
             wiring.connect(m, adapter.o, mvtu.i)
         else:
             # The MVTU's ready would otherwise run through the gearbox's shifter (see network.py).
-            m.submodules.slice = pipe = RegisterSlice(layer.simd)
+            m.submodules.slice = pipe = RegisterSlice(mvtu.word_width)
             wiring.connect(m, adapter.o, pipe.i)
             wiring.connect(m, pipe.o, mvtu.i)
         wiring.connect(m, mvtu.o, wiring.flipped(self.o))
@@ -93,11 +100,14 @@ class ConvEngine(wiring.Component):
 class ConvOp(Op):
     kind = "conv"
     role = "layer"
+    # The op of one window's matrix-vector product and the component (int_conv changes both).
+    matrix_op = DenseOp
+    engine = ConvEngine
 
     # --- the spec --------------------------------------------------------------------------------
     def validate(self, index: int = 0) -> None:
         layer = self.layer
-        where = f"layer {index} (conv)"
+        where = f"layer {index} ({self.kind})"
         c, h, w = layer.in_shape
         k, p = layer.kernel, layer.padding
         if min(c, h, w) < 1 or layer.n_out < 1:
@@ -124,15 +134,16 @@ class ConvOp(Op):
         if layer.thresholds is None:
             raise SpecError(f"{where} has no thresholds: a conv gives activation bits, the network's last "
                             "(scores) layer must be dense")
-        check_matrix(layer, where)
+        check_matrix(layer, where, self.matrix_op.integer_inputs)
 
     @property
     def in_width(self) -> int:
-        return self.layer.in_shape[0]
+        """One pixel per beat: C elements of ``input_bits`` bits."""
+        return self.layer.in_shape[0] * self.layer.input_bits
 
     @property
     def in_unit(self) -> int:
-        return self.layer.in_shape[0]
+        return self.in_width
 
     @property
     def out_width(self) -> int:
@@ -165,7 +176,7 @@ class ConvOp(Op):
     # --- folding ---------------------------------------------------------------------------------
     def _per_window(self, target_cycles: int) -> tuple[DenseOp, int]:
         """The dense op of one window's matrix-vector product and its cycle budget per window."""
-        return DenseOp(replace(self.layer, kind="dense", in_shape=None, out_shape=None)), max(
+        return self.matrix_op(replace(self.layer, kind=self.matrix_op.kind, in_shape=None, out_shape=None)), max(
             1, target_cycles // self.out_pixels)
 
     def cheapest_folding(self, target_cycles: int) -> tuple[int, int]:
@@ -182,33 +193,38 @@ class ConvOp(Op):
     # (compiler/analysis.py: LogicModel). They are not yet calibrated on synthesized conv designs:
     # that is a later step (bench/calibrate_estimate.py with conv nets), which may add terms of its own.
     def _window_bits(self) -> int:
-        """Bits of one generator beat: G window rows of K pixels of C bits."""
-        c = self.layer.in_shape[0]
-        return window_group(self.layer) * self.layer.kernel * c
+        """Bits of one generator beat: G window rows of K pixels of C elements."""
+        return window_group(self.layer) * self.layer.kernel * self.in_width
+
+    def _regears(self) -> bool:
+        """A gearbox (and register slice) joins the generator's beats to the matrix unit's."""
+        matrix = self.matrix_op(self.layer)
+        return not (self._window_bits() == matrix.in_width and matrix.in_unit % matrix.in_width == 0)
 
     def memories(self) -> list[dict]:
         """The MVTU's (weights, input ping-pong buffer, thresholds) and the generator's line buffer:
         G x K banks of C-bit words, each ``rows / G x ceil(W / K)`` deep."""
         layer = self.layer
-        c, _, w = layer.in_shape
+        _, _, w = layer.in_shape
         g, k = window_group(layer), layer.kernel
         rows = buffer_rows(k, layer.padding, g)
-        line = {"role": "line buffer", "width": c, "depth": rows // g * ceil_div(w, k), "count": g * k,
+        line = {"role": "line buffer", "width": self.in_width, "depth": rows // g * ceil_div(w, k), "count": g * k,
                 "style": layer.buffer_style, "kind": "ram"}
-        return DenseOp(layer).memories() + [line]
+        return self.matrix_op(layer).memories() + [line]
 
     def logic_terms(self) -> dict[str, int]:
         """The MVTU's terms; the generator's control counts as one more engine; its rotation
         multiplexers (per beat bit, log2 K + log2 G stages) and its G*K*C -> SIMD gearbox as gearbox
         bits."""
         layer = self.layer
-        terms = DenseOp(layer).logic_terms()
+        matrix = self.matrix_op(layer)
+        terms = matrix.logic_terms()
         beat_bits = self._window_bits()
         g = window_group(layer)
         rotation = beat_bits * (bits_for(layer.kernel - 1) + (bits_for(g - 1) if g > 1 else 0))
         # As compiler/analysis.py's gearbox_size: buffer bits x shifter stages.
-        capacity = beat_bits + 2 * layer.simd
-        regear = 0 if (beat_bits == layer.simd and layer.n_in % layer.simd == 0) else capacity * bits_for(capacity)
+        capacity = beat_bits + 2 * matrix.in_width
+        regear = capacity * bits_for(capacity) if self._regears() else 0
         terms["engine"] += 1
         terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + rotation + regear
         return terms
@@ -222,19 +238,20 @@ class ConvOp(Op):
         oh, ow = layer.out_shape[1:]
         rows = buffer_rows(k, layer.padding, g)
         beat_bits = self._window_bits()
-        ffs = DenseOp(layer).flip_flops()
+        matrix = self.matrix_op(layer)
+        ffs = matrix.flip_flops()
         ffs += 2 * bits_for(w) + bits_for(k) + 2 * bits_for(rows) + bits_for(h)               # writer, rows held
         ffs += 3 * (bits_for(ceil_div(k, g)) + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows) + bits_for(ow + k)
         ffs += 2 * g + k + bits_for(g) + bits_for(k) + 1                                        # delayed masks
         ffs += QUEUE_DEPTH * beat_bits + 2 * bits_for(QUEUE_DEPTH)                              # output queue
-        if not (beat_bits == layer.simd and layer.n_in % layer.simd == 0):
-            capacity = beat_bits + 2 * layer.simd
-            ffs += capacity + 3 * bits_for(capacity) + 2 * (layer.simd + 1)                     # gearbox, slice
+        if self._regears():
+            capacity = beat_bits + 2 * matrix.in_width
+            ffs += capacity + 3 * bits_for(capacity) + 2 * (matrix.in_width + 1)                # gearbox, slice
         return ffs
 
     # --- RTL -------------------------------------------------------------------------------------
     def component(self, index: int = 0) -> ConvEngine:
-        return ConvEngine(self.layer, index)
+        return self.engine(self.layer, index)
 
     def decode(self, beats: list[int]) -> np.ndarray:
         """Output beats -> (frames, H' * W' * O) activation bits in (y, x, c) order (whole frames)."""

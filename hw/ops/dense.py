@@ -14,6 +14,9 @@ from xnorflow.hw.ops.base import Op, register
 from xnorflow.hw.popcount import count_levels
 from xnorflow.hw.spec import MEMORY_STYLES, SpecError, bits_for, ceil_div, unpack_words
 
+# The widest integer input element (int_dense, int_conv) the engine and the golden model take.
+MAX_INPUT_BITS = 16
+
 
 def fold_beats_to_bits(beats, n_out: int, pe: int) -> np.ndarray:
     """Beats of ``pe`` bits, NF = ceil(n_out / pe) per frame (channel nf*pe + r at bit r of beat nf)
@@ -25,9 +28,20 @@ def fold_beats_to_bits(beats, n_out: int, pe: int) -> np.ndarray:
     return bits.reshape(frames, nf * pe)[:, :n_out].copy()
 
 
-def check_matrix(layer, where: str) -> None:
-    """The matrix-vector unit's part of `validate` (dense and conv): bit weights of shape
-    (n_out, n_in), a folding that fits, memory styles, thresholds in range."""
+def check_matrix(layer, where: str, integer: bool = False) -> None:
+    """The matrix-vector unit's part of `validate` (dense and conv; ``integer``: int_dense and
+    int_conv): bit weights of shape (n_out, n_in), a folding that fits, memory styles, thresholds
+    in range (binary) or present (integer inputs, whose thresholds may be any integer)."""
+    bits = layer.input_bits
+    if not integer and bits != 1:
+        raise SpecError(f"{where}: input_bits {bits} on a binary layer; a layer on {bits}-bit integer inputs "
+                        "is of kind int_dense or int_conv: re-run the compiler on the model")
+    if integer and not 2 <= bits <= MAX_INPUT_BITS:
+        raise SpecError(f"{where}: input_bits {bits}; integer inputs take 2 to {MAX_INPUT_BITS} bits "
+                        "(1-bit inputs are a binary layer, kind dense or conv): re-run the compiler on the model")
+    if integer and layer.thresholds is None:
+        raise SpecError(f"{where} has no thresholds: an integer-input layer gives activation bits, the "
+                        "network's last (scores) layer must be a binary dense layer after it")
     if layer.weights is None or layer.weights.shape != (layer.n_out, layer.n_in):
         shape = None if layer.weights is None else layer.weights.shape
         raise SpecError(f"{where}: weights have shape {shape}, expected "
@@ -45,6 +59,8 @@ def check_matrix(layer, where: str) -> None:
         if layer.thresholds.shape != (layer.n_out,):
             raise SpecError(f"{where}: {layer.thresholds.shape} thresholds for {layer.n_out} "
                             "channels: re-run the compiler on the model")
+        if integer:
+            return
         lo, hi = int(layer.thresholds.min()), int(layer.thresholds.max())
         if lo < 0 or hi > layer.n_in + 1:
             raise SpecError(f"{where}: threshold out of range [{lo}, {hi}], the hardware takes "
@@ -55,11 +71,13 @@ def check_matrix(layer, where: str) -> None:
 class DenseOp(Op):
     kind = "dense"
     role = "layer"
+    # Inputs are +-1 bits; int_dense (hw/ops/int_dense.py) is this op on b-bit integers.
+    integer_inputs = False
 
     # --- the spec --------------------------------------------------------------------------------
     def validate(self, index: int = 0) -> None:
         layer = self.layer
-        where = f"layer {index}"
+        where = f"layer {index}" if self.kind == "dense" else f"layer {index} ({self.kind})"
         if layer.n_in < 1 or layer.n_out < 1:
             raise SpecError(f"{where} has a zero width ({layer.n_in} inputs, {layer.n_out} outputs): "
                             "remove it from the model")
@@ -69,7 +87,7 @@ class DenseOp(Op):
                             f"n_out = {layer.n_out} (C x H x W {layer.in_shape} -> {layer.out_shape}, "
                             f"K={layer.kernel}, stride {layer.stride}, padding {layer.padding}): "
                             "re-run the compiler on the model")
-        check_matrix(layer, where)
+        check_matrix(layer, where, self.integer_inputs)
 
     @property
     def emits_scores(self) -> bool:
@@ -149,16 +167,26 @@ class DenseOp(Op):
         return sorted(pairs)
 
     # --- memories and the resource estimate ------------------------------------------------------
+    @property
+    def timing(self) -> EngineTiming:
+        """The engine's pipeline depth and output queue."""
+        return EngineTiming(self.layer)
+
+    @property
+    def threshold_bits(self) -> int:
+        """Bits of one stored threshold."""
+        return self.layer.threshold_width
+
     def memories(self) -> list[dict]:
-        """One weight bank per PE, the input ping-pong buffer and (hidden layers) the threshold ROM
-        (one word of ``pe`` thresholds per fold, no style: Yosys decides)."""
+        """One weight bank per PE, the input ping-pong buffer (words of one input beat) and (hidden
+        layers) the threshold ROM (one word of ``pe`` thresholds per fold, no style: Yosys decides)."""
         layer = self.layer
         memories = [{"role": "weights", "width": layer.simd, "depth": self.weight_depth, "count": layer.pe,
                      "style": layer.weight_style, "kind": "rom"},
-                    {"role": "input buffer", "width": layer.simd, "depth": 2 * layer.synapse_folds, "count": 1,
+                    {"role": "input buffer", "width": self.in_width, "depth": 2 * layer.synapse_folds, "count": 1,
                      "style": layer.buffer_style, "kind": "ram"}]
         if not self.emits_scores:
-            memories.append({"role": "thresholds", "width": layer.pe * layer.threshold_width,
+            memories.append({"role": "thresholds", "width": layer.pe * self.threshold_bits,
                              "depth": layer.neuron_folds, "count": 1, "style": "auto", "kind": "rom"})
         return memories
 
@@ -171,12 +199,11 @@ class DenseOp(Op):
         hidden layer the threshold compare and the output queue (the scores layer's frame result
         and queue are the label-select's)."""
         layer = self.layer
-        pe, simd, acc = layer.pe, layer.simd, layer.popcount_width
+        pe, simd = layer.pe, layer.simd
         nf, sf = layer.neuron_folds, layer.synapse_folds
-        timing = EngineTiming(layer)
-        levels = count_levels(simd)
-        ffs = pe * (sum(bits_for(most) for level in levels for most in level) + acc)   # popcount levels, acc
-        ffs += simd + (pe * simd if layer.register_weights else 0)            # input word, weight words
+        timing = self.timing
+        ffs = self.count_flip_flops()                                         # count levels, accumulators
+        ffs += self.in_width + (pe * simd if layer.register_weights else 0)   # input word, weight words
         ffs += 2 * bits_for(nf - 1) + bits_for(sf - 1) + bits_for(nf * sf - 1)   # counters
         stages = timing.accumulate_latency + 2
         if not self.emits_scores:
@@ -186,6 +213,12 @@ class DenseOp(Op):
             ffs += pe + 1                                                     # registered threshold compare
             ffs += timing.queue_depth * pe + 2 * bits_for(timing.queue_depth)   # output queue
         return ffs
+
+    def count_flip_flops(self) -> int:
+        """The popcount levels and accumulator of every PE."""
+        layer = self.layer
+        levels = count_levels(layer.simd)
+        return layer.pe * (sum(bits_for(most) for level in levels for most in level) + layer.popcount_width)
 
     # --- RTL -------------------------------------------------------------------------------------
     def component(self, index: int = 0) -> MVTU:

@@ -123,6 +123,9 @@ class MaxPoolOp(Op):
             raise SpecError(f"{where}: pool_and must be {c} bits (1 = AND, 0 = OR per channel): re-run the compiler")
         if layer.weights is not None or layer.thresholds is not None:
             raise SpecError(f"{where}: a max-pool has no weights or thresholds: re-run the compiler")
+        if layer.input_bits != 1:
+            raise SpecError(f"{where}: input_bits {layer.input_bits}; a max-pool takes activation bits: "
+                            "re-run the compiler")
         if layer.buffer_style not in MEMORY_STYLES:
             raise SpecError(f"{where}: memory style {layer.buffer_style!r}: choose one of {', '.join(MEMORY_STYLES)}")
 

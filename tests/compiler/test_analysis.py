@@ -1,7 +1,10 @@
 """Analyses: cycles per layer and the memory-block count the fitting relies on."""
 
+from dataclasses import replace
+
 import pytest
 from nets import net
+from spec_factory import sized_network
 
 from xnorflow.compiler.analysis import BLOCK_RAMS, cycles_per_layer, estimate_resources
 from xnorflow.compiler.fit import place_memories
@@ -45,3 +48,29 @@ def test_each_layer_is_estimated_with_its_ops_and_the_label_select_with_the_last
     assert logic_terms(spec.layers[-1], 4, "ice40")["score_bit"] == last_ops[1].logic_terms()["score_bit"] > 0
     assert logic_terms(spec.layers[0], 8, "ice40")["score_bit"] == 0
     assert estimate["ffs"] == sum(row["ffs"] for row in estimate["layers"]) + estimate["top"]["ffs"]
+
+
+def test_an_integer_first_layer_is_estimated_and_folded_by_its_op():
+    """int_dense on 8-bit inputs: the estimate counts its own terms and b-bit input buffer, the fit
+    folds it by the dense rule, and the UART FIFO holds the 8-bit frame."""
+    from xnorflow.compiler.analysis import LOGIC_MODELS, fifo_memory, layer_memories, logic_terms
+    from xnorflow.compiler.fit import cheapest_design
+
+    spec = sized_network([64, 32, 10], [(4, 16), (2, 8)], input_bits=8)
+    first = spec.layers[0]
+    assert first.kind == "int_dense" and spec.input_bits == 512
+    terms = logic_terms(first, 8, "ice40")
+    assert terms["int_lane_bit"] == 5 * 16 * 8 and terms["int_acc_bit"] > 0 and terms["simd_lane"] == 0
+    buffer = next(m for m in layer_memories(first) if m["role"] == "input buffer")
+    assert buffer["width"] == 16 * 8
+    estimate = estimate_resources(spec, "ice40")
+    binary = estimate_resources(replace(spec, layers=(replace(first, kind="dense", input_bits=1,
+                                                              thresholds=first.thresholds.clip(0, 65)),
+                                                      *spec.layers[1:])), "ice40")
+    assert estimate["layers"][0]["luts"] > binary["layers"][0]["luts"]
+    assert LOGIC_MODELS["ecp5"].int_lane_bit > 0
+    assert fifo_memory(spec)["depth"] == 64 - 1
+    design = cheapest_design(spec, "ice40", target_cycles=64, block_budget=30)
+    assert design is not None and design.layers[0].kind == "int_dense"
+    design.validate()
+    assert design.analytic_cycles_per_frame <= 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
-from spec_factory import random_thresholds
+from spec_factory import random_int_thresholds, random_thresholds
 
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div, conv_layer, maxpool_layer
 
@@ -20,17 +20,21 @@ def random_conv_folding(rng, n_in: int, n_out: int, max_folds: int, max_simd: in
 
 
 def random_conv_spec(seed: int, *, max_c: int = 8, max_hw: int = 8, max_out: int = 8, max_folds: int = 6,
-                     max_features: int = 3) -> NetworkSpec:
+                     max_features: int = 3, input_bits: int = 1) -> NetworkSpec:
     """Conv and max-pool layers in a random order (at least one conv), then one or two dense layers.
 
     Input C in 1..max_c, H and W in 3..max_hw; convs K 1..5 (as the padded input allows), padding 0
     or 1 with either bit, random folding (PE and SIMD need not divide); pools of 2 or 3 where they fit.
+    With ``input_bits`` b >= 2 the first layer is an int_conv on b-bit pixels (padding with 0).
     """
     rng = np.random.default_rng(seed)
     shape = (int(rng.integers(1, max_c + 1)), int(rng.integers(3, max_hw + 1)), int(rng.integers(3, max_hw + 1)))
     layers: list[LayerSpec] = []
     kinds = ["conv"] + [str(rng.choice(["conv", "maxpool"])) for _ in range(int(rng.integers(0, max_features)))]
     rng.shuffle(kinds)
+    if input_bits > 1:
+        kinds.remove("conv")
+        kinds.insert(0, "conv")
     for kind in kinds:
         c, h, w = shape
         sizes = [s for s in (2, 3) if s <= min(h, w)]
@@ -44,6 +48,12 @@ def random_conv_spec(seed: int, *, max_c: int = 8, max_hw: int = 8, max_out: int
             o = int(rng.integers(1, max_out + 1))
             n_in = k * k * c
             pe, simd = random_conv_folding(rng, n_in, o, max_folds)
+            if input_bits > 1 and not layers:
+                weights = rng.integers(0, 2, size=(o, n_in), dtype=np.uint8)
+                layers.append(conv_layer(shape, weights, random_int_thresholds(rng, weights, input_bits), kernel=k,
+                                         padding=padding, pad_value=0, pe=pe, simd=simd, input_bits=input_bits))
+                shape = layers[-1].out_shape
+                continue
             layers.append(conv_layer(shape, rng.integers(0, 2, size=(o, n_in), dtype=np.uint8),
                                      random_thresholds(rng, n_in, o), kernel=k, padding=padding,
                                      pad_value=int(rng.integers(0, 2)), pe=pe, simd=simd))
@@ -64,8 +74,8 @@ def random_conv_spec(seed: int, *, max_c: int = 8, max_hw: int = 8, max_out: int
 def describe_conv(spec: NetworkSpec) -> str:
     parts = []
     for layer in spec.layers:
-        if layer.kind == "conv":
-            parts.append(f"conv{layer.in_shape} K{layer.kernel} P{layer.padding}/{layer.pad_value} "
+        if layer.kind in ("conv", "int_conv"):
+            parts.append(f"{layer.kind}{layer.in_shape} b{layer.input_bits} K{layer.kernel} P{layer.padding}/{layer.pad_value} "
                          f"O{layer.n_out} pe={layer.pe} simd={layer.simd}")
         elif layer.kind == "maxpool":
             parts.append(f"pool{layer.in_shape} S{layer.kernel}")

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from amaranth.hdl import ClockDomain, Module, Value
 from amaranth.sim import Simulator
-from spec_factory import random_frames, random_thresholds, sized_network  # noqa: F401  (shared makers)
+from spec_factory import (  # noqa: F401  (shared makers)
+    int_dense_layer,
+    random_frames,
+    random_int_thresholds,
+    random_thresholds,
+    sized_network,
+)
 
 from xnorflow.hw.network import Network, decode_output, input_beats, taps_to_activations
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, pack_words
@@ -32,13 +38,16 @@ def random_layer(rng, n_in, n_out, output, max_cycles) -> LayerSpec:
 
 
 def random_spec(seed: int, *, max_layers: int = 4, max_in: int = 300, max_out: int = 64,
-                max_cycles: int = 200) -> NetworkSpec:
-    """A random valid network: 1..max_layers layers, n_in 1..max_in, widths 1..max_out, random folding."""
+                max_cycles: int = 200, input_bits: int = 1) -> NetworkSpec:
+    """A random valid network: 1..max_layers layers, n_in 1..max_in, widths 1..max_out, random folding.
+    With ``input_bits`` b >= 2, the first of at least two layers is int_dense on b-bit inputs."""
     rng = np.random.default_rng(seed)
-    n_layers = int(rng.integers(1, max_layers + 1))
+    n_layers = int(rng.integers(1 if input_bits == 1 else 2, max_layers + 1))
     widths = [int(rng.integers(1, max_in + 1))] + [int(rng.integers(1, max_out + 1)) for _ in range(n_layers)]
-    layers = tuple(random_layer(rng, widths[k], widths[k + 1], k == n_layers - 1, max_cycles)
-                   for k in range(n_layers))
+    layers = [random_layer(rng, widths[k], widths[k + 1], k == n_layers - 1, max_cycles) for k in range(n_layers)]
+    if input_bits > 1:
+        layers[0] = int_dense_layer(rng, widths[0], widths[1], input_bits, layers[0].pe, layers[0].simd)
+    layers = tuple(layers)
     spec = NetworkSpec(layers, name=f"random{seed}")
     spec.validate()
     return spec
@@ -46,7 +55,7 @@ def random_spec(seed: int, *, max_layers: int = 4, max_in: int = 300, max_out: i
 
 def describe(spec: NetworkSpec, in_width: int | None = None) -> str:
     """Sizes and folding, for failure messages."""
-    layers = ", ".join(f"{l.n_in}->{l.n_out} pe={l.pe} simd={l.simd}" for l in spec.layers)
+    layers = ", ".join(f"{l.kind} {l.n_in}->{l.n_out} b={l.input_bits} pe={l.pe} simd={l.simd}" for l in spec.layers)
     return f"{spec.name} [{layers}] in_width={in_width or spec.layers[0].simd}"
 
 
@@ -160,6 +169,18 @@ def check_network(spec: NetworkSpec, frames_bits: np.ndarray, run: NetworkRun, i
         assert scores == golden.scores[f].tolist(), (
             f"frame {f}: scores {scores} != golden {golden.scores[f].tolist()}: {where}")
         assert index == golden.predictions[f], f"frame {f}: class {index} != golden {golden.predictions[f]}: {where}"
+
+
+def check_random_run(spec: NetworkSpec, frames: int, seed: int, in_width: int | None = None, label=describe) -> None:
+    """Random frames through the network with gaps and backpressure, checked against golden; a
+    failure names the network by ``label(spec)``."""
+    bits = random_frames(spec, frames, seed)
+    run = simulate_network(spec, bits, in_width=in_width, gap=0.3, stall=0.3, seed=seed,
+                           drain=2 * spec.analytic_cycles_per_frame)
+    try:
+        check_network(spec, bits, run, in_width)
+    except AssertionError as e:
+        raise AssertionError(f"{e} -- {label(spec)}") from None
 
 
 def steady_interval(cycles: list[int], warmup: int) -> float:

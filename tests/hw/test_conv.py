@@ -8,6 +8,7 @@ import pytest
 from conv_specs import describe_conv, random_conv_spec
 from hw_harness import (
     check_network,
+    check_random_run,
     pack_beats,
     random_frames,
     random_thresholds,
@@ -111,14 +112,8 @@ def test_conv_engine_alone_matches_reference(kernel, padding, pe, simd):
 # --- networks: random conv / pool / dense chains -------------------------------------------------
 def run_conv_spec(seed: int, frames: int, **limits) -> None:
     spec = random_conv_spec(seed, **limits)
-    bits = random_frames(spec, frames, seed)
     in_width = None if seed % 4 else int(np.random.default_rng(seed).integers(1, 40))   # a host gearbox
-    run = simulate_network(spec, bits, in_width=in_width, gap=0.3, stall=0.3, seed=seed,
-                           drain=2 * spec.analytic_cycles_per_frame)
-    try:
-        check_network(spec, bits, run, in_width)
-    except AssertionError as e:
-        raise AssertionError(f"{e} -- {describe_conv(spec)}") from None
+    check_random_run(spec, frames, seed, in_width, describe_conv)
 
 
 @pytest.mark.parametrize("seed", range(10))

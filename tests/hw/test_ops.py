@@ -46,7 +46,7 @@ def test_every_part_answers_for_a_real_network():
 def test_an_unknown_kind_is_refused_in_one_line_naming_the_known_ones():
     spec = random_spec(1)
     bad = replace(spec, layers=(replace(spec.layers[0], kind="winograd"), *spec.layers[1:]))
-    with pytest.raises(SpecError, match=r"layer 0 has kind 'winograd'.*knows conv, dense, maxpool") as info:
+    with pytest.raises(SpecError, match=r"layer 0 has kind 'winograd'.*knows conv, dense, int_conv, int_dense, maxpool") as info:
         bad.validate()
     assert "\n" not in str(info.value)
     with pytest.raises(SpecError, match="output.*'topk'.*knows label_select"):

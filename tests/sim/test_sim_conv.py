@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_builds import write_build_folder
+from spec_factory import random_int_thresholds
 
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, conv_layer, maxpool_layer
@@ -16,14 +18,19 @@ from xnorflow.sim.localise import first_divergence
 from xnorflow.sim.runner import simulate
 
 
-def small_conv_net(seed: int = 0, channels: int = 2, size: int = 8) -> NetworkSpec:
-    """conv 3x3 (padding 1 of +1 bits) -> max-pool 2 (some channels AND) -> dense -> dense (scores)."""
+def small_conv_net(seed: int = 0, channels: int = 2, size: int = 8, input_bits: int = 1) -> NetworkSpec:
+    """conv 3x3 (padding 1 of +1 bits) -> max-pool 2 (some channels AND) -> dense -> dense (scores).
+    With ``input_bits`` b >= 2 the conv is an int_conv on b-bit pixels, padded with the value 0."""
     rng = np.random.default_rng(seed)
     out = 6
     n_in = 9 * channels
-    thresholds = rng.integers(n_in // 2 - 2, n_in // 2 + 3, size=out)
-    conv = conv_layer((channels, size, size), rng.integers(0, 2, size=(out, n_in), dtype=np.uint8), thresholds,
-                      kernel=3, padding=1, pad_value=1, pe=4, simd=5)
+    weights = rng.integers(0, 2, size=(out, n_in), dtype=np.uint8)
+    if input_bits == 1:
+        thresholds = rng.integers(n_in // 2 - 2, n_in // 2 + 3, size=out)
+    else:
+        thresholds = random_int_thresholds(rng, weights, input_bits, extremes=False)
+    conv = conv_layer((channels, size, size), weights, thresholds, kernel=3, padding=1,
+                      pad_value=int(input_bits == 1), pe=4, simd=5, input_bits=input_bits)
     pool = maxpool_layer(conv.out_shape, 2, pool_and=np.array([0, 1, 0, 0, 1, 0]))
     n = int(np.prod(pool.out_shape))
     hidden = LayerSpec(n, 12, rng.integers(0, 2, size=(12, n), dtype=np.uint8),
@@ -34,16 +41,19 @@ def small_conv_net(seed: int = 0, channels: int = 2, size: int = 8) -> NetworkSp
     return spec
 
 
-def test_small_conv_net_is_bit_exact_in_verilator(tmp_path):
-    spec = small_conv_net()
-    # II: conv 64 pixels x NF 2 x SF 4 = 512 cycles; the pool 64, the dense layers 3 x 6 and 3 x 2.
-    assert spec.analytic_cycles_per_frame == 512
+@pytest.mark.parametrize("input_bits, size, frame_bits, ii", [
+    (1, 8, 128, 512),     # II: conv 64 pixels x NF 2 x SF 4; the pool 64, the dense layers 3 x 6 and 3 x 2
+    (8, 6, 576, 288),     # int_conv on 6 x 6 pixels of 2 channels of 8 bits: 36 pixels x NF 2 x SF 4
+])
+def test_small_conv_net_is_bit_exact_in_verilator(tmp_path, input_bits, size, frame_bits, ii):
+    spec = small_conv_net(size=size, input_bits=input_bits)
+    assert spec.input_bits == frame_bits and spec.analytic_cycles_per_frame == ii
     build = write_build_folder(tmp_path / "build", spec, frames=60)
     result = simulate(build, backpressure=0.5, gaps=0.3, seed=2, progress=False)
     assert result["errors"] == []
     assert result["images_simulated"] == 60
     assert result["rtl_mismatches"] == 0 and result["mismatches"] == []
-    assert result["cycles_per_frame"] == 512
+    assert result["cycles_per_frame"] == ii
     assert result["reset_mid_frame_ok"] is True
 
 
