@@ -27,8 +27,9 @@ class Divergence:
     neuron: int                  # output channel (class, for the output layer)
     rtl: int                     # RTL output bit (score, for the output layer)
     golden: int                  # golden output bit (score)
-    popcount: int | None = None  # golden popcount of that neuron (hidden layers)
+    popcount: int | None = None  # golden popcount of that neuron (hidden layers), or sum s (int layers)
     threshold: int | None = None
+    count_name: str = "popcount"  # what ``popcount`` holds: "popcount", or "sum" for an integer-input layer
     # Conv and max-pool layers: ``neuron`` is the index into the (y, x, c) activations; these name it.
     channel: int | None = None
     pixel: tuple[int, int] | None = None
@@ -39,11 +40,12 @@ class Divergence:
                     f"(RTL {self.rtl}, golden {self.golden}); every hidden layer's output matches golden")
         if self.pixel is not None:
             kind = spec.layers[self.layer].kind
-            numbers = f"; popcount {self.popcount}, threshold {self.threshold}" if self.popcount is not None else ""
+            numbers = (f"; {self.count_name} {self.popcount}, threshold {self.threshold}"
+                       if self.popcount is not None else "")
             return (f"image {image}: layer {self.layer} ({kind}) channel {self.channel} at pixel (y, x) = "
                     f"{tuple(self.pixel)} differs (RTL {self.rtl}, golden {self.golden}{numbers})")
         return (f"image {image}: layer {self.layer} neuron {self.neuron} differs (RTL {self.rtl}, golden "
-                f"{self.golden}; popcount {self.popcount}, threshold {self.threshold})")
+                f"{self.golden}; {self.count_name} {self.popcount}, threshold {self.threshold})")
 
 
 def neuron_popcount(spec: NetworkSpec, layer: int, neuron: int, layer_input: np.ndarray) -> int:
@@ -72,7 +74,8 @@ def first_divergence(spec: NetworkSpec, frame_input: np.ndarray, golden_activati
             detail = op.neuron_detail(neuron, layer_input)
             return Divergence(layer=k, neuron=neuron, rtl=int(rtl_bits[neuron]),
                               golden=int(golden_activations[k][neuron]),
-                              popcount=detail.get("popcount"), threshold=detail.get("threshold"),
+                              popcount=detail.get("popcount", detail.get("sum")), threshold=detail.get("threshold"),
+                              count_name="sum" if "sum" in detail else "popcount",
                               channel=detail.get("channel"), pixel=detail.get("pixel"))
     if rtl_scores is not None:
         for c, (got, want) in enumerate(zip(rtl_scores, golden_scores)):

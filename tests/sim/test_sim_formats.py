@@ -77,6 +77,20 @@ def test_first_divergence_names_the_layer_and_neuron_of_a_changed_threshold():
     assert found.describe(f, spec).startswith(f"image {f}: layer 1 neuron 5 differs (RTL 1, golden 0; popcount")
 
 
+def test_first_divergence_in_an_integer_input_layer_gives_its_sum():
+    spec = sized_network([10, 16, 6], [(3, 4), (2, 4)], seed=5, input_bits=8)
+    frames = np.random.default_rng(2).integers(0, 2, size=(200, spec.input_bits), dtype=np.uint8)
+    truth = golden.execute(spec, frames)
+    broken = golden.execute(with_threshold(spec, 0, 7, -10**6), frames)   # neuron 7 of layer 0 always fires
+    f = int(np.flatnonzero(truth.activations[0][:, 7] == 0)[0])
+    found = first_divergence(spec, frames[f], [a[f] for a in truth.activations],
+                             _taps_of(spec, [a[f] for a in broken.activations]),
+                             list(broken.scores[f]), list(truth.scores[f]))
+    assert (found.layer, found.neuron, found.rtl, found.golden) == (0, 7, 1, 0)
+    assert found.count_name == "sum" and found.popcount < found.threshold
+    assert found.describe(f, spec).startswith(f"image {f}: layer 0 neuron 7 differs (RTL 1, golden 0; sum ")
+
+
 def test_first_divergence_is_none_when_everything_agrees_and_points_at_scores_otherwise():
     spec = sized_network([20, 8, 4], [(2, 5), (1, 4)], seed=5)
     frame = np.random.default_rng(0).integers(0, 2, size=(1, 20), dtype=np.uint8)
