@@ -16,8 +16,9 @@ cocotb's clock) in ~5 us, so nothing here awaits every cycle unless it must. Idl
 happens while a beat is actually moving (and for the debug taps, which only the re-run of a failing
 frame collects).
 
-The pure helpers at the top (beats, payload decoding, taps) are used by the runner and the
-localiser too; cocotb imports fine outside a simulator, only the coroutines need one.
+The stream format (frames -> beats, output and tap decoding) is hw/stream_format.py's. The pure
+helpers (Scoreboard, steady_state_ii, watchdog_cycles) are used by the fast mode too; cocotb imports
+fine outside a simulator, only the coroutines need one.
 """
 from __future__ import annotations
 
@@ -34,46 +35,11 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, FallingEdge, First, RisingEdge, SimTimeoutError, Timer, with_timeout
 
+from xnorflow.hw.stream_format import decode_output, frames_to_beats, split_frames
+
 CONFIG_ENV = "XNORFLOW_TB_CONFIG"
 CLOCK_PERIOD_NS = 10
 HALF_PERIOD_NS = CLOCK_PERIOD_NS // 2
-
-
-# --- stream formats (pure; the contract of the exported top) -------------------------------------
-def frames_to_beats(input_bits: np.ndarray, width: int) -> list[list[int]]:
-    """(frames, n) bits -> per frame, ceil(n / width) beats of ``width`` bits (element i of the frame
-    is bit i of the concatenated beats, LSB first; the last beat is zero-padded)."""
-    input_bits = np.asarray(input_bits, dtype=np.uint8)
-    frames, n = input_bits.shape
-    beats = -(-n // width)
-    padded = np.zeros((frames, beats * width), dtype=np.uint8)
-    padded[:, :n] = input_bits
-    byte_rows = np.packbits(padded, axis=1, bitorder="little").tobytes()
-    row_bytes = (beats * width + 7) // 8
-    mask = (1 << width) - 1
-    out = []
-    for f in range(frames):
-        frame = int.from_bytes(byte_rows[f * row_bytes:(f + 1) * row_bytes], "little")
-        out.append([(frame >> (b * width)) & mask for b in range(beats)])
-    return out
-
-
-def decode_payload(payload: int, n_classes: int, index_width: int, score_width: int) -> tuple[int, list[int]]:
-    """Output beat -> (class index, per-class scores): bits [0, iw) index, then class c's score at
-    [iw + c*sw, iw + (c+1)*sw)."""
-    index = payload & ((1 << index_width) - 1)
-    mask = (1 << score_width) - 1
-    scores = [(payload >> (index_width + c * score_width)) & mask for c in range(n_classes)]
-    return index, scores
-
-
-def taps_to_bits(beats: list[int], n_out: int, pe: int) -> np.ndarray:
-    """One frame's tap beats of a dense hidden layer (``pe`` bits each, channel nf*pe + r at bit r of
-    beat nf) -> its (n_out,) activation bits; padded channels of the last beat are dropped. The
-    decoding is the dense op's (`xnorflow.hw.ops.dense.fold_beats_to_bits`); localisation asks the
-    layer's op itself."""
-    from xnorflow.hw.ops.dense import fold_beats_to_bits
-    return fold_beats_to_bits(beats, n_out, pe)[0]
 
 
 # --- the config the runner writes ---------------------------------------------------------------
@@ -280,7 +246,7 @@ class Scoreboard:
     def check(self, frame: int, payload: int) -> dict:
         """The record of one output beat; a negative payload (X bits read from a dump) decodes as -1s."""
         n_classes, index_width, score_width = self.layout
-        index, scores = (decode_payload(payload, n_classes, index_width, score_width) if payload >= 0
+        index, scores = (decode_output(payload, n_classes, index_width, score_width) if payload >= 0
                          else (-1, [-1] * n_classes))
         expected_scores = [int(s) for s in self.scores[frame]]
         expected_index = int(self.predictions[frame])
@@ -366,9 +332,8 @@ def split_taps(tap_beats: list[list[int]], taps_config: list[dict], frames: list
     """Per frame, per hidden layer, the tap beats (each layer emits ``beats`` tap beats per frame)."""
     per_frame = {f: [] for f in frames}
     for beats, tap in zip(tap_beats, taps_config):
-        n = tap["beats"]
-        for j, frame in enumerate(frames):
-            per_frame[frame].append(beats[j * n:(j + 1) * n])
+        for frame, frame_beats in zip(frames, split_frames(beats, tap["beats"], len(frames))):
+            per_frame[frame].append(frame_beats)
     return per_frame
 
 

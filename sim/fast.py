@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xnorflow.hw.stream_format import beats_per_frame
 from xnorflow.sim import harness
 from xnorflow.sim.cocotb_tb import Scoreboard, steady_state_ii, watchdog_cycles
 
@@ -50,7 +51,7 @@ class FastSession:
     def __init__(self, session):
         self.session = session           # sim.runner.BenchSession: folder, spec, ports, in_width
         spec = session.spec
-        self.beats_per_frame = harness.beats_per_frame(spec, session.in_width)
+        self.beats_per_frame = beats_per_frame(spec.input_bits, session.in_width)
 
     @property
     def runner(self):

@@ -32,6 +32,7 @@ import numpy as np
 from xnorflow.errors import XnorflowError
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import NetworkSpec, SpecError
+from xnorflow.hw.stream_format import output_width
 from xnorflow.sim import golden
 from xnorflow.sim.cocotb_tb import CONFIG_ENV
 from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE, DEFAULT_GAPS, SIMULATION_MODES
@@ -114,7 +115,7 @@ def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[
         valid = _pick(ports, [f"tap{k}_valid", f"tap{k}__valid"], f"layer {k} tap valid")
         taps.append({"data": data, "valid": valid, "pe": op.out_width, "n_out": layer.n_out,
                      "beats": op.beats_per_frame})
-    expected_out = spec.class_index_width + spec.n_classes * spec.score_width
+    expected_out = output_width(spec)
     if ports[names["o_payload"]] != expected_out:
         raise SimulationError(f"the Verilog's output beat has {ports[names['o_payload']]} bits, the spec needs "
                               f"{expected_out}: the build folder is stale, run `xnorflow compile` again")
