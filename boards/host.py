@@ -38,7 +38,7 @@ DRAIN_LIMIT = 4096
 # The board queues one frame in its UART FIFO and one in the network's input buffer while a third is
 # being computed; two frames in flight keep the line busy without ever overrunning it.
 FRAMES_IN_FLIGHT = 2
-# The spec inside a build folder written by `xnorflow compile` (compiler/build.py SPEC_FILE).
+# The spec inside a build folder written by `xnorflow compile` (sim/layout.py SPEC_FILE).
 SPEC_FILE_NAME = "spec.npz"
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from xnorflow.hw.stream_format import beats_per_frame
 from xnorflow.sim import harness
 from xnorflow.sim.cocotb_tb import Scoreboard, steady_state_ii, watchdog_cycles
+from xnorflow.sim.layout import TOP
 
 FAST_TB_MODULE = "xnorflow.sim.fast_tb"
 # Verilator built for speed: its own optimisations, X values resolved once, the C++ at -O2
@@ -63,10 +64,9 @@ class FastSession:
     def build(self, frames: int) -> tuple[Path, float | None]:
         """The harness model for chunks of up to ``frames`` frames; returns (obj_dir, build seconds)."""
         capacity = harness.depth_for(max(frames, RESET_CHECK_FRAMES + 1))
-        obj_dir = self.session.folder.sim_dir / f"obj_fast{capacity}"
-        source = self.session.folder.sim_dir / f"harness{capacity}.v"     # beside obj_dir: a rebuild empties it
+        obj_dir, source = self.session.folder.fast_model(capacity)
         source.parent.mkdir(parents=True, exist_ok=True)
-        text = harness.harness_verilog(self.runner.TOP, self.session.ports, self.session.spec,
+        text = harness.harness_verilog(TOP, self.session.ports, self.session.spec,
                                        self.session.in_width, capacity)
         if not source.is_file() or source.read_text() != text:
             source.write_text(text)
@@ -103,7 +103,7 @@ class FastSession:
     def run_chunk(self, chunk: int, start: int, stop: int, inputs: np.ndarray, obj_dir: Path, *,
                   backpressure: float, gaps: float, seed: int, measure_frames: int, reset_test: bool,
                   progress_file: Path | None) -> dict:
-        run_dir = self.session.folder.sim_dir / "run" / f"chunk{chunk}"
+        run_dir = self.session.folder.run_dir(f"chunk{chunk}")
         run_dir.mkdir(parents=True, exist_ok=True)
         frames_file = run_dir / "frames.hex"
         harness.write_frames_hex(frames_file, inputs[start:stop], self.session.in_width)
@@ -157,8 +157,7 @@ def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps:
     ranges = chunk_ranges(frames, chunks or default_chunks(frames))
     fast = FastSession(session)
     obj_dir, build_seconds = fast.build(max(b - a for a, b in ranges))
-    progress_dir = session.folder.sim_dir / "run"
-    progress_files = [progress_dir / f"chunk{k}.progress" for k in range(len(ranges))]
+    progress_files = [session.folder.run_dir(f"chunk{k}.progress") for k in range(len(ranges))]
     for path in progress_files:
         path.unlink(missing_ok=True)
 

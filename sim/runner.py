@@ -6,12 +6,7 @@ reads ``build/spec.npz``, ``build/vectors.npz`` and ``build/verilog/xnorflow_top
 ``xnorflow compile``), builds the Verilator model once into ``build/sim/obj`` (rebuilt only when the
 Verilog changes), streams the frames through ``sim/cocotb_tb.py`` and returns the report figures
 (``images_simulated, rtl_mismatches, accuracy_rtl, cycles_per_frame, latency_cycles``) with the
-localised mismatches. Files under ``build/sim/``:
-
-    obj/                 the Verilator model (obj_waves/ when waves were asked for)
-    run/                 the testbench's config, frames and raw JSON results, sim.log
-    results.json         every frame's RTL class and scores, the mismatches, the measurements
-    mismatch_<image>.vcd waves of a failing frame re-run alone (waves.vcd when asked, no mismatch)
+localised mismatches. sim/layout.py lists the files it writes under ``build/sim/``.
 """
 from __future__ import annotations
 
@@ -29,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from xnorflow.errors import XnorflowError
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import NetworkSpec, SpecError
 from xnorflow.hw.stream_format import output_width
@@ -37,60 +31,16 @@ from xnorflow.sim import golden
 from xnorflow.sim.cocotb_tb import CONFIG_ENV
 from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE, DEFAULT_GAPS, SIMULATION_MODES
 from xnorflow.sim.fast import run_fast
+from xnorflow.sim.layout import SIMULATION_KEYS, TOP, BuildFolder, SimulationError, module_ports
 from xnorflow.sim.localise import localise_mismatches, record_waves
 from xnorflow.sim.verilator import VerilatorNotFound, activate_verilator
 
-TOP = "xnorflow_top"
 TB_MODULE = "xnorflow.sim.cocotb_tb"
 # Amaranth's Verilog trips Verilator's style lints (unused bits, widths); they are not errors.
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
 MEASURE_FRAMES = 32       # clean back-to-back frames for the II and latency measurement
 MAX_LOCALISED = 4         # failing images re-run alone with taps and waves
 WAVES_FRAMES = 4          # frames recorded when waves are asked for and nothing failed
-
-
-class SimulationError(XnorflowError):
-    """The simulation cannot run or did not finish; the message names the cause and the fix."""
-
-
-@dataclass(frozen=True)
-class BuildFolder:
-    """The files of a compiled build folder that the simulation reads."""
-
-    root: Path
-    verilog: Path
-    spec: Path
-    vectors: Path
-    sim_dir: Path        # where this run writes (build/sim, or the compiler's staging copy of it)
-
-    @classmethod
-    def open(cls, build_dir, sim_dir=None) -> BuildFolder:
-        root = Path(build_dir)
-        if not root.is_dir():
-            raise SimulationError(f"build folder {root} does not exist: run `xnorflow compile MODEL -o {root}` first")
-        # Absolute: the simulator runs in its own working folder and reads these paths from there.
-        root = root.resolve()
-        sim_dir = Path(sim_dir).absolute() if sim_dir is not None else root / "sim"
-        folder = cls(root, root / "verilog" / f"{TOP}.v", root / "spec.npz", root / "vectors.npz", sim_dir)
-        for path, what in ((folder.verilog, "Verilog"), (folder.spec, "spec"), (folder.vectors, "test vectors")):
-            if not path.is_file():
-                raise SimulationError(f"no {what} in {root} ({path.relative_to(root)} is missing): "
-                                      f"run `xnorflow compile MODEL -o {root}` first")
-        return folder
-
-
-# --- the Verilog top's ports ---------------------------------------------------------------------
-def top_module_ports(verilog_text: str, top: str = TOP) -> dict[str, int]:
-    """Port name -> width of module ``top`` in Yosys-written Verilog."""
-    match = re.search(rf"^module\s+\\?{re.escape(top)}\s*\((.*?)^endmodule", verilog_text, re.DOTALL | re.MULTILINE)
-    if match is None:
-        raise SimulationError(f"the Verilog has no module {top}: run `xnorflow compile` again to rewrite it")
-    ports = {}
-    for direction, msb, lsb, name in re.findall(
-            r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):(\d+)\]\s*)?\\?([\w.$]+)\s*;",
-            match.group(1), re.MULTILINE):
-        ports[name] = abs(int(msb) - int(lsb)) + 1 if msb else 1
-    return ports
 
 
 def _pick(ports: dict, candidates: list[str], what: str) -> str:
@@ -287,9 +237,9 @@ class BenchSession:
             collect_taps: bool = False, clean_only: bool = False, reset_test: bool = True,
             measure_frames: int = MEASURE_FRAMES, progress: bool = False) -> dict:
         """Run the testbench once; returns the main test's JSON (plus "reset" when it ran)."""
-        obj_dir = self.folder.sim_dir / ("obj_waves" if waves_file else "obj")
+        obj_dir = self.folder.model_dir(waves=waves_file is not None)
         build_seconds = build_model(self.folder.verilog, obj_dir, waves=waves_file is not None)
-        run_dir = self.folder.sim_dir / "run" / name
+        run_dir = self.folder.run_dir(name)
         run_dir.mkdir(parents=True, exist_ok=True)
         frames_file = run_dir / "frames.npz"
         np.savez(frames_file, image_ids=np.asarray(image_ids, dtype=np.int64),
@@ -434,7 +384,7 @@ def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT
     if stored_scores is not None and not np.array_equal(stored_scores, expected.scores):
         raise SimulationError("vectors.npz golden scores disagree with spec.npz: the build folder is stale, "
                               "run `xnorflow compile` again")
-    port_widths = top_module_ports(folder.verilog.read_text())
+    port_widths = module_ports(folder.verilog.read_text())
     ports, taps = resolve_ports(port_widths, spec)
     session = BenchSession(folder, spec, ports, taps, in_width=port_widths[ports["i_payload"]])
     image_ids = np.arange(len(inputs))
@@ -459,17 +409,14 @@ def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT
         waves_files = [m["waves"] for m in result["mismatches"] if m.get("waves")]
         result["waves"] = waves_files[0] if waves_files else None
 
-    result["results_file"] = str(folder.sim_dir / "results.json")
-    (folder.sim_dir / "results.json").write_text(json.dumps(
+    result["results_file"] = str(folder.results_file)
+    folder.results_file.write_text(json.dumps(
         {**result, "frames": raw["frames"], "measure": raw["measure"], "reset": raw.get("reset")}, indent=1))
     if result["errors"] and not result["images_simulated"]:
         raise SimulationError(f"the RTL simulation failed: {result['errors'][0]}")
     if update_report:
         merge_report(folder.root, result)
     return result
-
-
-REPORT_KEYS = ("images_simulated", "rtl_mismatches", "accuracy_rtl", "cycles_per_frame", "latency_cycles")
 
 
 def summarise(spec: NetworkSpec, raw: dict, labels) -> dict:
@@ -517,7 +464,7 @@ def merge_report(root: Path, result: dict) -> None:
             report = json.loads(path.read_text())
         except json.JSONDecodeError:
             report = {}
-    report.update({key: result[key] for key in REPORT_KEYS})
+    report.update({key: result[key] for key in SIMULATION_KEYS})
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)
