@@ -23,6 +23,7 @@ from xnorflow.hw.stream_format import beats_per_frame
 from xnorflow.sim import harness
 from xnorflow.sim.cocotb_tb import Scoreboard, steady_state_ii, watchdog_cycles
 from xnorflow.sim.layout import TOP
+from xnorflow.sim.verilator_build import build_model, verilator_runner
 
 FAST_TB_MODULE = "xnorflow.sim.fast_tb"
 # Verilator built for speed: its own optimisations, X values resolved once, the C++ at -O2
@@ -54,13 +55,6 @@ class FastSession:
         spec = session.spec
         self.beats_per_frame = beats_per_frame(spec.input_bits, session.in_width)
 
-    @property
-    def runner(self):
-        """sim.runner (which imports this module): imported when used, so a FastSession pickles
-        whole to a Dask worker."""
-        from xnorflow.sim import runner
-        return runner
-
     def build(self, frames: int) -> tuple[Path, float | None]:
         """The harness model for chunks of up to ``frames`` frames; returns (obj_dir, build seconds)."""
         capacity = harness.depth_for(max(frames, RESET_CHECK_FRAMES + 1))
@@ -70,7 +64,7 @@ class FastSession:
                                        self.session.in_width, capacity)
         if not source.is_file() or source.read_text() != text:
             source.write_text(text)
-        seconds = self.runner.build_model(self.session.folder.verilog, obj_dir, top=harness.HARNESS_TOP,
+        seconds = build_model(self.session.folder.verilog, obj_dir, top=harness.HARNESS_TOP,
                                           extra_sources=[source], extra_args=SPEED_ARGS, main_cpp=MAIN_CPP)
         return obj_dir, seconds
 
@@ -122,7 +116,7 @@ class FastSession:
             Path(config["status_file"]).unlink(missing_ok=True)
             started = time.perf_counter()
             try:
-                self.runner.verilator_runner(main_cpp=MAIN_CPP).test(
+                verilator_runner(main_cpp=MAIN_CPP).test(
                     test_module=FAST_TB_MODULE, hdl_toplevel=harness.HARNESS_TOP, hdl_toplevel_lang="verilog",
                     build_dir=obj_dir, test_dir=run_dir, plusargs=plusargs, seed=seed + chunk,
                     extra_env={"XNORFLOW_FAST_CONFIG": str(config_file)}, log_file=log)

@@ -27,8 +27,9 @@ def native_rate(build_dir, work_dir, images: int | None = None, seed: int = 0) -
     from xnorflow.hw.spec import NetworkSpec
     from xnorflow.sim.fast import SPEED_ARGS
     from xnorflow.sim.layout import SPEC_FILE, TOP, VECTORS_FILE, SimulationError, module_ports, verilog_file
-    from xnorflow.sim.runner import VERILATOR_ARGS, resolve_ports, verilated_mk_fixes
+    from xnorflow.sim.runner import resolve_ports
     from xnorflow.sim.verilator import activate_verilator
+    from xnorflow.sim.verilator_build import VERILATOR_ARGS, verilated_mk_fixes
 
     build_dir, work_dir = Path(build_dir).resolve(), Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)

