@@ -21,8 +21,8 @@ import numpy as np
 
 from xnorflow.hw.stream_format import beats_per_frame
 from xnorflow.sim import harness
-from xnorflow.sim.cocotb_tb import Scoreboard, steady_state_ii, watchdog_cycles
 from xnorflow.sim.layout import TOP
+from xnorflow.sim.scoreboard import Scoreboard, steady_state_ii, watchdog_cycles
 from xnorflow.sim.verilator_build import build_model, verilator_runner
 
 FAST_TB_MODULE = "xnorflow.sim.fast_tb"

@@ -27,7 +27,6 @@ import numpy as np
 from xnorflow.hw.stream_format import beats_per_frame, frames_to_beats, output_width
 
 HARNESS_TOP = "xnorflow_harness"
-CLOCK_PERIOD_NS = 10
 PROBABILITY_ONE = 1 << 16          # thresholds are in units of 1/65536
 
 

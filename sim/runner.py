@@ -48,7 +48,11 @@ def _pick(ports: dict, candidates: list[str], what: str) -> str:
 
 
 def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[dict]]:
-    """Map the testbench's roles to the top's port names and describe the per-layer taps."""
+    """Map the testbench's roles to the top's port names and describe the per-layer taps.
+
+    Roles are ``clk``, ``rst`` and ``<prefix>_<member>`` per stream (prefix ``i``, ``o``, ``tap<k>``;
+    member ``payload``, ``valid``, ``ready``; a tap has no ready): how sim/streams.StreamBus binds a
+    stream by its prefix. Each tap is described by its prefix, width, channels and beats per frame."""
     roles = {"clk": ["clk"], "rst": ["rst"]}
     for stream in ("i", "o"):
         for signal in ("payload", "valid", "ready"):
@@ -57,10 +61,11 @@ def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[
     taps = []
     for k, layer in enumerate(spec.layers[:-1]):
         op = op_for(layer, k)
-        data = _pick(ports, [f"tap{k}_data", f"tap{k}__payload", f"tap{k}__data"], f"layer {k} tap data")
-        valid = _pick(ports, [f"tap{k}_valid", f"tap{k}__valid"], f"layer {k} tap valid")
-        taps.append({"data": data, "valid": valid, "pe": op.out_width, "n_out": layer.n_out,
-                     "beats": op.beats_per_frame})
+        prefix = f"tap{k}"
+        names[f"{prefix}_payload"] = _pick(ports, [f"{prefix}_data", f"{prefix}__payload", f"{prefix}__data"],
+                                           f"layer {k} tap data")
+        names[f"{prefix}_valid"] = _pick(ports, [f"{prefix}_valid", f"{prefix}__valid"], f"layer {k} tap valid")
+        taps.append({"prefix": prefix, "pe": op.out_width, "n_out": layer.n_out, "beats": op.beats_per_frame})
     expected_out = output_width(spec)
     if ports[names["o_payload"]] != expected_out:
         raise SimulationError(f"the Verilog's output beat has {ports[names['o_payload']]} bits, the spec needs "

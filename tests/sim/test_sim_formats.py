@@ -4,8 +4,8 @@ import numpy as np
 from sim_builds import sized_network, with_threshold
 
 from xnorflow.sim import golden
-from xnorflow.sim.cocotb_tb import steady_state_ii
 from xnorflow.sim.localise import first_divergence, mismatch_lines
+from xnorflow.sim.scoreboard import steady_state_ii
 
 
 def test_steady_state_ii_ignores_the_pipeline_fill():
