@@ -1,7 +1,8 @@
 """The host side of the board protocol, and a software board that speaks it on a pseudo-terminal.
 
 Protocol (`xnorflow.boards.protocol`): per frame the host sends ceil(input_bits / 8) bytes, element i
-of the input vector being bit i % 8 of byte i // 8 (LSB first, last byte zero-padded); the board
+of the input vector being bit i % 8 of byte i // 8 (LSB first, last byte zero-padded: the network's
+input stream in beats of 8 bits, `xnorflow.hw.stream_format.frames_to_bytes`); the board
 answers two bytes in frame order, a tag (0x80 | its frame counter mod 128) and the class index.
 
 `run_on_board` drives a real board (or anything on a serial port) and measures accuracy and frames/s.
@@ -24,7 +25,8 @@ import numpy as np
 
 from xnorflow.boards import protocol
 from xnorflow.errors import XnorflowError
-from xnorflow.hw.spec import NetworkSpec, ceil_div
+from xnorflow.hw.spec import NetworkSpec
+from xnorflow.hw.stream_format import BYTE_BITS, beats_per_frame, frames_to_bytes
 from xnorflow.sim.golden import execute
 
 DEFAULT_BAUD = 115200
@@ -36,7 +38,7 @@ DRAIN_LIMIT = 4096
 # The board queues one frame in its UART FIFO and one in the network's input buffer while a third is
 # being computed; two frames in flight keep the line busy without ever overrunning it.
 FRAMES_IN_FLIGHT = 2
-# The spec inside a build folder written by `xnorflow compile` (compiler/build.py SPEC_FILE).
+# The spec inside a build folder written by `xnorflow compile` (sim/layout.py SPEC_FILE).
 SPEC_FILE_NAME = "spec.npz"
 
 
@@ -53,9 +55,7 @@ def pack_frames(spec: NetworkSpec, input_bits: np.ndarray) -> list[bytes]:
                         f"{spec.input_bits}) bits: binarise the images with the model's rule first")
     if input_bits.size and not np.isin(input_bits, (0, 1)).all():
         raise HostError("inputs must be bits (0 or 1): binarise the images with the model's rule first")
-    packed = np.packbits(input_bits.astype(np.uint8), axis=1, bitorder="little")
-    assert packed.shape[1] == ceil_div(spec.input_bits, 8)
-    return [row.tobytes() for row in packed]
+    return frames_to_bytes(input_bits)
 
 
 def load_spec(spec_or_build: NetworkSpec | str | Path) -> NetworkSpec:
@@ -259,7 +259,7 @@ class BoardModel:
     def __init__(self, spec: NetworkSpec, first_count: int = 0):
         spec.validate()
         self.spec = spec
-        self.frame_bytes = ceil_div(spec.input_bits, 8)
+        self.frame_bytes = beats_per_frame(spec.input_bits, BYTE_BITS)
         self.frames_answered = 0
         self.count = first_count
         self._master = self._slave = None

@@ -42,7 +42,8 @@ from xnorflow.boards.registry import Board
 from xnorflow.boards.uart import DEFAULT_BAUD, UARTRx, UARTTx, fastest_baud, uart_divisor
 from xnorflow.hw.adapters import RegisterSlice
 from xnorflow.hw.network import Network
-from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div
+from xnorflow.hw.spec import NetworkSpec, SpecError
+from xnorflow.hw.stream_format import BYTE_BITS, beats_per_frame
 
 # iCE40 block RAMs read as zero for ~3 us after configuration: amaranth's iCE40 platform holds its
 # default domain in reset for 15 us of clock (5x margin); we count the same after the PLL locks.
@@ -51,7 +52,7 @@ ICE40_POWER_ON_RESET_SECONDS = 15e-6
 
 def frame_bytes(spec: NetworkSpec) -> int:
     """Bytes the host sends per frame."""
-    return ceil_div(spec.input_bits, 8)
+    return beats_per_frame(spec.input_bits, BYTE_BITS)
 
 
 def check_protocol(spec: NetworkSpec) -> None:

@@ -26,6 +26,17 @@ import numpy as np
 
 from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim import golden
+from xnorflow.sim.layout import (
+    MODEL_DIR,
+    RESULTS_FILE,
+    SIM_DIR,
+    SIMULATION_KEYS,
+    SPEC_FILE,
+    TOP,
+    VECTORS_FILE,
+    VERILOG_DIR,
+    verilog_file,
+)
 
 from . import build_folder
 from . import report as reports
@@ -42,12 +53,8 @@ from .model import CompileError
 from .passes import streamline
 from .source import read_source
 
-SPEC_FILE = "spec.npz"
-VECTORS_FILE = "vectors.npz"
-VERILOG_DIR = "verilog"
-TOP_NAME = "xnorflow_top"
 # Everything a compile produces or invalidates; other files in the folder (a trained model.pt) stay.
-COMPILE_OUTPUTS = (SPEC_FILE, VECTORS_FILE, VERILOG_DIR, "sim", "synth", reports.REPORT_NAME,
+COMPILE_OUTPUTS = (SPEC_FILE, VECTORS_FILE, VERILOG_DIR, SIM_DIR, "synth", reports.REPORT_NAME,
                    "report.html", "figures")
 
 
@@ -128,7 +135,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
             vectors["labels"] = labels
         np.savez_compressed(stage / VECTORS_FILE, **vectors)
         log("writing Verilog")
-        export_verilog(spec, stage / VERILOG_DIR / f"{TOP_NAME}.v", name=TOP_NAME)
+        export_verilog(spec, verilog_file(stage), name=TOP)
         cycles = cycles_per_layer(spec)
         report = reports.empty_report()
         report.update(
@@ -178,7 +185,7 @@ def simulation_inputs(build_dir: Path, images, backpressure, seed) -> dict:
     """The inputs a simulation's result depends on (flow reruns it when any differ)."""
     return {"spec_sha256": build_folder.file_digest(build_dir / SPEC_FILE),
             "vectors_sha256": build_folder.file_digest(build_dir / VECTORS_FILE),
-            "verilog_sha256": build_folder.file_digest(build_dir / VERILOG_DIR / f"{TOP_NAME}.v"),
+            "verilog_sha256": build_folder.file_digest(verilog_file(build_dir)),
             "images": images, "backpressure": backpressure, "seed": seed}
 
 
@@ -215,15 +222,15 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float | N
     with build_folder.locked(build_dir):
         report = reports.read_report(build_dir)      # unreadable: refused before the simulation runs
         inputs = simulation_inputs(build_dir, images, backpressure, seed)
-        with build_folder.transaction(build_dir, ("sim", reports.REPORT_NAME)) as stage:
-            staged_sim = stage / "sim"
-            build_folder.link_tree(build_dir / "sim" / "obj", staged_sim / "obj")   # the Verilator model cache
+        with build_folder.transaction(build_dir, (SIM_DIR, reports.REPORT_NAME)) as stage:
+            staged_sim = stage / SIM_DIR
+            build_folder.link_tree(build_dir / SIM_DIR / MODEL_DIR, staged_sim / MODEL_DIR)   # the Verilator model cache
             with dask_client(scheduler) as client:
                 results = simulate(build_dir, images=images, backpressure=backpressure, waves=waves, seed=seed,
                                    progress=progress, sim_dir=staged_sim, mode=mode, chunks=chunks, client=client)
-            results = build_folder.relocate(results, staged_sim, build_dir.resolve() / "sim")
-            _rewrite_paths(staged_sim / "results.json", staged_sim, build_dir.resolve() / "sim")
-            fields = {key: results.get(key) for key in reports.SIMULATION_KEYS}
+            results = build_folder.relocate(results, staged_sim, build_dir.resolve() / SIM_DIR)
+            _rewrite_paths(staged_sim / RESULTS_FILE, staged_sim, build_dir.resolve() / SIM_DIR)
+            fields = {key: results.get(key) for key in SIMULATION_KEYS}
             fields["fps"] = fps_from(report.get("fmax_mhz"), fields["cycles_per_frame"])
             fields["simulation"] = {
                 "reset_mid_frame_ok": results.get("reset_mid_frame_ok"),

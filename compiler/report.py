@@ -23,8 +23,8 @@ REPORT_KEYS = (
     "compile_seconds", "synth_seconds",
 )
 
-# The figures each step measures and merges in (a compile starts a fresh report without them).
-SIMULATION_KEYS = ("images_simulated", "rtl_mismatches", "accuracy_rtl", "cycles_per_frame", "latency_cycles")
+# The figures each step measures and merges in (a compile starts a fresh report without them); the
+# simulation's are sim/layout.py's SIMULATION_KEYS (sim/ merges them in without the compiler).
 SYNTHESIS_KEYS = ("fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps", "synth_seconds",
                   # beyond DESIGN.md: the clock the bitstream runs at (PLL output or oscillator),
                   # the PLL's settings, whether nextpnr met timing there, and every build tried

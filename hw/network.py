@@ -5,12 +5,11 @@ an MVTU, maxpool -> a streaming pool), and the output op (label-select) after
 the last layer; this module only joins them. Stream contract of :class:`Network` (also what the
 exported Verilog and the boards see):
 
-- ``i``: ``in_width``-bit beats (default: the first op's input width, a dense layer's SIMD). A frame
-  is ceil(input_bits / in_width) beats; element j of the input vector is bit j % in_width of beat
-  j // in_width; the last beat is zero-padded. :func:`input_beats` packs frames this way.
-- ``o``: one beat per frame with the payload :func:`output_layout`: bits [0, iw) the class index,
-  then the score of class c at bits [iw + c*sw, iw + (c+1)*sw) (iw = spec.class_index_width,
-  sw = spec.score_width). :func:`decode_output` unpacks it.
+- ``i``: ``in_width``-bit beats (default: the first op's input width, a dense layer's SIMD), a frame
+  packed as hw/stream_format.py states (element j of the input vector is bit j % in_width of beat
+  j // in_width; the last beat is zero-padded). :func:`input_beats` packs frames this way.
+- ``o``: one beat per frame with the payload :func:`output_layout` (the stream format's output beat:
+  the class index, then every class's score). :func:`decode_output` unpacks it.
 - ``tap{k}_data`` / ``tap{k}_valid`` for each hidden layer k: that layer's output beat and a strobe
   that is high on the cycle the beat is transferred; its op decodes them (`Op.decode`), and
   :func:`taps_to_activations` does so for every hidden layer: a dense layer's (n_out,) bits, a
@@ -30,7 +29,8 @@ from amaranth.lib.wiring import In, Out
 
 from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
 from xnorflow.hw.ops import op_for, output_op
-from xnorflow.hw.spec import NetworkSpec, SpecError, ceil_div, pack_words
+from xnorflow.hw.spec import NetworkSpec, SpecError
+from xnorflow.hw.stream_format import frames_to_beats
 
 
 def output_layout(spec: NetworkSpec) -> data.StructLayout:
@@ -52,10 +52,7 @@ def input_beats(spec: NetworkSpec, frames_bits: np.ndarray, in_width: int | None
     if frames_bits.ndim != 2 or frames_bits.shape[1] != spec.input_bits:
         raise SpecError(f"input has shape {frames_bits.shape}; the network takes "
                         f"(frames, {spec.input_bits}) bits")
-    beats = ceil_div(spec.input_bits, in_width)
-    padded = np.zeros((frames_bits.shape[0], beats * in_width), dtype=np.uint8)
-    padded[:, :spec.input_bits] = frames_bits
-    return [int(w) for w in pack_words(padded.reshape(-1, in_width))]
+    return [beat for frame in frames_to_beats(frames_bits, in_width) for beat in frame]
 
 
 def taps_to_activations(spec: NetworkSpec, beats_per_layer: list[list[int]]) -> list[np.ndarray]:

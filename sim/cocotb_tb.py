@@ -1,23 +1,16 @@
-"""cocotb 2.x testbench of the exported network (`xnorflow_top`): driver, monitor, scoreboard.
+"""cocotb 2.x testbench of the exported network (`xnorflow_top`): the per-cycle bench.
 
 cocotb imports this module inside Verilator; `sim/runner.py` writes a JSON config and points the
-environment variable ``XNORFLOW_TB_CONFIG`` at it. The config names the spec, the frames with their
-golden scores, the port names found in the Verilog, the random flow-control settings and where to
-write the results.
+environment variable ``XNORFLOW_TB_CONFIG`` at it. The config names the frames with their golden
+scores, the port names found in the Verilog (by stream prefix: ``i``, ``o``, ``tap<k>``), the random
+flow-control settings and where to write the results.
 
-Timing discipline (Verilator is cycle based: after an edge trigger the design has already moved):
-we write inputs just after a rising clock edge and sample everything at the falling edge, where
-every value is settled and is exactly what the next rising edge will see. A transfer on a stream
-happens at a rising edge when valid and ready were both 1 at the falling edge before it.
-
-Speed: a Python wake-up costs ~12 us of CPU while Verilator runs a TFC-sized net's cycle (with
-cocotb's clock) in ~5 us, so nothing here awaits every cycle unless it must. Idle waits sleep on the signal that ends them
-(``RisingEdge(ready)``, ``RisingEdge(valid)``) and gaps use one ``Timer``; per-cycle work only
-happens while a beat is actually moving (and for the debug taps, which only the re-run of a failing
-frame collects).
-
-The pure helpers at the top (beats, payload decoding, taps) are used by the runner and the
-localiser too; cocotb imports fine outside a simulator, only the coroutines need one.
+The bench is cocotb's matrix_multiplier example in shape: a `NetworkTester` joins a `StreamSource`
+on the input, a `StreamSink` on the output and a `StreamMonitor` per layer tap (sim/streams.py, which
+documents the timing discipline and the speed rules every role keeps) to the golden results and the
+`Scoreboard` (sim/scoreboard.py). The stream format (frames -> beats, the output beat, tap beats) is
+hw/stream_format.py's. Taps are watched only when the config asks for them (the re-run of a failing
+frame): every tap beat costs a Python wake-up.
 """
 from __future__ import annotations
 
@@ -31,49 +24,24 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.simtime import get_sim_time
-from cocotb.triggers import Event, FallingEdge, First, RisingEdge, SimTimeoutError, Timer, with_timeout
+from cocotb.triggers import First, RisingEdge, SimTimeoutError, Timer, with_timeout
+
+from xnorflow.hw.stream_format import frames_to_beats, split_frames
+from xnorflow.sim.defaults import CLOCK_PERIOD_NS
+from xnorflow.sim.scoreboard import Scoreboard, steady_state_ii, watchdog_cycles
+from xnorflow.sim.streams import (
+    StreamBus,
+    StreamMonitor,
+    StreamSink,
+    StreamSource,
+    idle_gaps,
+    is_high,
+    sample_when_high,
+    stalls,
+    wait_cycles,
+)
 
 CONFIG_ENV = "XNORFLOW_TB_CONFIG"
-CLOCK_PERIOD_NS = 10
-HALF_PERIOD_NS = CLOCK_PERIOD_NS // 2
-
-
-# --- stream formats (pure; the contract of the exported top) -------------------------------------
-def frames_to_beats(input_bits: np.ndarray, width: int) -> list[list[int]]:
-    """(frames, n) bits -> per frame, ceil(n / width) beats of ``width`` bits (element i of the frame
-    is bit i of the concatenated beats, LSB first; the last beat is zero-padded)."""
-    input_bits = np.asarray(input_bits, dtype=np.uint8)
-    frames, n = input_bits.shape
-    beats = -(-n // width)
-    padded = np.zeros((frames, beats * width), dtype=np.uint8)
-    padded[:, :n] = input_bits
-    byte_rows = np.packbits(padded, axis=1, bitorder="little").tobytes()
-    row_bytes = (beats * width + 7) // 8
-    mask = (1 << width) - 1
-    out = []
-    for f in range(frames):
-        frame = int.from_bytes(byte_rows[f * row_bytes:(f + 1) * row_bytes], "little")
-        out.append([(frame >> (b * width)) & mask for b in range(beats)])
-    return out
-
-
-def decode_payload(payload: int, n_classes: int, index_width: int, score_width: int) -> tuple[int, list[int]]:
-    """Output beat -> (class index, per-class scores): bits [0, iw) index, then class c's score at
-    [iw + c*sw, iw + (c+1)*sw)."""
-    index = payload & ((1 << index_width) - 1)
-    mask = (1 << score_width) - 1
-    scores = [(payload >> (index_width + c * score_width)) & mask for c in range(n_classes)]
-    return index, scores
-
-
-def taps_to_bits(beats: list[int], n_out: int, pe: int) -> np.ndarray:
-    """One frame's tap beats of a dense hidden layer (``pe`` bits each, channel nf*pe + r at bit r of
-    beat nf) -> its (n_out,) activation bits; padded channels of the last beat are dropped. The
-    decoding is the dense op's (`xnorflow.hw.ops.dense.fold_beats_to_bits`); localisation asks the
-    layer's op itself."""
-    from xnorflow.hw.ops.dense import fold_beats_to_bits
-    return fold_beats_to_bits(beats, n_out, pe)[0]
 
 
 # --- the config the runner writes ---------------------------------------------------------------
@@ -86,11 +54,11 @@ class BenchConfig:
     n_classes: int
     index_width: int
     score_width: int
-    ports: dict                      # role -> port name ("i_payload", "o_valid", ...)
-    taps: list                       # per hidden layer: {"data", "valid", "pe", "n_out", "beats"}
+    ports: dict                      # stream role -> port name ("clk", "i_payload", "o_valid", "tap0_payload", ...)
+    taps: list                       # per hidden layer: {"prefix", "pe", "n_out", "beats"}
     analytic_ii: int
-    backpressure: float = 0.5
-    gaps: float = 0.3
+    backpressure: float
+    gaps: float
     seed: int = 0
     measure_frames: int = 32
     collect_taps: bool = False
@@ -116,183 +84,6 @@ def load_frames(config: BenchConfig):
     return image_ids, frames_to_beats(inputs, config.in_width), scores, predictions
 
 
-# --- the bench (the coroutines below run inside the simulator) -----------------------------------
-
-
-def now_cycle() -> int:
-    """Index of the current clock cycle (cycle c spans [c*T, (c+1)*T))."""
-    return int(get_sim_time("ns")) // CLOCK_PERIOD_NS
-
-
-def is_high(handle) -> bool:
-    """A 1-bit port reads as a Logic (0, 1, X, Z); only a clean 1 counts."""
-    return handle.value == 1
-
-
-async def wait_cycles(clk, cycles: int) -> None:
-    """Advance to the rising edge ``cycles`` edges ahead with one Timer (ClockCycles would wake
-    Python on every edge). Called just after a rising edge; lands between edges, then aligns."""
-    if cycles <= 0:
-        return
-    await Timer(cycles * CLOCK_PERIOD_NS - HALF_PERIOD_NS, unit="ns")
-    await RisingEdge(clk)
-
-
-async def sample_when_high(clk, signal) -> None:
-    """Return at the first falling edge (from the next one on) where ``signal`` is 1."""
-    await FallingEdge(clk)
-    while not is_high(signal):
-        await RisingEdge(signal)
-        await FallingEdge(clk)
-
-
-class Bench:
-    """Handles, clock, reset and the shared random source of one simulation."""
-
-    def __init__(self, dut, config: BenchConfig):
-        self.dut = dut
-        self.config = config
-        ports = config.ports
-        self.clk = getattr(dut, ports["clk"])
-        self.rst = getattr(dut, ports["rst"])
-        self.i_payload = getattr(dut, ports["i_payload"])
-        self.i_valid = getattr(dut, ports["i_valid"])
-        self.i_ready = getattr(dut, ports["i_ready"])
-        self.o_payload = getattr(dut, ports["o_payload"])
-        self.o_valid = getattr(dut, ports["o_valid"])
-        self.o_ready = getattr(dut, ports["o_ready"])
-        self.taps = [(getattr(dut, t["data"]), getattr(dut, t["valid"])) for t in config.taps]
-        self.rng = random.Random(config.seed)
-        self.clock_started = False
-
-    def start_clock(self) -> None:
-        if not self.clock_started:
-            # High first: rising edges at c*T, falling edges at c*T + T/2, so now_cycle() is c
-            # at both edges of cycle c.
-            Clock(self.clk, CLOCK_PERIOD_NS, unit="ns").start(start_high=True)
-            self.clock_started = True
-
-    async def reset(self, cycles: int = 3) -> None:
-        """Synchronous active-high reset with both streams idle; returns just after a rising edge."""
-        self.i_valid.value = 0
-        self.o_ready.value = 1
-        self.rst.value = 1
-        self.start_clock()
-        for _ in range(cycles):
-            await RisingEdge(self.clk)
-        self.rst.value = 0
-
-
-class Driver:
-    """Streams frames into ``i``: valid held for each beat until a falling edge sees ready, with
-    random idle gaps between beats (probability ``gaps`` per beat, 1..4 cycles)."""
-
-    def __init__(self, bench: Bench):
-        self.bench = bench
-        self.accept_cycles: list[int] = []   # cycle of each frame's first beat transfer
-        self.sent = 0                        # whole frames
-        self.beats_sent = 0
-
-    async def send(self, beats: list[int], gaps: float) -> None:
-        """Called just after a rising edge; returns just after the rising edge that took the last beat."""
-        b = self.bench
-        for n, beat in enumerate(beats):
-            if gaps and b.rng.random() < gaps:
-                b.i_valid.value = 0
-                await wait_cycles(b.clk, b.rng.randint(1, 4))
-            b.i_payload.value = beat
-            b.i_valid.value = 1
-            await sample_when_high(b.clk, b.i_ready)
-            if n == 0:
-                self.accept_cycles.append(now_cycle())
-            await RisingEdge(b.clk)          # the transfer
-            self.beats_sent += 1
-        self.sent += 1
-
-    def idle(self) -> None:
-        self.bench.i_valid.value = 0
-
-
-class Monitor:
-    """Takes output beats from ``o`` with random backpressure: each cycle where an output waits,
-    ready is 0 with probability ``backpressure``. Records (cycle, payload) of every transfer and
-    sets ``done`` once ``expected`` beats arrived (so nobody else has to wake up per frame)."""
-
-    def __init__(self, bench: Bench, backpressure: float, expected: int, on_beat=None):
-        self.bench = bench
-        self.backpressure = backpressure
-        self.expected = expected
-        self.on_beat = on_beat
-        self.beats: list[tuple[int, int]] = []
-        self.done = Event()
-
-    def _choose_ready(self) -> None:
-        if self.backpressure:
-            self.bench.o_ready.value = int(self.bench.rng.random() >= self.backpressure)
-
-    def _take(self) -> None:
-        b = self.bench
-        self.beats.append((now_cycle(), b.o_payload.value.to_unsigned()))
-        if self.on_beat is not None:
-            self.on_beat(len(self.beats))
-        if len(self.beats) >= self.expected:
-            self.done.set()
-
-    async def run(self) -> None:
-        b = self.bench
-        b.o_ready.value = 1
-        await FallingEdge(b.clk)
-        while True:
-            if not is_high(b.o_valid):
-                await RisingEdge(b.o_valid)   # sleeps through idle cycles
-                self._choose_ready()
-                await FallingEdge(b.clk)
-                continue
-            if is_high(b.o_ready):
-                self._take()
-            await RisingEdge(b.clk)
-            self._choose_ready()
-            await FallingEdge(b.clk)
-
-
-class TapMonitor:
-    """Collects the transfers of one hidden layer's output stream (only for re-runs: every tap beat
-    costs a Python wake-up)."""
-
-    def __init__(self, bench: Bench, data, valid):
-        self.bench, self.data, self.valid = bench, data, valid
-        self.beats: list[int] = []
-
-    async def run(self) -> None:
-        clk = self.bench.clk
-        while True:
-            await sample_when_high(clk, self.valid)
-            self.beats.append(self.data.value.to_unsigned())
-
-
-class Scoreboard:
-    """Compares each output beat, in order, with the golden class index and every class score."""
-
-    def __init__(self, n_classes: int, index_width: int, score_width: int, image_ids, scores, predictions):
-        self.layout = (n_classes, index_width, score_width)
-        self.image_ids, self.scores, self.predictions = image_ids, scores, predictions
-
-    def check(self, frame: int, payload: int) -> dict:
-        """The record of one output beat; a negative payload (X bits read from a dump) decodes as -1s."""
-        n_classes, index_width, score_width = self.layout
-        index, scores = (decode_payload(payload, n_classes, index_width, score_width) if payload >= 0
-                         else (-1, [-1] * n_classes))
-        expected_scores = [int(s) for s in self.scores[frame]]
-        expected_index = int(self.predictions[frame])
-        record = {"frame": frame, "image": int(self.image_ids[frame]), "index": index, "scores": scores}
-        if index != expected_index or scores != expected_scores:
-            record["mismatch"] = {
-                "expected_index": expected_index, "expected_scores": expected_scores,
-                "differing_classes": [k for k, (g, e) in enumerate(zip(scores, expected_scores)) if g != e],
-            }
-        return record
-
-
 class Progress:
     """Writes 'done/total' to a file the runner turns into a progress bar."""
 
@@ -305,81 +96,117 @@ class Progress:
             self.path.write_text(f"{done} {self.total}\n")
 
 
-def watchdog_cycles(analytic_ii: int, stages: int, gaps: float, backpressure: float) -> int:
-    """Cycles without any output after which a design of ``stages`` engines counts as stuck: far
-    beyond a frame's latency through every layer even with random stalls (both benches use it)."""
-    stall = 1.0 / max(0.05, 1.0 - max(gaps, backpressure))
-    return int(64 * analytic_ii * stall * (stages + 2)) + 2000
-
-
-async def run_phase(bench: Bench, frames: list[int], beats, gaps: float, backpressure: float,
-                    progress: Progress | None = None, done_before: int = 0):
-    """Stream ``frames`` (indices into ``beats``) through the network. Called just after a rising
-    edge, returns just after one. Returns the accept cycle of each frame's first beat, the
-    (cycle, payload) of each output beat, the tap beats per hidden layer (when collected) and an
-    error string when the design stopped answering or answered too often."""
-    on_beat = (lambda n: progress.update(done_before + n)) if progress is not None else None
-    driver, monitor = Driver(bench), Monitor(bench, backpressure, len(frames), on_beat)
-    monitor_task = cocotb.start_soon(monitor.run())
-    tap_monitors = [TapMonitor(bench, d, v) for d, v in bench.taps] if bench.config.collect_taps else []
-    tap_tasks = [cocotb.start_soon(t.run()) for t in tap_monitors]
-    limit = watchdog_cycles(bench.config.analytic_ii, len(bench.config.taps), gaps, backpressure)
-
-    async def feed():
-        for frame in frames:
-            await driver.send(beats[frame], gaps)
-        driver.idle()
-
-    feeder = cocotb.start_soon(feed())
-    error = None
-    # One wake-up per watchdog period, not per frame: the monitor signals completion.
-    while not monitor.done.is_set():
-        before = len(monitor.beats)
-        await First(monitor.done.wait(), Timer(limit * CLOCK_PERIOD_NS, unit="ns"))
-        if not monitor.done.is_set() and len(monitor.beats) == before:
-            error = (f"no output for {limit} cycles after {before} of {len(frames)} frames "
-                     f"({driver.sent} sent): the design is stuck")
-            break
-    if error is None:
-        # Anything beyond the frames we sent is a spurious output; give it time to show up.
-        await Timer(max(1000, limit // 16) * CLOCK_PERIOD_NS, unit="ns")
-        if len(monitor.beats) > len(frames):
-            error = f"{len(monitor.beats) - len(frames)} output beat(s) more than the {len(frames)} frames sent"
-    for task in (feeder, monitor_task, *tap_tasks):
-        task.cancel()
-    driver.idle()
-    bench.o_ready.value = 1
-    await RisingEdge(bench.clk)
-    return driver.accept_cycles, monitor.beats[:len(frames)], [t.beats for t in tap_monitors], error
-
-
-def steady_state_ii(output_cycles: list[int]) -> float | None:
-    """Cycles between consecutive outputs once the pipeline is full: the median gap over the
-    second half of a clean, back-to-back run (the first outputs still see the pipeline filling)."""
-    if len(output_cycles) < 3:
-        return None
-    gaps = np.diff(np.asarray(output_cycles))
-    return float(np.median(gaps[len(gaps) // 2:]))
-
-
 def split_taps(tap_beats: list[list[int]], taps_config: list[dict], frames: list[int]) -> dict:
     """Per frame, per hidden layer, the tap beats (each layer emits ``beats`` tap beats per frame)."""
     per_frame = {f: [] for f in frames}
     for beats, tap in zip(tap_beats, taps_config):
-        n = tap["beats"]
-        for j, frame in enumerate(frames):
-            per_frame[frame].append(beats[j * n:(j + 1) * n])
+        for frame, frame_beats in zip(frames, split_frames(beats, tap["beats"], len(frames))):
+            per_frame[frame].append(frame_beats)
     return per_frame
 
 
-async def start_bench(dut):
-    """What every test starts from: the run's config and frames, a bench and a scoreboard, a clean reset."""
-    config = BenchConfig.from_env()
-    image_ids, beats, scores, predictions = load_frames(config)
-    bench = Bench(dut, config)
-    board = Scoreboard(config.n_classes, config.index_width, config.score_width, image_ids, scores, predictions)
-    await bench.reset()
-    return config, beats, bench, board
+@dataclass
+class Phase:
+    """What one phase of streaming saw: the accept cycle of each frame's first beat, the (cycle,
+    payload) of each output beat (at most one per frame sent), the tap payloads per hidden layer
+    (when watched), and an error when the design stopped answering or answered too often."""
+
+    accept_cycles: list[int]
+    outputs: list[tuple[int, int]]
+    taps: list[list[int]]
+    error: str | None
+
+
+# --- the tester (its coroutines run inside the simulator) ---------------------------------------
+class NetworkTester:
+    """The network under test: its clock and reset, its streams by prefix, the shared random source
+    of the flow control, the frames as beats and the scoreboard holding their golden results."""
+
+    def __init__(self, dut, config: BenchConfig):
+        self.config = config
+        ports = config.ports
+        self.clk = getattr(dut, ports["clk"])
+        self.rst = getattr(dut, ports["rst"])
+        self.input = StreamBus(dut, ports, "i")
+        self.output = StreamBus(dut, ports, "o")
+        self.taps = [StreamBus(dut, ports, tap["prefix"]) for tap in config.taps]
+        self.rng = random.Random(config.seed)
+        image_ids, self.beats, scores, predictions = load_frames(config)
+        self.scoreboard = Scoreboard(config.n_classes, config.index_width, config.score_width, image_ids,
+                                     scores, predictions)
+        self.clock_started = False
+
+    def start_clock(self) -> None:
+        if not self.clock_started:
+            # High first: rising edges at c*T, falling edges at c*T + T/2, so now_cycle() is c
+            # at both edges of cycle c.
+            Clock(self.clk, CLOCK_PERIOD_NS, unit="ns").start(start_high=True)
+            self.clock_started = True
+
+    async def reset(self, cycles: int = 3) -> None:
+        """Synchronous active-high reset with both streams idle; returns just after a rising edge."""
+        self.input.valid.value = 0
+        self.output.ready.value = 1
+        self.rst.value = 1
+        self.start_clock()
+        for _ in range(cycles):
+            await RisingEdge(self.clk)
+        self.rst.value = 0
+
+    def source(self, gaps: float) -> StreamSource:
+        """The input's source, with an idle gap before a beat with probability ``gaps``."""
+        return StreamSource(self.input, self.clk, idle_gaps(self.rng, gaps) if gaps else None)
+
+    def sink(self, backpressure: float, expected: int, on_beat=None) -> StreamSink:
+        """The output's sink, not ready with probability ``backpressure`` in a cycle an output waits."""
+        return StreamSink(self.output, self.clk, stalls(self.rng, backpressure) if backpressure else None,
+                          expected=expected, on_beat=on_beat)
+
+    def watchdog(self, gaps: float, backpressure: float) -> int:
+        return watchdog_cycles(self.config.analytic_ii, len(self.config.taps), gaps, backpressure)
+
+    async def run_phase(self, frames: list[int], gaps: float, backpressure: float,
+                        progress: Progress | None = None, done_before: int = 0) -> Phase:
+        """Stream ``frames`` (indices into the frames) through the network. Called just after a
+        rising edge, returns just after one."""
+        on_beat = (lambda n: progress.update(done_before + n)) if progress is not None else None
+        source, sink = self.source(gaps), self.sink(backpressure, len(frames), on_beat)
+        sink_task = cocotb.start_soon(sink.run())
+        monitors = [StreamMonitor(tap, self.clk) for tap in self.taps] if self.config.collect_taps else []
+        monitor_tasks = [cocotb.start_soon(m.run()) for m in monitors]
+        limit = self.watchdog(gaps, backpressure)
+        feeder = cocotb.start_soon(source.send_frames(self.beats[f] for f in frames))
+        error = None
+        # One wake-up per watchdog period, not per frame: the sink signals completion.
+        while not sink.done.is_set():
+            before = len(sink.beats)
+            await First(sink.done.wait(), Timer(limit * CLOCK_PERIOD_NS, unit="ns"))
+            if not sink.done.is_set() and len(sink.beats) == before:
+                error = (f"no output for {limit} cycles after {before} of {len(frames)} frames "
+                         f"({source.frames_sent} sent): the design is stuck")
+                break
+        if error is None:
+            # Anything beyond the frames we sent is a spurious output; give it time to show up.
+            await Timer(max(1000, limit // 16) * CLOCK_PERIOD_NS, unit="ns")
+            if len(sink.beats) > len(frames):
+                error = f"{len(sink.beats) - len(frames)} output beat(s) more than the {len(frames)} frames sent"
+        for task in (feeder, sink_task, *monitor_tasks):
+            task.cancel()
+        source.idle()
+        self.output.ready.value = 1
+        await RisingEdge(self.clk)
+        return Phase(source.accept_cycles, sink.beats[:len(frames)], [m.payloads for m in monitors], error)
+
+    def check(self, frames: list[int], outputs: list[tuple[int, int]]) -> list[dict]:
+        """The scoreboard's record of each output beat, in frame order."""
+        return [self.scoreboard.check(f, payload) for f, (_, payload) in zip(frames, outputs)]
+
+
+async def start_tester(dut) -> NetworkTester:
+    """What every test starts from: the run's config and frames in a tester, after a clean reset."""
+    tester = NetworkTester(dut, BenchConfig.from_env())
+    await tester.reset()
+    return tester
 
 
 @cocotb.test()
@@ -387,15 +214,17 @@ async def stream_frames(dut):
     """Phase 1 (clean flow: input always valid, output always ready) measures the steady-state II
     and the latency on the first frames; phase 2 streams every frame with random input gaps and
     output backpressure. The scoreboard checks every output of both phases."""
-    config, beats, bench, board = await start_bench(dut)
+    tester = await start_tester(dut)
+    config = tester.config
 
-    n = len(beats)
+    n = len(tester.beats)
     measure = list(range(min(n, config.measure_frames)))
     stress = [] if config.clean_only else list(range(n))
     progress = Progress(config, len(measure) + len(stress))
     result = {"frames": [], "mismatches": [], "errors": [], "measure": {}}
 
-    accepts, outputs, taps, error = await run_phase(bench, measure, beats, 0.0, 0.0, progress)
+    clean = await tester.run_phase(measure, 0.0, 0.0, progress)
+    accepts, outputs = clean.accept_cycles, clean.outputs
     output_cycles = [cycle for cycle, _ in outputs]
     result["measure"] = {
         "frames": len(measure),
@@ -405,21 +234,20 @@ async def stream_frames(dut):
         "output_cycles": output_cycles,
         "accept_cycles": accepts,
     }
-    records = [board.check(f, payload) for f, (_, payload) in zip(measure, outputs)]
-    tap_records = split_taps(taps, config.taps, measure) if config.collect_taps else {}
-    if error:
-        result["errors"].append(f"clean phase: {error}")
+    records = tester.check(measure, outputs)
+    tap_records = split_taps(clean.taps, config.taps, measure) if config.collect_taps else {}
+    if clean.error:
+        result["errors"].append(f"clean phase: {clean.error}")
 
-    if stress and not error:
-        await bench.reset()
-        accepts, outputs, _, error = await run_phase(bench, stress, beats, config.gaps,
-                                                     config.backpressure, progress, len(measure))
-        stress_records = [board.check(f, payload) for f, (_, payload) in zip(stress, outputs)]
-        for record, (cycle, _), accept in zip(stress_records, outputs, accepts):
+    if stress and not clean.error:
+        await tester.reset()
+        random_flow = await tester.run_phase(stress, config.gaps, config.backpressure, progress, len(measure))
+        stress_records = tester.check(stress, random_flow.outputs)
+        for record, (cycle, _), accept in zip(stress_records, random_flow.outputs, random_flow.accept_cycles):
             record["accept_cycle"], record["output_cycle"] = accept, cycle
-        if error:
+        if random_flow.error:
             result["errors"].append(f"random-flow phase (gaps {config.gaps}, backpressure "
-                                    f"{config.backpressure}): {error}")
+                                    f"{config.backpressure}): {random_flow.error}")
         for record in records:
             record["phase"] = "clean"
         for record in stress_records:
@@ -447,44 +275,44 @@ async def reset_mid_frame(dut):
     """Assert reset in the middle of a frame (while its beats stream in, while it computes, while
     its output is held back), then check that clean frames afterwards still match the golden model
     and that nothing from before the reset leaks out."""
-    config, beats, bench, board = await start_bench(dut)
-    n = len(beats)
+    tester = await start_tester(dut)
+    config, clk = tester.config, tester.clk
+    n = len(tester.beats)
     trials = []
     for trial, where in enumerate(("input", "compute", "output-held")):
         victim = trial % n
-        bench.o_ready.value = 0 if where == "output-held" else 1
-        driver = Driver(bench)
-        frame_beats = beats[victim]
+        tester.output.ready.value = 0 if where == "output-held" else 1
+        source = tester.source(0.0)
+        frame_beats = tester.beats[victim]
         if where == "input" and len(frame_beats) > 1:
-            await driver.send(frame_beats[: len(frame_beats) // 2 or 1], 0.0)
+            await source.send(frame_beats[: len(frame_beats) // 2 or 1])
         elif where == "compute":
-            await driver.send(frame_beats, 0.0)
-            driver.idle()
+            await source.send(frame_beats)
+            source.idle()
             # Let the frame get into the engines before resetting.
-            await wait_cycles(bench.clk, bench.rng.randint(1, max(1, config.analytic_ii)))
+            await wait_cycles(clk, tester.rng.randint(1, max(1, config.analytic_ii)))
         else:
-            await driver.send(frame_beats, 0.0)
-            driver.idle()
+            await source.send(frame_beats)
+            source.idle()
             # Reset while the finished frame's output beat waits for a ready that never comes.
             try:
-                await with_timeout(sample_when_high(bench.clk, bench.o_valid),
-                                   watchdog_cycles(config.analytic_ii, len(config.taps), 0.0, 0.0)
-                                   * CLOCK_PERIOD_NS, "ns")
+                await with_timeout(sample_when_high(clk, tester.output.valid),
+                                   tester.watchdog(0.0, 0.0) * CLOCK_PERIOD_NS, "ns")
             except SimTimeoutError:
                 pass     # no output at all: the frames after the reset will show what is wrong
-            await RisingEdge(bench.clk)
+            await RisingEdge(clk)
         # What was in flight when the reset hit (post-edge values: a diagnostic, not a check).
-        in_flight = {"beats_sent": driver.beats_sent, "beats_in_frame": len(frame_beats),
-                     "output_waiting": is_high(bench.o_valid)}
-        await bench.reset(cycles=2)
+        in_flight = {"beats_sent": source.beats_sent, "beats_in_frame": len(frame_beats),
+                     "output_waiting": is_high(tester.output.valid)}
+        await tester.reset(cycles=2)
         after = [(victim + k + 1) % n for k in range(3)]
-        _, outputs, _, error = await run_phase(bench, after, beats, 0.0, 0.0)
-        records = [board.check(f, payload) for f, (_, payload) in zip(after, outputs)]
+        phase = await tester.run_phase(after, 0.0, 0.0)
+        records = tester.check(after, phase.outputs)
         trials.append({
             "reset_during": where, "frame_interrupted": victim, "in_flight": in_flight, "frames_after": after,
-            "outputs": len(outputs), "error": error,
+            "outputs": len(phase.outputs), "error": phase.error,
             "mismatches": [r for r in records if "mismatch" in r],
-            "ok": error is None and len(outputs) == len(after) and not any("mismatch" in r for r in records),
+            "ok": phase.error is None and len(phase.outputs) == len(after) and not any("mismatch" in r for r in records),
         })
     Path(config.reset_results_file).write_text(json.dumps({"trials": trials}))
     failed = [t for t in trials if not t["ok"]]

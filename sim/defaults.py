@@ -8,3 +8,5 @@ A light module (no cocotb, no amaranth), so the command line can name the defaul
 DEFAULT_BACKPRESSURE = 0.5
 DEFAULT_GAPS = 0.3
 SIMULATION_MODES = ("fast", "cycle")
+# Both benches' clock (the per-cycle bench's cocotb Clock, the fast harness's `timescale and loop).
+CLOCK_PERIOD_NS = 10

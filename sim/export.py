@@ -19,13 +19,13 @@ tap{k}_valid        out        high on the cycle tap{k}_data is transferred
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from amaranth.back import verilog
 
 from xnorflow.hw.network import Network
 from xnorflow.hw.spec import NetworkSpec
+from xnorflow.sim.layout import TOP, module_ports
 
 STREAM_PORTS = ("clk", "rst", "i__payload", "i__valid", "i__ready", "o__payload", "o__valid", "o__ready")
 
@@ -40,15 +40,7 @@ def verilog_port_names(spec: NetworkSpec) -> list[str]:
     return [*STREAM_PORTS, *taps]
 
 
-def module_ports(verilog_text: str, name: str) -> list[str]:
-    """Port names of module ``name`` in a Verilog text (the header's port list)."""
-    header = re.search(rf"module\s+{re.escape(name)}\s*\((.*?)\);", verilog_text, re.DOTALL)
-    if header is None:
-        raise ExportError(f"module {name} not found in the generated Verilog")
-    return [p.strip() for p in header.group(1).split(",") if p.strip()]
-
-
-def export_verilog(spec: NetworkSpec, path: str | Path, name: str = "xnorflow_top",
+def export_verilog(spec: NetworkSpec, path: str | Path, name: str = TOP,
                    in_width: int | None = None) -> Path:
     """Write the Verilog of ``Network(spec, in_width)`` to ``path`` and return the path.
 

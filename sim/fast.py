@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from xnorflow.hw.stream_format import beats_per_frame
 from xnorflow.sim import harness
-from xnorflow.sim.cocotb_tb import Scoreboard, steady_state_ii, watchdog_cycles
+from xnorflow.sim.layout import TOP
+from xnorflow.sim.scoreboard import Scoreboard, steady_state_ii, watchdog_cycles
+from xnorflow.sim.verilator_build import build_model, verilator_runner
 
 FAST_TB_MODULE = "xnorflow.sim.fast_tb"
 # Verilator built for speed: its own optimisations, X values resolved once, the C++ at -O2
@@ -50,26 +53,18 @@ class FastSession:
     def __init__(self, session):
         self.session = session           # sim.runner.BenchSession: folder, spec, ports, in_width
         spec = session.spec
-        self.beats_per_frame = harness.beats_per_frame(spec, session.in_width)
-
-    @property
-    def runner(self):
-        """sim.runner (which imports this module): imported when used, so a FastSession pickles
-        whole to a Dask worker."""
-        from xnorflow.sim import runner
-        return runner
+        self.beats_per_frame = beats_per_frame(spec.input_bits, session.in_width)
 
     def build(self, frames: int) -> tuple[Path, float | None]:
         """The harness model for chunks of up to ``frames`` frames; returns (obj_dir, build seconds)."""
         capacity = harness.depth_for(max(frames, RESET_CHECK_FRAMES + 1))
-        obj_dir = self.session.folder.sim_dir / f"obj_fast{capacity}"
-        source = self.session.folder.sim_dir / f"harness{capacity}.v"     # beside obj_dir: a rebuild empties it
+        obj_dir, source = self.session.folder.fast_model(capacity)
         source.parent.mkdir(parents=True, exist_ok=True)
-        text = harness.harness_verilog(self.runner.TOP, self.session.ports, self.session.spec,
+        text = harness.harness_verilog(TOP, self.session.ports, self.session.spec,
                                        self.session.in_width, capacity)
         if not source.is_file() or source.read_text() != text:
             source.write_text(text)
-        seconds = self.runner.build_model(self.session.folder.verilog, obj_dir, top=harness.HARNESS_TOP,
+        seconds = build_model(self.session.folder.verilog, obj_dir, top=harness.HARNESS_TOP,
                                           extra_sources=[source], extra_args=SPEED_ARGS, main_cpp=MAIN_CPP)
         return obj_dir, seconds
 
@@ -102,7 +97,7 @@ class FastSession:
     def run_chunk(self, chunk: int, start: int, stop: int, inputs: np.ndarray, obj_dir: Path, *,
                   backpressure: float, gaps: float, seed: int, measure_frames: int, reset_test: bool,
                   progress_file: Path | None) -> dict:
-        run_dir = self.session.folder.sim_dir / "run" / f"chunk{chunk}"
+        run_dir = self.session.folder.run_dir(f"chunk{chunk}")
         run_dir.mkdir(parents=True, exist_ok=True)
         frames_file = run_dir / "frames.hex"
         harness.write_frames_hex(frames_file, inputs[start:stop], self.session.in_width)
@@ -121,7 +116,7 @@ class FastSession:
             Path(config["status_file"]).unlink(missing_ok=True)
             started = time.perf_counter()
             try:
-                self.runner.verilator_runner(main_cpp=MAIN_CPP).test(
+                verilator_runner(main_cpp=MAIN_CPP).test(
                     test_module=FAST_TB_MODULE, hdl_toplevel=harness.HARNESS_TOP, hdl_toplevel_lang="verilog",
                     build_dir=obj_dir, test_dir=run_dir, plusargs=plusargs, seed=seed + chunk,
                     extra_env={"XNORFLOW_FAST_CONFIG": str(config_file)}, log_file=log)
@@ -156,8 +151,7 @@ def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps:
     ranges = chunk_ranges(frames, chunks or default_chunks(frames))
     fast = FastSession(session)
     obj_dir, build_seconds = fast.build(max(b - a for a, b in ranges))
-    progress_dir = session.folder.sim_dir / "run"
-    progress_files = [progress_dir / f"chunk{k}.progress" for k in range(len(ranges))]
+    progress_files = [session.folder.run_dir(f"chunk{k}.progress") for k in range(len(ranges))]
     for path in progress_files:
         path.unlink(missing_ok=True)
 

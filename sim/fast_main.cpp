@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
     Verilated::commandArgs(argc, argv);
     std::unique_ptr<Vtop> top(new Vtop(""));
     Verilated::fatalOnVpiError(false);
-    // Half a clock period (5 ns, the harness's CLOCK_PERIOD_NS / 2) in the model's time precision.
+    // Half a clock period (5 ns, sim/defaults.py CLOCK_PERIOD_NS / 2) in the model's time precision.
     vluint64_t half = 5;
     for (int p = Verilated::threadContextp()->timeprecision(); p < -9; ++p) half *= 10;
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cocotb
 from cocotb.triggers import First, RisingEdge, Timer
 
-from xnorflow.sim.harness import CLOCK_PERIOD_NS
+from xnorflow.sim.defaults import CLOCK_PERIOD_NS
 
 CONFIG_ENV = "XNORFLOW_FAST_CONFIG"
 PROGRESS_CYCLES = 200_000          # a progress update (one Python wake-up) this often

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xnorflow.hw.stream_format import beats_per_frame, frames_to_beats, output_width
+
 HARNESS_TOP = "xnorflow_harness"
-CLOCK_PERIOD_NS = 10
 PROBABILITY_ONE = 1 << 16          # thresholds are in units of 1/65536
 
 
@@ -40,17 +41,12 @@ def depth_for(frames: int) -> int:
     return 1 << max(10, int(frames - 1).bit_length())
 
 
-def beats_per_frame(spec, in_width: int) -> int:
-    """Input beats of ``in_width`` bits that carry one frame of ``spec``."""
-    return -(-spec.input_bits // in_width)
-
-
 def harness_verilog(top: str, ports: dict, spec, in_width: int, max_frames: int) -> str:
     """The harness module around the network module ``top`` of ``spec``, whose port names ``ports``
     maps from the roles clk, rst, i_payload, i_valid, i_ready, o_payload, o_valid, o_ready; it holds
     up to ``max_frames`` frames of ``in_width``-bit beats."""
-    beats = beats_per_frame(spec, in_width)
-    out_width = spec.class_index_width + spec.n_classes * spec.score_width
+    beats = beats_per_frame(spec.input_bits, in_width)
+    out_width = output_width(spec)
     depth = max_frames * beats
     frame_bits = max(1, int(max_frames).bit_length())
     beat_bits = max(1, int(beats).bit_length())
@@ -177,9 +173,8 @@ endmodule
 
 
 def write_frames_hex(path: Path, inputs: np.ndarray, in_width: int) -> None:
-    """(frames, input bits) as the harness's $readmemh lines: every frame's beats, in stream order."""
-    from xnorflow.sim.cocotb_tb import frames_to_beats
-
+    """(frames, input bits) as the harness's $readmemh lines: every frame's beats (hw/stream_format.py),
+    in stream order."""
     beats = [beat for frame in frames_to_beats(inputs, in_width) for beat in frame]
     digits = max(1, -(-in_width // 4))
     with open(path, "w") as f:

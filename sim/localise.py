@@ -126,7 +126,7 @@ def _golden_of(expected, frames: list[int]):
 
 
 def _rerun_and_localise(session, spec: NetworkSpec, expected, inputs: np.ndarray, image: int, seed: int) -> dict:
-    waves = session.folder.sim_dir / f"mismatch_{image}.vcd"
+    waves = session.folder.mismatch_waves(image)
     raw = session.run(f"mismatch_{image}", np.array([image]), inputs[[image]], _golden_of(expected, [image]),
                       backpressure=0.0, gaps=0.0, seed=seed, waves_file=waves, collect_taps=True,
                       clean_only=True, reset_test=False, measure_frames=1)
@@ -148,7 +148,7 @@ def _rerun_and_localise(session, spec: NetworkSpec, expected, inputs: np.ndarray
 
 def record_waves(session, expected, inputs: np.ndarray, frames: list[int], *, seed: int = 0) -> str | None:
     """Waves of the first frames run clean (for a user who asked for waves and had no mismatch)."""
-    path = session.folder.sim_dir / "waves.vcd"
+    path = session.folder.waves_file
     session.run("waves", np.asarray(frames), inputs[frames], _golden_of(expected, frames),
                 backpressure=0.0, gaps=0.0, seed=seed, waves_file=path, collect_taps=True,
                 clean_only=True, reset_test=False, measure_frames=len(frames))

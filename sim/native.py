@@ -26,25 +26,20 @@ def native_rate(build_dir, work_dir, images: int | None = None, seed: int = 0) -
     """
     from xnorflow.hw.spec import NetworkSpec
     from xnorflow.sim.fast import SPEED_ARGS
-    from xnorflow.sim.runner import (
-        TOP,
-        VERILATOR_ARGS,
-        SimulationError,
-        resolve_ports,
-        top_module_ports,
-        verilated_mk_fixes,
-    )
+    from xnorflow.sim.layout import SPEC_FILE, TOP, VECTORS_FILE, SimulationError, module_ports, verilog_file
+    from xnorflow.sim.runner import resolve_ports
     from xnorflow.sim.verilator import activate_verilator
+    from xnorflow.sim.verilator_build import VERILATOR_ARGS, verilated_mk_fixes
 
     build_dir, work_dir = Path(build_dir).resolve(), Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     install = activate_verilator()
-    spec = NetworkSpec.load(build_dir / "spec.npz")
-    verilog = build_dir / "verilog" / f"{TOP}.v"
-    widths = top_module_ports(verilog.read_text())
+    spec = NetworkSpec.load(build_dir / SPEC_FILE)
+    verilog = verilog_file(build_dir)
+    widths = module_ports(verilog.read_text())
     ports, _ = resolve_ports(widths, spec)
     in_width = widths[ports["i_payload"]]
-    with np.load(build_dir / "vectors.npz") as vectors:
+    with np.load(build_dir / VECTORS_FILE) as vectors:
         inputs = vectors["inputs"][:images] if images else vectors["inputs"]
     source = work_dir / "harness.v"
     source.write_text(harness.harness_verilog(TOP, ports, spec, in_width, harness.depth_for(len(inputs))))

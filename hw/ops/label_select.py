@@ -25,6 +25,7 @@ from xnorflow.hw.pipeline import output_queue, register_stage
 from xnorflow.hw.pipeline import register as register_value
 from xnorflow.hw.popcount import argmax_level
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for
+from xnorflow.hw.stream_format import decode_output
 
 
 def class_scores_layout(layer: LayerSpec) -> data.StructLayout:
@@ -189,9 +190,8 @@ class LabelSelectOp(Op):
         iw, sw = bits_for(self.n_classes - 1), self.layer.popcount_width
         out = np.empty((len(beats), 1 + self.n_classes), dtype=np.int64)
         for f, payload in enumerate(beats):
-            payload = int(payload)
-            out[f, 0] = payload & ((1 << iw) - 1)
-            out[f, 1:] = [(payload >> (iw + c * sw)) & ((1 << sw) - 1) for c in range(self.n_classes)]
+            index, scores = decode_output(payload, self.n_classes, iw, sw)
+            out[f] = [index, *scores]
         return out
 
     def reference(self, x: np.ndarray) -> np.ndarray:

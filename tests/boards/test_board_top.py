@@ -26,7 +26,7 @@ BOARD = "icebreaker"
 def run_board_top(spec, frames_bits, work: Path, gap_probability: float = 0.1, seed: int = 0) -> dict:
     """Export BoardTopCore to Verilog, run board_top_tb in Verilator, return what the bench saw."""
     activate_verilator()
-    from xnorflow.sim.runner import verilator_runner  # after PATH / VERILATOR_ROOT are set
+    from xnorflow.sim.verilator_build import verilator_runner  # after PATH / VERILATOR_ROOT are set
 
     board = get_board(BOARD)
     baud = fastest_baud(board.clock_hz, board.max_baud)

@@ -8,7 +8,8 @@ from dataclasses import replace
 
 from hw_harness import sized_network
 
-from xnorflow.sim.export import export_verilog, module_ports, verilog_port_names
+from xnorflow.sim.export import export_verilog, verilog_port_names
+from xnorflow.sim.layout import module_ports
 
 
 def cpu_seconds() -> float:

@@ -11,6 +11,7 @@ from spec_factory import sized_network  # noqa: F401  (the sim tests' network ma
 from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim import golden
 from xnorflow.sim.export import export_verilog
+from xnorflow.sim.layout import verilog_file
 
 
 def write_build_folder(root: Path, spec: NetworkSpec, frames: int, seed: int = 1,
@@ -27,7 +28,7 @@ def write_build_folder(root: Path, spec: NetworkSpec, frames: int, seed: int = 1
              labels=rng.integers(0, spec.n_classes, size=frames).astype(np.int64),
              golden_scores=result.scores, golden_predictions=result.predictions,
              torch_predictions=result.predictions)
-    export_verilog(verilog_spec or spec, root / "verilog" / "xnorflow_top.v")
+    export_verilog(verilog_spec or spec, verilog_file(root))
     return root
 
 

@@ -4,7 +4,8 @@ import pytest
 from sim_builds import sized_network, write_build_folder
 
 from xnorflow.sim import verilator
-from xnorflow.sim.runner import SimulationError, simulate, top_module_ports
+from xnorflow.sim.layout import SimulationError, module_ports
+from xnorflow.sim.runner import simulate
 from xnorflow.sim.verilator import VerilatorNotFound, find_verilator, parse_version
 
 
@@ -45,10 +46,10 @@ def test_vectors_that_disagree_with_the_spec_are_refused(tmp_path):
         simulate(tmp_path, progress=False)
 
 
-def test_top_module_ports_reads_the_exported_header(tmp_path):
+def test_module_ports_reads_the_exported_header(tmp_path):
     spec = sized_network([10, 6, 3], [(2, 5), (3, 2)])
     write_build_folder(tmp_path, spec, frames=2)
-    ports = top_module_ports((tmp_path / "verilog" / "xnorflow_top.v").read_text())
+    ports = module_ports((tmp_path / "verilog" / "xnorflow_top.v").read_text())
     assert ports["i__payload"] == 5
     assert ports["o__payload"] == spec.class_index_width + 3 * spec.score_width
     assert ports["tap0_data"] == 2 and ports["tap0_valid"] == 1

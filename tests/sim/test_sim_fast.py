@@ -5,7 +5,8 @@ import re
 from sim_builds import sized_network, write_build_folder
 
 from xnorflow.sim.fast import chunk_ranges
-from xnorflow.sim.runner import simulate, top_module_ports
+from xnorflow.sim.layout import module_ports
+from xnorflow.sim.runner import simulate
 
 SMALL = ([24, 16, 12, 6], [(3, 5), (4, 4), (2, 4)])    # partial beats and folds, a width adapter; II 30
 
@@ -37,7 +38,7 @@ def with_output_ready_ignored(verilog: str) -> str:
     """The network's Verilog behind a wrapper that tells it the output is always taken: every frame
     whose output meets a not-ready cycle is lost. Correct without backpressure, broken with it."""
     core = re.sub(r"^module xnorflow_top\(", "module xnorflow_core(", verilog, count=1, flags=re.MULTILINE)
-    ports = top_module_ports(verilog)
+    ports = module_ports(verilog)
     declarations = []
     for name, width in ports.items():
         direction = "output" if name in ("i__ready", "o__payload", "o__valid") or name.startswith("tap") else "input"

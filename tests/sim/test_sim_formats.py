@@ -1,47 +1,11 @@
-"""The testbench's own reading of the stream contract agrees with the hardware helpers, and the
-localiser names the right layer and neuron. Pure Python: no simulator."""
+"""The bench's measurement helpers and the localiser, which names the right layer and neuron. Pure
+Python: no simulator. (The stream format itself is tested in tests/hw/test_stream_format.py.)"""
 import numpy as np
-import pytest
 from sim_builds import sized_network, with_threshold
 
-from xnorflow.hw import network
 from xnorflow.sim import golden
-from xnorflow.sim.cocotb_tb import decode_payload, frames_to_beats, steady_state_ii, taps_to_bits
 from xnorflow.sim.localise import first_divergence, mismatch_lines
-
-
-@pytest.mark.parametrize("width", [1, 5, 8, 13, 64, 70])
-def test_frames_to_beats_matches_the_hardware_packing(width):
-    spec = sized_network([67, 9, 4], [(3, 7), (2, 3)])
-    frames = np.random.default_rng(width).integers(0, 2, size=(5, 67), dtype=np.uint8)
-    ours = [beat for frame in frames_to_beats(frames, width) for beat in frame]
-    assert ours == network.input_beats(spec, frames, in_width=width)
-
-
-def test_frames_to_beats_puts_element_i_at_bit_i():
-    bits = np.zeros((1, 10), dtype=np.uint8)
-    bits[0, [0, 4, 9]] = 1
-    assert frames_to_beats(bits, 4) == [[0b0001, 0b0001, 0b0010]]
-
-
-def test_decode_payload_matches_decode_output():
-    spec = sized_network([16, 12, 10], [(4, 4), (5, 4)])
-    rng = np.random.default_rng(0)
-    width = spec.class_index_width + spec.n_classes * spec.score_width
-    for _ in range(50):
-        payload = int(rng.integers(0, 2, size=width) @ (1 << np.arange(width, dtype=object)))
-        ours = decode_payload(payload, spec.n_classes, spec.class_index_width, spec.score_width)
-        assert ours == network.decode_output(spec, payload)
-
-
-def test_taps_to_bits_drops_padded_channels_and_matches_the_hardware_helper():
-    spec = sized_network([8, 10, 3], [(4, 8), (3, 2)])       # 10 channels in beats of 4: 2 padded
-    bits = np.random.default_rng(1).integers(0, 2, size=(1, 10), dtype=np.uint8)
-    padded = np.zeros(12, dtype=np.uint8)
-    padded[:10] = bits[0]
-    beats = [int(sum(int(b) << r for r, b in enumerate(padded[nf * 4:(nf + 1) * 4]))) for nf in range(3)]
-    assert np.array_equal(taps_to_bits(beats, 10, 4), bits[0])
-    assert np.array_equal(network.taps_to_activations(spec, [beats])[0][0], bits[0])
+from xnorflow.sim.scoreboard import steady_state_ii
 
 
 def test_steady_state_ii_ignores_the_pipeline_fill():

@@ -10,7 +10,8 @@ import pytest
 from sim_builds import flipping_threshold, sized_network, with_threshold, write_build_folder
 
 from xnorflow.sim import golden
-from xnorflow.sim.runner import REPORT_KEYS, SimulationError, simulate
+from xnorflow.sim.layout import SIMULATION_KEYS, SimulationError, module_ports
+from xnorflow.sim.runner import simulate
 
 # 24 inputs in beats of 5 (last beat partial), 16 channels in folds of 3 (last fold partial),
 # PE 3 -> SIMD 4 needs a width adapter; II = max(6*5, 3*4, 3*3) = 30 cycles.
@@ -37,7 +38,7 @@ def test_small_net_is_bit_exact_under_random_flow_control(tmp_path):
     assert len(saved["frames"]) == 150
     assert [f["index"] for f in saved["frames"]] == [int(p) for p in predictions]
     report = json.loads((build / "report.json").read_text())
-    assert {key: report[key] for key in REPORT_KEYS} == {key: result[key] for key in REPORT_KEYS}
+    assert {key: report[key] for key in SIMULATION_KEYS} == {key: result[key] for key in SIMULATION_KEYS}
 
     # Same Verilog: the Verilator model is reused, not rebuilt.
     again = simulate(build, images=10, backpressure=0.0, gaps=0.0, progress=False)
@@ -101,10 +102,8 @@ def test_tfc_sized_net_streams_10000_frames(tmp_path, folding, ii):
 def _wrap_with_stuck_output(verilog_path):
     """Rename the exported top to xnorflow_core and wrap it in a top whose output never moves:
     the design a deadlocked network would look like from outside."""
-    from xnorflow.sim.runner import top_module_ports
-
     text = verilog_path.read_text()
-    ports = top_module_ports(text)
+    ports = module_ports(text)
     text = text.replace("module xnorflow_top(", "module xnorflow_core(", 1)
     decls = []
     for name, width in ports.items():
