@@ -48,13 +48,16 @@ __all__ = [
     "bits_format",
     "default_int_format",
     "default_rule",
+    "element_bits",
     "encode_frames",
     "input_format_problem",
     "input_scale",
     "input_values",
     "int_format",
     "load_dataset",
+    "pack_elements",
     "read_idx",
+    "unpack_elements",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -338,11 +341,13 @@ def bits_format(rule: dict) -> dict:
     return {"format": BITS_FORMAT, **rule}
 
 
-def int_format(bits: int, max_value: int, mean, scale: float) -> dict:
+def int_format(bits: int, max_value: int, mean, scale) -> dict:
     """The input format of a network on unsigned ``bits``-bit pixels normalised as ``(x - mean[c]) / scale``
-    (a mean per input channel, one positive scale), checked by :func:`input_format_problem`."""
+    (a mean per input channel, one positive scale; a list of scales per channel only when they are equal),
+    checked by :func:`input_format_problem`."""
     fmt = {"format": INT_FORMAT, "bits": int(bits), "max_value": int(max_value),
-           "mean": [float(m) for m in np.atleast_1d(np.asarray(mean, dtype=np.float64))], "scale": float(scale)}
+           "mean": [float(m) for m in np.atleast_1d(np.asarray(mean, dtype=np.float64))],
+           "scale": [float(d) for d in scale] if isinstance(scale, (list, tuple)) else float(scale)}
     problem = input_format_problem(fmt)
     if problem:
         raise DatasetError(f"{problem}: {INT_FORMAT_FIX}")
