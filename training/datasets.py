@@ -24,6 +24,11 @@ Binarisation (DESIGN.md section 2): a pixel becomes the bit ``pixel >= threshold
 channel by the same threshold. The rule is a small dict stored in the model file, so training, the golden model and the hardware agree::
 
     {"rule": "pixel >= threshold", "threshold": T, "max_value": M}
+
+Input formats (DESIGN.md 2b; the model file's ``input``): ``bits_format(rule)`` (the rule plus
+``"format": "bits"``) or ``int_format(b, max_value, mean per channel, scale)`` for b-bit pixels.
+``input_values`` gives what the first layer takes (bits, or the range-checked pixels) and ``encode_frames``
+the hardware's frames: element i at frame bits [i*b, (i+1)*b), LSB first (``pack_elements``).
 """
 from __future__ import annotations
 

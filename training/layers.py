@@ -24,6 +24,11 @@ Convolutions (DESIGN.md section 2a) work the same way on (N, C, H, W) tensors of
         MaxPool2d(2),                                         # max of +-1 values: the hardware ORs bits
         Flatten(), BinaryLinear(32 * 13 * 13, 10), Scale())
 
+Integer inputs (DESIGN.md 2b) open the model with ``InputNorm(mean per channel, scale)``: the first
+binary layer then takes the normalised pixels, with +-1 weights and no sign on its input.
+``set_stochastic_weights(model)`` makes the binary layers binarise their weights stochastically while
+training (BinaryConnect), the sign at inference.
+
 A BinaryConv2d pads its +-1 input with ``pad_value`` (-1 or +1, never 0, which is no bit) and is
 stride 1, no dilation, one group: the model file refuses anything else (model_file.extract_layers).
 """

@@ -540,7 +540,7 @@ def _validate(record: dict, path: Path) -> None:
     where = str(path)
     if record.get("version") not in READABLE_VERSIONS:
         raise ModelFileError(f"{where} has model file version {record.get('version')!r}, this xnorflow reads "
-                             f"versions {' and '.join(map(str, READABLE_VERSIONS))}: re-create it with this "
+                             f"versions {', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}: re-create it with this "
                              "version's `xnorflow train`")
     if record["version"] < VERSION:
         _upgrade(record)
