@@ -261,7 +261,7 @@ def signed_sums(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def layer_sums(layer, x: np.ndarray) -> np.ndarray:
     """A weight layer's integers for inputs x: popcounts p for bits, signed sums s for integer inputs."""
-    return signed_sums(x, layer.weights) if getattr(layer, "takes_integers", False) else popcount_matrix(x, layer.weights)
+    return signed_sums(x, layer.weights) if layer.takes_integers else popcount_matrix(x, layer.weights)
 
 
 def weighted_input_mean(layer) -> np.ndarray:
@@ -274,7 +274,7 @@ def weighted_input_mean(layer) -> np.ndarray:
 def pre_activation(layer, p: np.ndarray) -> np.ndarray:
     """The real value a layer's batch-norm takes, from its integers: ``dot + bias`` (dot = 2p - N) for bits,
     ``(s - sum_i w_i m_c(i)) / d + bias`` for integer inputs."""
-    if getattr(layer, "takes_integers", False):
+    if layer.takes_integers:
         scale = 1.0 if layer.input_scale is None else layer.input_scale
         a = (p.astype(np.float64) - weighted_input_mean(layer)) / scale
     else:
@@ -296,7 +296,7 @@ def decision_boundary(layer) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # on the pre-activation without its bias: dot for bits, (s - sum w m) / d for integers
         tau = -bias if layer.bn is None else layer.bn.mean - bias - layer.bn.beta * layer.bn.sigma / layer.bn.gamma
-        if not getattr(layer, "takes_integers", False):
+        if not layer.takes_integers:
             return tau
         scale = 1.0 if layer.input_scale is None else layer.input_scale
         return weighted_input_mean(layer) + scale * tau
@@ -305,7 +305,7 @@ def decision_boundary(layer) -> np.ndarray:
 def decision_margin(layer: DenseLayer, p: np.ndarray) -> np.ndarray:
     """|value - tau| per channel for a float layer, on its integer domain (dot for bits, s for integers):
     how far the input is from flipping the bit; zero at an exact tie."""
-    value = p.astype(np.float64) if getattr(layer, "takes_integers", False) else (2 * p - layer.n_in).astype(np.float64)
+    value = p.astype(np.float64) if layer.takes_integers else (2 * p - layer.n_in).astype(np.float64)
     with np.errstate(invalid="ignore"):
         margin = np.abs(value - decision_boundary(layer))
     if layer.bn is None:

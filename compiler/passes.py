@@ -93,7 +93,7 @@ def check_foldable(layer: DenseLayer, index: int) -> None:
 
     if layer.bias is not None and not np.all(np.isfinite(layer.bias)):
         refuse("the bias is not finite", int(np.flatnonzero(~np.isfinite(layer.bias))[0]))
-    if getattr(layer, "takes_integers", False):
+    if layer.takes_integers:
         scale = layer.input_scale
         if scale is not None and not (np.isfinite(scale) and scale > 0):
             refuse(f"the input scale is {scale} (it must be positive)")
