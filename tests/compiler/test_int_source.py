@@ -49,3 +49,11 @@ def test_flow_reuses_a_model_only_with_the_training_options_given(scnv_int):
         with pytest.raises(CompileError, match=option):
             check_model_matches(record, scnv_int, flow_args(**given))
     assert training_options(flow_args(input_bits=8)) == {"input_bits": 8}
+
+
+def test_qonnx_export_refuses_integer_inputs(scnv_int, tmp_path):
+    pytest.importorskip("onnx")
+    from xnorflow.compiler.qonnx_export import export_qonnx_file
+
+    with pytest.raises(CompileError, match="8-bit integer inputs; QONNX export writes models on binarised"):
+        export_qonnx_file(scnv_int, tmp_path / "m.onnx")
