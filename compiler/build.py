@@ -113,7 +113,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
             f"{layer.cycles} cycles/frame")
 
     frames = source.test_frames(dataset)
-    spec.meta["binarize"] = frames.binarize
+    spec.meta["input"] = frames.input_format
     if frames.labels is None:
         log(f"golden model and the {source.reference_name} on {len(frames.bits)} seeded random frames "
             "(no --dataset: accuracy is not measured)")

@@ -58,6 +58,28 @@ positive_int = checked_number(int, lambda v: v >= 1, "give a number >= 1")
 seed_value = checked_number(int, lambda v: 0 <= v < 2**63, "give a whole number in 0 .. 2**63 - 1")
 positive_float = checked_number(float, lambda v: math.isfinite(v) and v > 0, "give a positive number")
 probability = checked_number(float, lambda v: 0.0 <= v < 1.0, "give a probability in [0, 1)")
+input_bits_value = checked_number(int, lambda v: 1 <= v <= 8,
+                                  "give 1 (binarised pixels) or the bits of an integer pixel, 2 .. 8 (8 for images)")
+
+
+def add_training_options(p: argparse.ArgumentParser, defaults_none: bool = False) -> None:
+    """The training options shared by train and flow (``defaults_none``: unset options stay None, so flow can
+    tell an option given from its default when it reuses a model)."""
+    from xnorflow.training.distill import DEFAULT_TEMPERATURE
+
+    p.add_argument("--input-bits", type=input_bits_value, default=None if defaults_none else 1, metavar="1|8",
+                   help="bits per input pixel: 1 binarises each pixel by the dataset's threshold (default); 8 "
+                        "feeds the 8-bit pixels, normalised by the dataset's mean and standard deviation, to a first "
+                        "layer with binary weights (DESIGN.md 2b)")
+    p.add_argument("--teacher", default=None, metavar="MODEL|auto",
+                   help="distil from a float teacher: a file written by `xnorflow train --float`, or auto (the same "
+                        "architecture trained in float first, same epochs and seed); recorded in the model file")
+    p.add_argument("--temperature", type=positive_float, default=None if defaults_none else DEFAULT_TEMPERATURE,
+                   help=f"distillation temperature T: loss = CE + T^2 KL(teacher/T || student/T) (default: "
+                        f"{DEFAULT_TEMPERATURE:g})")
+    p.add_argument("--stochastic-weights", action="store_true", default=None if defaults_none else False,
+                   help="binarise weights stochastically while training (BinaryConnect: +1 with probability "
+                        "hard_sigmoid(w)); inference uses the sign. Recorded in the model file")
 
 
 def clock_choice(text: str) -> float | str:
@@ -140,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default: 1, so a seed trains the same model on every machine; "
                         "the thread count changes float sums and so the weights; the model file records it)")
+    add_training_options(p)
+    p.add_argument("--float", action="store_true", dest="float_model",
+                   help="train the architecture in float on 8-bit pixels and write a teacher file for --teacher "
+                        "(not a model xnorflow compiles)")
 
     p = sub.add_parser("compile", help="model file -> folded spec, golden vectors and Verilog",
                        description="Fold batch-norm into thresholds, choose the folding, write the spec, "
@@ -199,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: per dataset)")
     p.add_argument("--seed", type=seed_value, default=None,
                    help="training seed (default: 0). A model.pt already in the folder is reused only when "
-                        "the --arch, --dataset, --seed and --epochs given match it; otherwise flow stops and "
-                        "says which differs")
+                        "the --arch, --dataset, --seed, --epochs and training options given match it; otherwise "
+                        "flow stops and says which differs")
+    add_training_options(p, defaults_none=True)
     add_board_options(p)
 
     p = sub.add_parser("export", help="write an xnorflow model file as a QONNX graph (for qonnx, FINN)",
@@ -281,10 +308,12 @@ def print_summary(report: dict, keys) -> None:
 
 
 def cmd_train(args) -> int:
+    from xnorflow.compiler.flow import training_options
     from xnorflow.training.train import format_summary, train
 
     summary = train(args.arch, args.dataset, args.output, epochs=args.epochs, seed=args.seed,
-                    threads=args.threads, progress=sys.stderr.isatty())
+                    threads=args.threads, progress=sys.stderr.isatty(), **training_options(args),
+                    float_model=args.float_model)
     print(format_summary(summary))
     return 0
 

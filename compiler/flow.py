@@ -144,6 +144,13 @@ def synth_rerun_reason(build_dir: Path, report: dict, clock_mhz, seed, baud: int
     return why
 
 
+def training_options(args) -> dict:
+    """train()'s keyword arguments for the training options of train and flow (unset: train's defaults)."""
+    given = {"input_bits": args.input_bits, "teacher": args.teacher, "temperature": args.temperature,
+             "stochastic_weights": args.stochastic_weights}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def check_model_matches(record: dict, model_path: Path, args) -> None:
     """A model file already in the build folder must be what the options given ask for.
 
@@ -152,10 +159,17 @@ def check_model_matches(record: dict, model_path: Path, args) -> None:
     from xnorflow.training.datasets import canonical_dataset_name
 
     trained = record.get("train") or {}
+    fmt = record.get("input") or {}
+    teacher = trained.get("teacher") or {}
     asked = {"--arch": (args.arch, record.get("arch")),
              "--dataset": (args.dataset and canonical_dataset_name(args.dataset), record.get("dataset")),
              "--seed": (args.seed, trained.get("seed")),
-             "--epochs": (args.epochs, trained.get("epochs"))}
+             "--epochs": (args.epochs, trained.get("epochs")),
+             "--input-bits": (args.input_bits, fmt.get("bits", 1)),
+             "--teacher": (args.teacher and (args.teacher if args.teacher == "auto" else str(Path(args.teacher).resolve())),
+                           teacher.get("source")),
+             "--temperature": (args.temperature, teacher.get("temperature")),
+             "--stochastic-weights": (args.stochastic_weights, bool(trained.get("stochastic_weights")))}
     for option, (wanted, has) in asked.items():
         if wanted is not None and wanted != has:
             raise CompileError(f"{model_path} was trained with {option} {has}, not {wanted}: pass {option} {has} "
@@ -187,12 +201,12 @@ def _run_flow_locked(args, build_dir: Path, model_path: Path) -> int:
         steps.run("train", None, skip_reason=f"using {args.model}")
     elif model_path.exists():
         check_model_matches(load_model_file(model_path), model_path, args)
-        steps.run("train", None, skip_reason=f"reusing {model_path} (its arch, dataset, seed and epochs "
-                                             "match the options given)")
+        steps.run("train", None, skip_reason=f"reusing {model_path} (its arch, dataset, seed, epochs and training "
+                                             "options match the options given)")
     else:
         def do_train():
             summary = train(args.arch or "tfc", args.dataset or "digits", model_path, epochs=args.epochs,
-                            seed=args.seed or 0, progress=sys.stderr.isatty())
+                            seed=args.seed or 0, progress=sys.stderr.isatty(), **training_options(args))
             print(format_summary(summary))
         steps.run("train", do_train)
 

@@ -3,6 +3,12 @@
 A `BnnModel` is a chain of `DenseLayer`s. Passes (compiler/passes.py) take a model and return a new
 one; `execute` runs any stage of it (float batch-norm before folding, integer thresholds after), so
 every pass can be checked to compute the same before and after.
+
+A first layer with ``input_bits`` b > 1 takes unsigned b-bit integers x with +-1 weights (DESIGN.md
+2b): its integer is ``s = sum_i w_i x_i`` (not a popcount). Before folding it also holds the input
+normalisation, ``input_mean`` (the mean m_c(i) of each element of its weight row) and ``input_scale``
+d > 0, so its float pre-activation is ``(s - sum_i w_i m_c(i)) / d + bias``; after folding the bit
+is ``s >= T`` with T on s (possibly negative).
 """
 from __future__ import annotations
 
@@ -52,8 +58,21 @@ class WeightRows:
         return self.weights.shape[0]
 
 
+class IntegerInput:
+    """The input-format fields of a weight layer (module docstring): ``input_bits`` 1 = bits; b > 1 = b-bit
+    integers with their normalisation until folded."""
+
+    input_bits: int
+    input_mean: np.ndarray | None
+    input_scale: float | None
+
+    @property
+    def takes_integers(self) -> bool:
+        return self.input_bits > 1
+
+
 @dataclass(frozen=True)
-class DenseLayer(WeightRows):
+class DenseLayer(IntegerInput, WeightRows):
     """A binary dense layer at some stage of compilation.
 
     Before folding, a hidden layer's output bit is ``y >= 0`` with ``y = bn(dot + bias)``
@@ -72,7 +91,9 @@ class DenseLayer(WeightRows):
     output_scale: float | None = None
     pe: int = 1
     simd: int = 1
-
+    input_bits: int = 1
+    input_mean: np.ndarray | None = None     # (n_in,) per element of the weight row; None once folded
+    input_scale: float | None = None
 
     @property
     def cycles(self) -> int:
@@ -80,7 +101,7 @@ class DenseLayer(WeightRows):
 
 
 @dataclass(frozen=True)
-class ConvLayer(WeightRows):
+class ConvLayer(IntegerInput, WeightRows):
     """A K x K binary convolution, stride 1, at some stage of compilation (DESIGN.md section 2a).
 
     ``weights`` is (O, K*K*C) bits ordered (ky, kx, c) with c fastest, so each output pixel is a
@@ -103,7 +124,9 @@ class ConvLayer(WeightRows):
     output_scale: None = None
     pe: int = 1
     simd: int = 1
-
+    input_bits: int = 1
+    input_mean: np.ndarray | None = None     # (K*K*C,) per element of a window, (ky, kx, c) order
+    input_scale: float | None = None
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -156,10 +179,11 @@ class MaxPoolLayer:
 
 
 def conv_windows(x: np.ndarray, in_shape, kernel: int, padding: int, pad_value: int) -> np.ndarray:
-    """(frames, H*W*C) bits in (y, x, c) order -> (frames, H'*W', K*K*C) windows in (ky, kx, c) order."""
+    """(frames, H*W*C) bits (or integers) in (y, x, c) order -> (frames, H'*W', K*K*C) windows in
+    (ky, kx, c) order."""
     c, h, w = in_shape
     frames = x.shape[0]
-    image = np.asarray(x, dtype=np.uint8).reshape(frames, h, w, c)
+    image = np.asarray(x).reshape(frames, h, w, c)
     if padding:
         image = np.pad(image, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                        constant_values=int(pad_value))
@@ -184,16 +208,23 @@ class BnnModel:
     layers: tuple[DenseLayer | ConvLayer | MaxPoolLayer, ...]
     arch: str = "custom"
     dataset: str = "unknown"
-    binarize: dict = field(default_factory=dict)
+    # The input format (training/model_file.py): {"format": "bits", rule...} or {"format": "int", ...}.
+    input_format: dict = field(default_factory=dict)
     accuracy_torch: float | None = None
 
     def with_layers(self, layers) -> BnnModel:
         return replace(self, layers=tuple(layers))
 
     @property
-    def input_bits(self) -> int:
+    def input_elements(self) -> int:
+        """Input elements (bits or b-bit integers) per frame."""
         first = self.layers[0]
         return int(np.prod(first.in_shape)) if isinstance(first, (ConvLayer, MaxPoolLayer)) else first.n_in
+
+    @property
+    def input_bits(self) -> int:
+        """Bits of one hardware input frame: elements x bits per element."""
+        return self.input_elements * getattr(self.layers[0], "input_bits", 1)
 
 
 @dataclass
@@ -222,28 +253,65 @@ def popcount_matrix(bits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return agree_ones + agree_zeros
 
 
+def signed_sums(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """s = sum_i w_i x_i for (frames, n_in) integer inputs and (n_out, n_in) weight bits (1 = +1, 0 = -1),
+    exact int64 (DESIGN.md 2b)."""
+    return np.asarray(values, dtype=np.int64) @ (2 * weights.astype(np.int64) - 1).T
+
+
+def layer_sums(layer, x: np.ndarray) -> np.ndarray:
+    """A weight layer's integers for inputs x: popcounts p for bits, signed sums s for integer inputs."""
+    return signed_sums(x, layer.weights) if layer.takes_integers else popcount_matrix(x, layer.weights)
+
+
+def weighted_input_mean(layer) -> np.ndarray:
+    """sum_i w_i m_c(i) per output channel: what the input means add to s (zero without means)."""
+    if layer.input_mean is None:
+        return np.zeros(layer.n_out)
+    return (2 * layer.weights.astype(np.float64) - 1) @ np.asarray(layer.input_mean, dtype=np.float64)
+
+
+def pre_activation(layer, p: np.ndarray) -> np.ndarray:
+    """The real value a layer's batch-norm takes, from its integers: ``dot + bias`` (dot = 2p - N) for bits,
+    ``(s - sum_i w_i m_c(i)) / d + bias`` for integer inputs."""
+    if layer.takes_integers:
+        scale = 1.0 if layer.input_scale is None else layer.input_scale
+        a = (p.astype(np.float64) - weighted_input_mean(layer)) / scale
+    else:
+        a = (2 * p - layer.n_in).astype(np.float64)
+    return a + layer.bias if layer.bias is not None else a
+
+
 def layer_scores(layer: DenseLayer, p: np.ndarray) -> np.ndarray:
     """Real-valued pre-activation of a layer from its popcounts (before thresholds exist)."""
-    y = (2 * p - layer.n_in).astype(np.float64)
-    if layer.bias is not None:
-        y = y + layer.bias
-    if layer.bn is not None:
-        y = layer.bn(y)
-    return y
+    y = pre_activation(layer, p)
+    return layer.bn(y) if layer.bn is not None else y
+
+
+def decision_boundary(layer) -> np.ndarray:
+    """tau per channel: the hidden layer's output is +1 iff its integer domain value (dot = 2p - N for bits,
+    s for integer inputs) is >= tau where gamma > 0 (and <= tau where gamma < 0); gamma == 0 gives a
+    non-finite tau (a constant channel). Exact in real arithmetic; float64 here."""
+    bias = layer.bias if layer.bias is not None else np.zeros(layer.n_out)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # on the pre-activation without its bias: dot for bits, (s - sum w m) / d for integers
+        tau = -bias if layer.bn is None else layer.bn.mean - bias - layer.bn.beta * layer.bn.sigma / layer.bn.gamma
+        if not layer.takes_integers:
+            return tau
+        scale = 1.0 if layer.input_scale is None else layer.input_scale
+        return weighted_input_mean(layer) + scale * tau
 
 
 def decision_margin(layer: DenseLayer, p: np.ndarray) -> np.ndarray:
-    """|dot - tau| per channel for a float layer: how far the dot product is from flipping the bit."""
-    dot = (2 * p - layer.n_in).astype(np.float64)
-    bias = layer.bias if layer.bias is not None else 0.0
+    """|value - tau| per channel for a float layer, on its integer domain (dot for bits, s for integers):
+    how far the input is from flipping the bit; zero at an exact tie."""
+    value = p.astype(np.float64) if layer.takes_integers else (2 * p - layer.n_in).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        margin = np.abs(value - decision_boundary(layer))
     if layer.bn is None:
-        return np.abs(dot + bias)
-    bn = layer.bn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tau = bn.mean - bias - bn.beta * bn.sigma / bn.gamma
-        margin = np.abs(dot - tau)
+        return margin
     # A constant channel (gamma == 0) never changes with the input: it is never at a tie.
-    return np.where(bn.gamma == 0, np.inf, margin)
+    return np.where(layer.bn.gamma == 0, np.inf, margin)
 
 
 def _hidden_bits(layer, p: np.ndarray):
@@ -259,9 +327,7 @@ def _pool(layer: MaxPoolLayer, bits: np.ndarray, conv: ConvLayer | None, conv_p:
     sign, as PyTorch does; after folding, every pool is the OR (AND where ``pool_and``) of bits."""
     frames = bits.shape[0]
     if layer.pool_and is None and layer.before_bn and conv is not None and conv.thresholds is None:
-        dot = (2 * conv_p - conv.n_in).astype(np.float64)
-        if conv.bias is not None:
-            dot = dot + conv.bias
+        dot = pre_activation(conv, conv_p)
         pooled = pool_windows(dot.reshape(frames, -1), layer.in_shape, layer.size).max(axis=2)
         y = pooled.reshape(frames, -1, layer.n_out)
         if conv.bn is not None:
@@ -274,10 +340,11 @@ def _pool(layer: MaxPoolLayer, bits: np.ndarray, conv: ConvLayer | None, conv_p:
 
 
 def execute(model: BnnModel, bits: np.ndarray) -> Execution:
-    """Run (frames, input_bits) {0,1} inputs through the model at whatever stage it is.
+    """Run (frames, input_elements) inputs through the model at whatever stage it is: {0,1} bits, or the
+    b-bit integers of a model whose first layer takes integers (not the packed hardware frame).
 
     Conv and pool activations are (frames, H*W*C) vectors in (y, x, c) order."""
-    x = np.asarray(bits, dtype=np.uint8)
+    x = np.asarray(bits, dtype=np.int64 if getattr(model.layers[0], "takes_integers", False) else np.uint8)
     activations, margins = [], []
     frames = x.shape[0]
     conv, conv_p = None, None
@@ -287,17 +354,16 @@ def execute(model: BnnModel, bits: np.ndarray) -> Execution:
             margins.append(None)
         elif isinstance(layer, ConvLayer):
             windows = conv_windows(x, layer.in_shape, layer.kernel, layer.padding, layer.pad_value)
-            conv, conv_p = layer, popcount_matrix(windows.reshape(-1, layer.n_in), layer.weights).reshape(
-                frames, -1, layer.n_out)
+            conv, conv_p = layer, layer_sums(layer, windows.reshape(-1, layer.n_in)).reshape(frames, -1, layer.n_out)
             out, margin = _hidden_bits(layer, conv_p)
             x = out.reshape(frames, -1)
             margins.append(None if margin is None else margin.reshape(frames, -1))
         else:
-            x, margin = _hidden_bits(layer, popcount_matrix(x, layer.weights))
+            x, margin = _hidden_bits(layer, layer_sums(layer, x))
             margins.append(margin)
         activations.append(x)
     last = model.layers[-1]
-    p = popcount_matrix(x, last.weights)
+    p = layer_sums(last, x)
     scores = layer_scores(last, p) if (last.bias is not None or last.bn is not None) else p.astype(np.float64)
     if last.output_scale is not None:
         scores = scores * last.output_scale
@@ -389,8 +455,41 @@ def model_from_file_dict(data: dict) -> BnnModel:
         if given != taken:
             raise CompileError(f"layer {i} takes {taken} inputs but layer {i - 1} gives {given}: the model's "
                                "layer sizes must chain")
+    fmt = dict(data.get("input") or {})
+    layers[0] = with_input_format(layers[0], fmt)
     return BnnModel(tuple(layers), arch=str(data.get("arch", "custom")), dataset=str(data.get("dataset", "unknown")),
-                    binarize=dict(data.get("binarize", {})), accuracy_torch=data.get("accuracy_torch"))
+                    input_format=fmt, accuracy_torch=data.get("accuracy_torch"))
+
+
+def with_input_format(first, fmt: dict):
+    """The first layer taking the model file's input format: unchanged for bits; for b-bit integers with
+    ``input_bits`` b and the normalisation per element of its weight row (the mean of the element's
+    channel, c fastest in a conv's window, (c, y, x) order in a dense layer's row). CompileError for a
+    format that is unknown or does not fold."""
+    from xnorflow.training.datasets import BITS_FORMAT, input_format_problem, input_scale
+
+    if not fmt:                              # a dict from before input formats: bits
+        return first
+    problem = input_format_problem(fmt)
+    if problem:
+        raise CompileError(f"{problem}: re-create the model with `xnorflow train --input-bits 1|8`")
+    if fmt["format"] == BITS_FORMAT:
+        return first
+    mean = np.asarray(fmt["mean"], dtype=np.float64)
+    if first.is_output:
+        raise CompileError("the model's only layer takes integer inputs and gives the class scores, whose input "
+                           "means would differ per class: add a hidden layer")
+    if isinstance(first, ConvLayer):
+        if first.padding:
+            raise CompileError(f"the first conv pads its {fmt['bits']}-bit input by {first.padding}: a conv on "
+                               "integer inputs must be valid (padding 0); retrain it")
+        element_mean = np.tile(mean, first.kernel * first.kernel)
+    else:
+        if first.n_in % len(mean):
+            raise CompileError(f"{len(mean)} input means for a first layer of {first.n_in} inputs: give one mean "
+                               "per channel of the image")
+        element_mean = np.repeat(mean, first.n_in // len(mean))
+    return replace(first, input_bits=int(fmt["bits"]), input_mean=element_mean, input_scale=input_scale(fmt))
 
 
 def import_model(path) -> BnnModel:

@@ -13,10 +13,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from xnorflow.hw.ops import op_for
+from xnorflow.hw.ops import kinds, op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, conv_layer, maxpool_layer
 
-from .model import BnnModel, CompileError, ConvLayer, DenseLayer, MaxPoolLayer
+from .model import BnnModel, CompileError, ConvLayer, DenseLayer, MaxPoolLayer, decision_boundary
 
 
 class Pass:
@@ -38,29 +38,49 @@ def thresholds_from_batchnorm(layer: DenseLayer) -> tuple[np.ndarray, np.ndarray
     Thresholds are clamped into [0, N + 1].
     """
     n = layer.n_in
-    rows = layer.n_out
-    bias = layer.bias if layer.bias is not None else np.zeros(rows)
     weights = layer.weights.copy()
-    if layer.bn is None:
-        # y = dot + bias >= 0  <=>  dot >= -bias
-        tau = -bias
-        gamma = np.ones(rows)
-        beta = np.zeros(rows)
-    else:
-        bn = layer.bn
-        gamma, beta = bn.gamma, bn.beta
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tau = bn.mean - bias - beta * bn.sigma / gamma
+    tau = decision_boundary(layer)
+    gamma, beta = _gamma_beta(layer)
     # In float64 and clipped into [0, N + 1] before the integer cast: a huge tau (a tiny gamma) is a
     # channel that is always -1 or always +1, never a wrapped-around integer. Non-finite statistics
     # were refused by check_foldable, so every tau of a non-constant channel is finite here.
-    thresholds = np.empty(rows, dtype=np.float64)
+    thresholds = np.empty(layer.n_out, dtype=np.float64)
     positive, negative, constant = gamma > 0, gamma < 0, gamma == 0
     thresholds[positive] = np.ceil((n + tau[positive]) / 2)
     thresholds[negative] = n - np.floor((n + tau[negative]) / 2)
     thresholds[constant] = np.where(beta[constant] >= 0, 0, n + 1)
     weights[negative] = 1 - weights[negative]
     return np.clip(thresholds, 0, n + 1).astype(np.int64), weights
+
+
+def _gamma_beta(layer) -> tuple[np.ndarray, np.ndarray]:
+    """The batch-norm's gamma and beta; without one the layer outputs ``pre-activation >= 0``: gamma 1, beta 0."""
+    if layer.bn is None:
+        return np.ones(layer.n_out), np.zeros(layer.n_out)
+    return layer.bn.gamma, layer.bn.beta
+
+
+def int_thresholds(layer) -> tuple[np.ndarray, np.ndarray]:
+    """Thresholds on s and row-inverted weights implementing ``bn((s - sum w m) / d + bias) >= 0`` for a layer
+    on b-bit integers (DESIGN.md 2b), with tau on s from ``decision_boundary``:
+
+    gamma > 0: s >= tau                    -> s >= ceil(tau)
+    gamma < 0: s <= tau                    -> invert the row (s' = -s) and s' >= ceil(-tau)
+    gamma = 0: the output is sign(beta)    -> T = S_min (always +1) or S_max + 1 (always -1)
+    with |s| <= S_max = N * (2**b - 1); thresholds are clamped into [-S_max, S_max + 1].
+    """
+    s_max = layer.n_in * (2 ** layer.input_bits - 1)
+    weights = layer.weights.copy()
+    tau = decision_boundary(layer)
+    gamma, beta = _gamma_beta(layer)
+    positive, negative, constant = gamma > 0, gamma < 0, gamma == 0
+    # float64 and clipped before the integer cast: a huge tau is a constant channel, never a wrapped integer
+    thresholds = np.empty(layer.n_out, dtype=np.float64)
+    thresholds[positive] = np.ceil(tau[positive])
+    thresholds[negative] = np.ceil(-tau[negative])
+    thresholds[constant] = np.where(beta[constant] >= 0, -s_max, s_max + 1)
+    weights[negative] = 1 - weights[negative]
+    return np.clip(thresholds, -s_max, s_max + 1).astype(np.int64), weights
 
 
 def check_foldable(layer: DenseLayer, index: int) -> None:
@@ -73,6 +93,12 @@ def check_foldable(layer: DenseLayer, index: int) -> None:
 
     if layer.bias is not None and not np.all(np.isfinite(layer.bias)):
         refuse("the bias is not finite", int(np.flatnonzero(~np.isfinite(layer.bias))[0]))
+    if layer.takes_integers:
+        scale = layer.input_scale
+        if scale is not None and not (np.isfinite(scale) and scale > 0):
+            refuse(f"the input scale is {scale} (it must be positive)")
+        if layer.input_mean is not None and not np.all(np.isfinite(layer.input_mean)):
+            refuse("an input mean is not finite")
     bn = layer.bn
     if bn is None:
         return
@@ -86,9 +112,7 @@ def check_foldable(layer: DenseLayer, index: int) -> None:
     bad = np.flatnonzero(~(bn.var + bn.eps > 0))
     if bad.size:
         refuse(f"the batch-norm variance + eps is {bn.var[bad[0]] + bn.eps} (it must be positive)", int(bad[0]))
-    bias = layer.bias if layer.bias is not None else 0.0
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        tau = bn.mean - bias - bn.beta * bn.sigma / bn.gamma
+    tau = decision_boundary(layer)
     bad = np.flatnonzero((bn.gamma != 0) & ~np.isfinite(tau))
     if bad.size:
         refuse(f"gamma {bn.gamma[bad[0]]:g} is too small for its beta {bn.beta[bad[0]]:g} (the threshold "
@@ -96,7 +120,8 @@ def check_foldable(layer: DenseLayer, index: int) -> None:
 
 
 class FoldBatchNormIntoThresholds(Pass):
-    """Replace each hidden layer's bias + batch-norm + sign by one integer threshold per channel.
+    """Replace each hidden layer's bias + batch-norm + sign by one integer threshold per channel; on a layer
+    taking integers also its input normalisation (thresholds on s, DESIGN.md 2b).
 
     A max-pool right after a conv gets its per-channel polarity here (DESIGN.md 2a): the OR of the
     window's bits, except where it sat between the conv and a batch-norm whose gamma is negative,
@@ -118,8 +143,12 @@ class FoldBatchNormIntoThresholds(Pass):
                 layers.append(layer)
                 continue
             check_foldable(layer, index)
-            thresholds, weights = thresholds_from_batchnorm(layer)
-            layers.append(replace(layer, weights=weights, thresholds=thresholds, bias=None, bn=None))
+            if layer.takes_integers:
+                thresholds, weights = int_thresholds(layer)
+            else:
+                thresholds, weights = thresholds_from_batchnorm(layer)
+            layers.append(replace(layer, weights=weights, thresholds=thresholds, bias=None, bn=None, input_mean=None,
+                                  input_scale=None))
         return model.with_layers(layers)
 
 
@@ -174,7 +203,27 @@ def layer_spec(layer, with_numbers: bool = True) -> LayerSpec:
     if isinstance(layer, MaxPoolLayer):
         return replace(maxpool_layer(layer.in_shape, layer.size, layer.pool_and if with_numbers else None,
                                      pe=layer.pe), simd=layer.simd)
+    if layer.takes_integers:
+        fields = int_layer_fields(layer, weights, thresholds)
+        if fields["kind"] not in kinds("layer"):
+            raise CompileError(f"the model's first layer takes {layer.input_bits}-bit integer inputs, but this "
+                               f"xnorflow's hardware has no {fields['kind']} op (it builds {', '.join(kinds('layer'))}): "
+                               "update xnorflow, or retrain with --input-bits 1")
+        return LayerSpec(**fields)
     return LayerSpec(layer.n_in, layer.n_out, weights, thresholds, layer.pe, layer.simd, kind=layer.kind)
+
+
+def int_layer_fields(layer, weights: np.ndarray | None, thresholds: np.ndarray | None) -> dict:
+    """The LayerSpec fields of a layer on b-bit integers (DESIGN.md 2b): kind ``int_dense`` or ``int_conv``,
+    ``input_bits`` b, n_in input elements (a conv's K*K*C window elements), weight bits with the rows of
+    negative gamma inverted and int64 thresholds on s (possibly negative), as FoldBatchNormIntoThresholds
+    left them. Its frame is n_in x b bits, element i at bits [i*b, (i+1)*b), LSB first."""
+    fields = {"n_in": layer.n_in, "n_out": layer.n_out, "weights": weights, "thresholds": thresholds,
+              "pe": layer.pe, "simd": layer.simd, "kind": f"int_{layer.kind}", "input_bits": layer.input_bits}
+    if isinstance(layer, ConvLayer):
+        fields.update(in_shape=layer.in_shape, out_shape=layer.out_shape, kernel=layer.kernel, stride=1,
+                      padding=layer.padding, pad_value=layer.pad_value)
+    return fields
 
 
 def layer_geometry(layer) -> LayerSpec:
@@ -224,8 +273,9 @@ def slowest_cycles(model: BnnModel) -> int:
 def lower_to_spec(model: BnnModel, name: str | None = None) -> NetworkSpec:
     """The hardware's view of a fully folded model: bits, integer thresholds, sizes and folding."""
     for i, layer in enumerate(model.layers):
-        if layer.bn is not None or layer.bias is not None or layer.output_scale is not None:
-            raise CompileError(f"layer {i} still has float batch-norm/bias/scale: run "
+        if layer.bn is not None or layer.bias is not None or layer.output_scale is not None \
+                or getattr(layer, "input_mean", None) is not None:
+            raise CompileError(f"layer {i} still has float batch-norm/bias/scale/input normalisation: run "
                                "FoldBatchNormIntoThresholds and RemoveArgmaxInvariantOutputScale first")
         if isinstance(layer, MaxPoolLayer):
             if layer.pool_and is None:
@@ -233,7 +283,7 @@ def lower_to_spec(model: BnnModel, name: str | None = None) -> NetworkSpec:
         elif not layer.is_output and layer.thresholds is None:
             raise CompileError(f"hidden layer {i} has no thresholds: run FoldBatchNormIntoThresholds first")
     layers = tuple(layer_spec(l) for l in model.layers)
-    meta = {"arch": model.arch, "dataset": model.dataset, "binarize": model.binarize}
+    meta = {"arch": model.arch, "dataset": model.dataset, "input": model.input_format}
     spec = NetworkSpec(layers, name=name or model.arch, meta=meta)
     spec.validate()
     return spec
@@ -252,6 +302,8 @@ __all__ = [
     "RemoveArgmaxInvariantOutputScale",
     "SetFolding",
     "cheapest_folding",
+    "int_layer_fields",
+    "int_thresholds",
     "lower_to_spec",
     "streamline",
     "thresholds_from_batchnorm",

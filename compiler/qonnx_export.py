@@ -36,7 +36,10 @@ def model_file_to_qonnx(record: dict):
     from onnx import TensorProto, helper
 
     layers = record["layers"]
-    rule = record["binarize"]
+    rule = record["input"]
+    if rule.get("format") != "bits":
+        raise CompileError(f"the model takes {rule.get('bits')}-bit integer inputs; QONNX export writes models on "
+                           "binarised inputs only: export a model trained with --input-bits 1")
     n_in = int(record["in_features"])
     threshold, max_value = int(rule["threshold"]), int(rule["max_value"])
     nodes, inits = [], [_tensor("one", [1.0])]

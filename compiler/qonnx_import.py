@@ -535,7 +535,7 @@ def import_qonnx(path) -> ImportedQonnx:
                                "(end in MatMul/Gemm [TensorNorm] [ArgMax])")
     _check_output_affine(layers[-1])
     dense = [layer.dense(is_output=i == len(layers) - 1) for i, layer in enumerate(layers)]
-    model = BnnModel(tuple(dense), arch="qonnx", dataset="none", binarize={})
+    model = BnnModel(tuple(dense), arch="qonnx", dataset="none", input_format={})
     return ImportedQonnx(model=model, input_shape=_input_shape(graph_input), input_steps=input_steps,
                          steps=steps, path=path)
 

@@ -1,8 +1,13 @@
 """What a compile reads: an xnorflow model file (.pt) or a QONNX graph (.onnx), as one interface.
 
 ``read_source(path)`` gives the compiler's BnnModel (before any pass) and, once the design is known to
-fit, ``test_frames(dataset)``: the input bits to compile as golden test vectors, their labels and the
+fit, ``test_frames(dataset)``: the input frames to compile as golden test vectors, their labels and the
 source model's own predictions (PyTorch's for a model file, the graph's float32 execution for QONNX).
+
+A frame is the bit vector the hardware takes, in stream order (a conv input pixel-major (y, x), channel
+within a pixel): one bit per pixel for bits inputs; for b-bit integer inputs pixel i occupies frame bits
+[i*b, (i+1)*b), LSB first (training.datasets.encode_frames). ``values`` are the same inputs one element
+each (bits, or the integers): what the compiler's own execution (model.execute) takes.
 """
 from __future__ import annotations
 
@@ -24,7 +29,12 @@ class TestFrames:
     bits: np.ndarray
     labels: np.ndarray | None
     reference_predictions: np.ndarray
-    binarize: dict
+    input_format: dict
+    values: np.ndarray | None = None        # (frames, elements) in stream order; None: the bits themselves
+
+    def __post_init__(self):
+        if self.values is None:
+            self.values = self.bits
 
 
 def is_onnx(path) -> bool:
@@ -43,22 +53,24 @@ class ModelFileSource:
         self.arch = self.record["arch"]
 
     def test_frames(self, dataset: str | None) -> TestFrames:
-        from xnorflow.training.datasets import binarize, load_dataset
+        from xnorflow.training.datasets import encode_frames, input_values, load_dataset
         from xnorflow.training.model_file import model_from_file, predict
 
         record = self.record
         name = dataset or record["dataset"]
         data = load_dataset(name)
-        bits = binarize(data.test_images, record["binarize"])
-        if bits.shape[1] != record["in_features"]:
-            raise CompileError(f"dataset {name} has {bits.shape[1]} input features but the model takes "
+        fmt = record["input"]
+        if data.n_features != record["in_features"]:
+            raise CompileError(f"dataset {name} has {data.n_features} input features but the model takes "
                                f"{record['in_features']}: compile with the dataset the model was trained on")
-        reference = predict(model_from_file(record), bits)
+        reference = predict(model_from_file(record), input_values(data.test_images, fmt))
+        pixels = data.test_images
         first = self.model.layers[0]
         if isinstance(first, ConvLayer):
             # Images arrive in PyTorch's (c, y, x) order; the stream carries pixels, (y, x, c).
-            bits = np.ascontiguousarray(bits[:, hardware_column_order(first.in_shape)])
-        return TestFrames(name, bits, data.test_labels.astype(np.int64), reference, dict(record["binarize"]))
+            pixels = np.ascontiguousarray(pixels[:, hardware_column_order(first.in_shape)])
+        return TestFrames(name, encode_frames(pixels, fmt), data.test_labels.astype(np.int64), reference, dict(fmt),
+                          input_values(pixels, fmt))
 
 
 class QonnxSource:
@@ -73,13 +85,13 @@ class QonnxSource:
         self.arch = self.model.arch
 
     def test_frames(self, dataset: str | None) -> TestFrames:
-        from xnorflow.training.datasets import binarize, load_dataset
+        from xnorflow.training.datasets import binarize, bits_format, load_dataset
 
         imported = self.imported
         n_in = self.model.input_bits
         if dataset is None:
             bits = np.random.default_rng(RANDOM_SEED).integers(0, 2, (RANDOM_FRAMES, n_in)).astype(np.uint8)
-            rule = {"rule": "graph input >= threshold", "threshold": imported.input_threshold()}
+            rule = {"format": "bits", "rule": "graph input >= threshold", "threshold": imported.input_threshold()}
             return TestFrames(None, bits, None, imported.graph_predictions_from_bits(bits), rule)
         data = load_dataset(dataset)
         if data.n_features != n_in:
@@ -88,7 +100,7 @@ class QonnxSource:
         rule = imported.binarize_rule(data.max_value)
         bits = binarize(data.test_images, rule)
         return TestFrames(dataset, bits, data.test_labels.astype(np.int64),
-                          imported.graph_predictions_from_bits(bits), rule)
+                          imported.graph_predictions_from_bits(bits), bits_format(rule))
 
 
 def read_source(path):

@@ -24,6 +24,11 @@ Binarisation (DESIGN.md section 2): a pixel becomes the bit ``pixel >= threshold
 channel by the same threshold. The rule is a small dict stored in the model file, so training, the golden model and the hardware agree::
 
     {"rule": "pixel >= threshold", "threshold": T, "max_value": M}
+
+Input formats (DESIGN.md 2b; the model file's ``input``): ``bits_format(rule)`` (the rule plus
+``"format": "bits"``) or ``int_format(b, max_value, mean per channel, scale)`` for b-bit pixels.
+``input_values`` gives what the first layer takes (bits, or the range-checked pixels) and ``encode_frames``
+the hardware's frames: element i at frame bits [i*b, (i+1)*b), LSB first (``pack_elements``).
 """
 from __future__ import annotations
 
@@ -45,14 +50,29 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "binarize",
+    "bits_format",
+    "default_int_format",
     "default_rule",
+    "element_bits",
+    "encode_frames",
+    "input_format_problem",
+    "input_scale",
+    "input_values",
+    "int_format",
     "load_dataset",
+    "pack_elements",
     "read_idx",
+    "unpack_elements",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASET_NAMES = ("digits", "fashion-mnist", "idx:DIR", "cifar10:DIR")
 BINARIZE_RULE = "pixel >= threshold"
+# Input formats (DESIGN.md 2b): binarised pixels, or unsigned b-bit integers with their normalisation.
+BITS_FORMAT, INT_FORMAT = "bits", "int"
+INPUT_FORMATS = (BITS_FORMAT, INT_FORMAT)
+MAX_INPUT_BITS = 8
+INT_FORMAT_FIX = "re-create the model with `xnorflow train --input-bits 1|8`"
 
 # The four standard files of an MNIST-format folder, by role.
 IDX_FILES = {
@@ -317,3 +337,112 @@ def binarize(images: np.ndarray, rule: dict) -> np.ndarray:
         raise DatasetError(f"unsupported binarisation rule {rule!r}: use "
                            f"{{'rule': '{BINARIZE_RULE}', 'threshold': T, 'max_value': M}}")
     return (np.asarray(images) >= int(rule["threshold"])).astype(np.uint8)
+
+
+# --- input formats: what the first layer takes (DESIGN.md sections 2 and 2b) -----------------------------
+
+def bits_format(rule: dict) -> dict:
+    """The input format of a network on binarised pixels: ``{"format": "bits", **rule}``."""
+    return {"format": BITS_FORMAT, **rule}
+
+
+def int_format(bits: int, max_value: int, mean, scale) -> dict:
+    """The input format of a network on unsigned ``bits``-bit pixels normalised as ``(x - mean[c]) / scale``
+    (a mean per input channel, one positive scale; a list of scales per channel only when they are equal),
+    checked by :func:`input_format_problem`."""
+    fmt = {"format": INT_FORMAT, "bits": int(bits), "max_value": int(max_value),
+           "mean": [float(m) for m in np.atleast_1d(np.asarray(mean, dtype=np.float64))],
+           "scale": [float(d) for d in scale] if isinstance(scale, (list, tuple)) else float(scale)}
+    problem = input_format_problem(fmt)
+    if problem:
+        raise DatasetError(f"{problem}: {INT_FORMAT_FIX}")
+    return fmt
+
+
+def default_int_format(dataset: Dataset, bits: int) -> dict:
+    """b-bit pixels normalised by the training split's mean per channel and its standard deviation over all
+    pixels (one scale, so the normalisation folds into integer thresholds)."""
+    check_pixel_range(dataset.train_images, bits, dataset.name)
+    pixels = dataset.train_images.reshape(len(dataset.train_images), dataset.image_shape[0], -1).astype(np.float64)
+    mean = pixels.mean(axis=(0, 2))
+    scale = float(np.sqrt(np.mean((pixels - mean[None, :, None]) ** 2)))
+    return int_format(bits, dataset.max_value, mean, scale if scale > 0 else 1.0)
+
+
+def input_format_problem(fmt) -> str | None:
+    """What is wrong with an input format (None: nothing). A normalisation whose scale differs per channel
+    is a problem: the weights would stop being +-1 (DESIGN.md 2b)."""
+    if not isinstance(fmt, dict) or fmt.get("format") not in INPUT_FORMATS:
+        found = fmt.get("format") if isinstance(fmt, dict) else fmt
+        return f"input format {found!r} is not one of {', '.join(map(repr, INPUT_FORMATS))}"
+    if fmt["format"] == BITS_FORMAT:
+        if fmt.get("rule") != BINARIZE_RULE or not isinstance(fmt.get("threshold"), int):
+            return f"bits input format {fmt!r} lacks the rule {BINARIZE_RULE!r} with an integer threshold"
+        return None
+    bits, max_value, mean, scale = (fmt.get(key) for key in ("bits", "max_value", "mean", "scale"))
+    if not isinstance(bits, int) or not 2 <= bits <= MAX_INPUT_BITS:
+        return f"integer inputs of {bits!r} bits: give 2 .. {MAX_INPUT_BITS} bits"
+    if not isinstance(max_value, int) or not 0 < max_value < 2 ** bits:
+        return f"pixel values up to {max_value!r} do not fit {bits}-bit inputs (0 .. {2 ** bits - 1})"
+    if not isinstance(mean, list) or not mean or not all(isinstance(m, (int, float)) and np.isfinite(m) for m in mean):
+        return f"input mean {mean!r} is not a list of finite numbers, one per channel"
+    scales = scale if isinstance(scale, list) else [scale]
+    if not scales or not all(isinstance(d, (int, float)) and np.isfinite(d) and d > 0 for d in scales):
+        return f"input scale {scale!r} is not a positive number"
+    if len(set(scales)) > 1:
+        return (f"input scales {scales} differ per channel, which does not fold into +-1 weights and integer "
+                "thresholds; normalise every channel by one scale")
+    return None
+
+
+def input_scale(fmt: dict) -> float:
+    """The one scale d of an integer input format (a list of equal scales is that scale)."""
+    scale = fmt["scale"]
+    return float(scale[0] if isinstance(scale, list) else scale)
+
+
+def check_pixel_range(images: np.ndarray, bits: int, what: str = "the images") -> None:
+    """DatasetError unless every pixel fits an unsigned ``bits``-bit input."""
+    images = np.asarray(images)
+    low, high = (int(images.min()), int(images.max())) if images.size else (0, 0)
+    if low < 0 or high >= 2 ** bits:
+        raise DatasetError(f"{what} hold pixel values {low} .. {high}, out of range for {bits}-bit inputs "
+                           f"(0 .. {2 ** bits - 1}): choose more input bits or rescale the pixels")
+
+
+def input_values(images: np.ndarray, fmt: dict) -> np.ndarray:
+    """What the first layer takes, (n, elements) uint8: bits by the rule (bits format) or the pixels
+    themselves, range-checked (int format)."""
+    problem = input_format_problem(fmt)
+    if problem:
+        raise DatasetError(f"{problem}: {INT_FORMAT_FIX}")
+    if fmt["format"] == BITS_FORMAT:
+        return binarize(images, fmt)
+    check_pixel_range(images, fmt["bits"])
+    return np.asarray(images).astype(np.uint8)
+
+
+def element_bits(fmt: dict) -> int:
+    """Frame bits per input element: 1 for binarised pixels, b for b-bit integers."""
+    return 1 if fmt["format"] == BITS_FORMAT else int(fmt["bits"])
+
+
+def pack_elements(values: np.ndarray, bits: int) -> np.ndarray:
+    """(n, elements) integers -> (n, elements * bits) frame bits: element i occupies bits
+    [i*bits, (i+1)*bits), least significant bit first."""
+    values = np.asarray(values, dtype=np.int64)
+    planes = (values[:, :, None] >> np.arange(bits)) & 1
+    return planes.reshape(len(values), -1).astype(np.uint8)
+
+
+def unpack_elements(frame_bits: np.ndarray, bits: int) -> np.ndarray:
+    """The inverse of :func:`pack_elements`: (n, elements * bits) bits -> (n, elements) int64."""
+    planes = np.asarray(frame_bits, dtype=np.int64).reshape(len(frame_bits), -1, bits)
+    return (planes << np.arange(bits)).sum(axis=2)
+
+
+def encode_frames(images: np.ndarray, fmt: dict) -> np.ndarray:
+    """The hardware's input frames (n, elements * b) bits for raw pixels already in stream order (for a
+    conv input pixel-major (y, x), channel within a pixel): :func:`input_values` packed by
+    :func:`pack_elements`."""
+    return pack_elements(input_values(images, fmt), element_bits(fmt))

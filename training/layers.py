@@ -24,6 +24,11 @@ Convolutions (DESIGN.md section 2a) work the same way on (N, C, H, W) tensors of
         MaxPool2d(2),                                         # max of +-1 values: the hardware ORs bits
         Flatten(), BinaryLinear(32 * 13 * 13, 10), Scale())
 
+Integer inputs (DESIGN.md 2b) open the model with ``InputNorm(mean per channel, scale)``: the first
+binary layer then takes the normalised pixels, with +-1 weights and no sign on its input.
+``set_stochastic_weights(model)`` makes the binary layers binarise their weights stochastically while
+training (BinaryConnect), the sign at inference.
+
 A BinaryConv2d pads its +-1 input with ``pad_value`` (-1 or +1, never 0, which is no bit) and is
 stride 1, no dilation, one group: the model file refuses anything else (model_file.extract_layers).
 """
@@ -39,12 +44,16 @@ __all__ = [
     "BinaryConv2d",
     "BinaryLinear",
     "Flatten",
+    "InputNorm",
     "MaxPool2d",
     "Scale",
     "SignActivation",
     "binary_sign",
     "clip_latent_weights",
+    "set_stochastic_weights",
     "sign_ste",
+    "spread_latent_weights",
+    "stochastic_sign_ste",
 ]
 
 # Plain BatchNorm1d: the compiler folds its eval-mode form into integer thresholds.
@@ -84,7 +93,35 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
     return _SignSTE.apply(x)
 
 
-class BinaryLinear(nn.Linear):
+class _StochasticSignSTE(_SignSTE):
+    """BinaryConnect's stochastic binarisation: +1 with probability hard_sigmoid(x) = clip((x + 1) / 2, 0, 1),
+    else -1; the same straight-through backward as the deterministic sign."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        probability = ((x + 1) / 2).clamp(0, 1)
+        return torch.where(torch.rand_like(x) < probability, torch.ones_like(x), -torch.ones_like(x))
+
+
+def stochastic_sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """Stochastic binarisation (training only): random +-1 with P(+1) = hard_sigmoid(x), STE backward."""
+    return _StochasticSignSTE.apply(x)
+
+
+class _BinaryWeights:
+    """The weight binarisation of BinaryLinear and BinaryConv2d: the deterministic sign, or in training
+    mode with ``stochastic`` set, BinaryConnect's stochastic sign. Inference is always the sign."""
+
+    stochastic: bool = False
+
+    def forward_weight(self) -> torch.Tensor:
+        if self.stochastic and self.training:
+            return stochastic_sign_ste(self.weight)
+        return sign_ste(self.weight)
+
+
+class BinaryLinear(_BinaryWeights, nn.Linear):
     """A dense layer whose forward pass uses sign(latent weight) in {-1, +1}.
 
     ``weight`` holds the latent real weights the optimizer updates; call :func:`clip_latent_weights`
@@ -100,7 +137,7 @@ class BinaryLinear(nn.Linear):
         return binary_sign(self.weight.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, sign_ste(self.weight), self.bias)
+        return F.linear(x, self.forward_weight(), self.bias)
 
     @torch.no_grad()
     def clip_(self) -> None:
@@ -108,7 +145,7 @@ class BinaryLinear(nn.Linear):
         self.weight.clamp_(-1.0, 1.0)
 
 
-class BinaryConv2d(nn.Conv2d):
+class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     """A 2-D convolution whose forward pass uses sign(latent weight) in {-1, +1}.
 
     ``padding`` pixels of ``pad_value`` (-1 or +1: a bit, never zero-padding) surround the +-1 input:
@@ -141,7 +178,7 @@ class BinaryConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, value=float(self.pad_value))
-        return F.conv2d(x, sign_ste(self.weight), self.bias, self.stride, self.padding, self.dilation,
+        return F.conv2d(x, self.forward_weight(), self.bias, self.stride, self.padding, self.dilation,
                         self.groups)
 
     @torch.no_grad()
@@ -151,6 +188,25 @@ class BinaryConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, pad={self.pad}, pad_value={self.pad_value}"
+
+
+class InputNorm(nn.Module):
+    """``(x - mean[c]) / scale`` on flat pixel vectors in (c, y, x) order: the normalisation of integer
+    inputs (DESIGN.md 2b). One mean per channel and one positive scale, both fixed (buffers, not
+    trained), so the compiler folds them exactly into the first layer's integer thresholds."""
+
+    def __init__(self, mean, scale: float):
+        super().__init__()
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        if not float(scale) > 0:
+            raise ValueError(f"InputNorm scale {scale}: give one positive number")
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.mean.numel()
+        per_channel = x.reshape(x.shape[0], channels, -1)
+        return ((per_channel - self.mean[None, :, None]) / self.scale).reshape(x.shape)
 
 
 class SignActivation(nn.Module):
@@ -180,6 +236,23 @@ class Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.log_scale.exp()
+
+
+def set_stochastic_weights(model: nn.Module, stochastic: bool = True) -> None:
+    """Make every BinaryLinear and BinaryConv2d of ``model`` binarise its weights stochastically in training."""
+    for module in model.modules():
+        if isinstance(module, _BinaryWeights):
+            module.stochastic = bool(stochastic)
+
+
+@torch.no_grad()
+def spread_latent_weights(model: nn.Module) -> None:
+    """Draw every binary layer's latent weights uniformly from [-1, 1]: under stochastic binarisation
+    P(+1) = (w + 1) / 2 then spans [0, 1] from the start (PyTorch's default init, +-1/sqrt(fan_in), makes
+    every weight a near coin flip)."""
+    for module in model.modules():
+        if isinstance(module, _BinaryWeights):
+            module.weight.uniform_(-1.0, 1.0)
 
 
 @torch.no_grad()

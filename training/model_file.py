@@ -5,20 +5,36 @@ None, so it loads with ``torch.load(path, weights_only=True)`` (no pickled code 
 
     {
       "format": "xnorflow-model",            # always this string
-      "version": 2,                          # bumped on any incompatible change (version 1: below)
+      "version": 3,                          # bumped on any incompatible change (versions 1 and 2: below)
       "arch": "sfc",                         # zoo name, or "custom" for a hand-built chain
-      "in_features": 784,                    # input bits per frame (C*H*W of the image)
+      "in_features": 784,                    # input elements (pixels) per frame (C*H*W of the image)
       "hidden": [256, 256, 256],             # n_out (output channels of a conv) of every layer but the last
       "n_classes": 10,
       "dataset": "fashion-mnist",            # digits | fashion-mnist | idx:DIR | cifar10:DIR
-      "image_shape": [1, 28, 28],            # [C, H, W] of the input image, bits in (c, y, x) order;
+      "image_shape": [1, 28, 28],            # [C, H, W] of the input image, pixels in (c, y, x) order;
                                              # optional for a dense-only model, required with convs
-      "binarize": {"rule": "pixel >= threshold", "threshold": 64, "max_value": 255},
+      "input": {...},                        # the input format: bits or b-bit integers (below)
       "state_dict": {...},                   # the torch module's state_dict (for re-training)
       "layers": [...],                       # one entry per BinaryLinear / BinaryConv2d, input to output
-      "accuracy_torch": 0.87,                # test split, eval mode, binarised inputs; None if not measured
-      "train": {"epochs", "seed", "seconds", "lr", "batch_size", ...}   # how it was trained
+      "accuracy_torch": 0.87,                # test split, eval mode; None if not measured
+      "train": {"epochs", "seed", "seconds", "lr", "batch_size", ...}   # how it was trained (with
+                                             # "stochastic_weights": bool and "teacher": None or a dict
+                                             # naming the float teacher and "temperature")
     }
+
+The input format (DESIGN.md sections 2 and 2b) is one of::
+
+    {"format": "bits", "rule": "pixel >= threshold", "threshold": 8, "max_value": 255}
+        # each pixel becomes the bit pixel >= threshold (bit 1 = +1); the first layer takes +-1 values
+    {"format": "int", "bits": 8, "max_value": 255, "mean": [72.94], "scale": 90.02}
+        # unsigned b-bit pixels (max_value < 2**bits); the first layer takes (pixel - mean[c]) / scale,
+        # one mean per input channel c, one positive scale (a list of equal scales is accepted; scales
+        # that differ per channel are refused: they do not fold into +-1 weights)
+
+A model with integer inputs opens with ``InputNorm(mean, scale)`` (training/layers.py) and takes the
+pixels as floats; its first layer has binary weights and no sign on its input. A first conv on integer
+inputs is valid (padding 0). A file whose input format is missing or unknown, or whose normalisation
+does not fold, is refused in one line.
 
 Each ``layers`` entry has a ``kind``. A dense entry (a BinaryLinear)::
 
@@ -54,8 +70,9 @@ of the conv's integer outputs before the batch-norm; equal to OR of the activati
 where gamma > 0 and to their AND where gamma < 0 (DESIGN.md section 2a).
 
 Semantics of ``layers`` (independent of module names, so a consumer needs nothing else): with input
-``x`` in {-1, +1} (bit 1 -> +1, bit 0 -> -1, bits from ``binarize``; a flat vector of in_features, seen
-as ``image_shape`` by a conv), each layer computes ``a = sign(weight) (*) x + bias`` (bias absent =
+``x`` in {-1, +1} (bit 1 -> +1, bit 0 -> -1, bits by the input format's rule), or for integer inputs
+``x = (pixel - mean[c]) / scale``, a flat vector of in_features seen as ``image_shape`` by a conv,
+each layer computes ``a = sign(weight) (*) x + bias`` (bias absent =
 0), where ``(*)`` is the matrix product for dense and for conv the stride-1 cross-correlation
 (PyTorch's conv2d) of x padded by P pixels of pad_value. A conv with ``before_bn`` then max-pools a.
 A hidden layer applies batch-norm in eval form, ``y = gamma * (a - mean) / sqrt(var + eps) + beta``
@@ -64,15 +81,18 @@ max-pools those +-1 values. The last layer (always dense) outputs ``scale * y`` 
 scores; the prediction is their argmax, ties to the lowest index. This is exactly the eval-mode forward
 of the torch model.
 
-Version 1 files (dense only: entries without ``kind`` or ``flatten_from``, image_shape [H, W]) are
-still read: :func:`load_model_file` returns them in the version-2 form (version 2, kind "dense",
-flatten_from None, image_shape [1, H, W]) with ``"file_version": 1``.
+Older files are still read: :func:`load_model_file` returns them in the version-3 form with
+``"file_version"`` set to the version read. Version 2 had no ``input`` but a ``binarize`` rule (bits
+inputs): it becomes ``input`` ``{"format": "bits", **binarize}``. Version 1 files (dense only: entries
+without ``kind`` or ``flatten_from``, image_shape [H, W]) also get kind "dense", flatten_from None and
+image_shape [1, H, W].
 
 What :func:`extract_layers` accepts (one line naming the module otherwise): a chain of blocks
 ``BinaryConv2d [-> MaxPool2d] [-> BatchNorm2d] [-> MaxPool2d] -> SignActivation [-> MaxPool2d]`` (at
 most one pool per conv), then ``Flatten``, then dense blocks ``BinaryLinear [-> BatchNorm1d] ->
 SignActivation`` ending in ``BinaryLinear [-> Scale]``. A leading ``nn.Unflatten(1, (C, H, W))``
-gives the image shape (else pass ``image_shape``). Refused: stride > 1, dilation, groups, average
+gives the image shape (else pass ``image_shape``); a leading ``InputNorm`` (before it) marks integer
+inputs. Refused: stride > 1, dilation, groups, average
 pooling, overlapping or padded pools (stride != kernel), zero padding (a plain ``nn.Conv2d``).
 """
 from __future__ import annotations
@@ -88,23 +108,27 @@ from torch import nn
 
 from xnorflow.errors import XnorflowError
 
-from .layers import BinaryConv2d, BinaryLinear, Scale, SignActivation
+from .datasets import BITS_FORMAT, INT_FORMAT, bits_format, input_format_problem, input_scale
+from .layers import BinaryConv2d, BinaryLinear, InputNorm, Scale, SignActivation
 
 __all__ = [
     "FORMAT",
     "VERSION",
     "ModelFileError",
     "extract_layers",
+    "input_norm",
     "load_model_file",
     "model_from_file",
+    "model_inputs",
     "predict",
     "save_model_file",
+    "write_record",
 ]
 
 FORMAT = "xnorflow-model"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
-REQUIRED_KEYS = ("format", "version", "arch", "in_features", "hidden", "n_classes", "dataset", "binarize",
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+REQUIRED_KEYS = ("format", "version", "arch", "in_features", "hidden", "n_classes", "dataset", "input",
                  "state_dict", "layers", "accuracy_torch", "train")
 BN_KEYS = ("gamma", "beta", "mean", "var", "eps")
 # Modules that are the identity in eval mode: allowed anywhere in the chain.
@@ -236,9 +260,13 @@ def extract_layers(model: nn.Module, image_shape: tuple[int, ...] | None = None)
             raise ModelFileError(f"{what}: {POOL_HINT}")
         return layers[-1]
 
-    for name, module in _leaf_modules(model):
+    for position, (name, module) in enumerate(_leaf_modules(model)):
         _refuse_conv(name, module)
-        if isinstance(module, nn.Unflatten):
+        if isinstance(module, InputNorm):
+            if position:
+                raise ModelFileError(f"{name} (InputNorm) may only open the model, before any other module: "
+                                     "move it first")
+        elif isinstance(module, nn.Unflatten):
             if seen_weights or module.dim not in (1, -1):
                 raise ModelFileError(f"{name} (Unflatten) may only open the model, as nn.Unflatten(1, (C, H, W)): "
                                      "move it first")
@@ -353,13 +381,37 @@ def extract_layers(model: nn.Module, image_shape: tuple[int, ...] | None = None)
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int] | None:
-    """The (C, H, W) of a leading nn.Unflatten(1, ...), else None."""
+    """The (C, H, W) of a leading nn.Unflatten(1, ...) (after an InputNorm, if any), else None."""
     for _, module in _leaf_modules(model):
         if isinstance(module, nn.Unflatten):
             return _image_shape(module.unflattened_size)
-        if not isinstance(module, NEUTRAL_MODULES):
+        if not isinstance(module, (*NEUTRAL_MODULES, InputNorm)):
             return None
     return None
+
+
+def input_norm(model: nn.Module) -> InputNorm | None:
+    """The InputNorm the model opens with (it takes integer pixels), else None (it takes bits)."""
+    leaves = _leaf_modules(model)
+    return leaves[0][1] if leaves and isinstance(leaves[0][1], InputNorm) else None
+
+
+def _model_input_format(model: nn.Module, input_format: dict) -> dict:
+    """``input_format`` completed by the model: an integer format takes its mean and scale from the model's
+    InputNorm (what it was trained and evaluated with); bits and integer models are never mixed up."""
+    norm = input_norm(model)
+    if input_format.get("format") == INT_FORMAT:
+        if norm is None:
+            raise ModelFileError("integer input format for a model without an opening InputNorm: build it with "
+                                 "build_model(..., input_norm=(mean, scale))")
+        input_format = {**input_format, "mean": [float(m) for m in norm.mean], "scale": float(norm.scale)}
+    elif norm is not None:
+        raise ModelFileError("the model opens with InputNorm (integer inputs) but the input format is "
+                             f"{input_format.get('format')!r}: save it with an integer input format")
+    problem = input_format_problem(input_format)
+    if problem:
+        raise ModelFileError(f"{problem}: pass a valid input format")
+    return input_format
 
 
 # --- save / load ---------------------------------------------------------------------------------------
@@ -378,14 +430,19 @@ def _primitive(value):
                          "pass strings, numbers, lists or dicts")
 
 
-def save_model_file(path: str | Path, model: nn.Module, *, arch: str, dataset: str, binarize: dict,
+def save_model_file(path: str | Path, model: nn.Module, *, arch: str, dataset: str, binarize: dict | None = None,
                     accuracy_torch: float | None = None, train: dict | None = None,
-                    image_shape: tuple[int, ...] | None = None) -> dict:
+                    image_shape: tuple[int, ...] | None = None, input_format: dict | None = None) -> dict:
     """Write ``model`` and its facts to ``path`` (atomically) and return the dict written.
 
+    The input format is ``input_format`` (module docstring; an integer format takes its mean and scale
+    from the model's InputNorm), or for bits the binarisation rule ``binarize``: give exactly one.
     ``image_shape`` ((C, H, W), or (H, W) for one channel) is the input image; a conv model needs it
     unless it opens with ``nn.Unflatten(1, (C, H, W))``, and both must then agree.
     """
+    if (binarize is None) == (input_format is None):
+        raise ModelFileError("save_model_file takes exactly one of binarize= (bits inputs) or input_format=")
+    input_format = _model_input_format(model, bits_format(binarize) if binarize is not None else dict(input_format))
     given = _image_shape(image_shape)
     opened = _input_shape(model)
     if given is not None and opened is not None and given != opened:
@@ -403,7 +460,7 @@ def save_model_file(path: str | Path, model: nn.Module, *, arch: str, dataset: s
         "hidden": [int(layer["weight"].shape[0]) for layer in layers[:-1]],
         "n_classes": int(layers[-1]["weight"].shape[0]),
         "dataset": str(dataset),
-        "binarize": _primitive(dict(binarize)),
+        "input": _primitive(input_format),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "layers": layers,
         "accuracy_torch": None if accuracy_torch is None else float(accuracy_torch),
@@ -412,7 +469,12 @@ def save_model_file(path: str | Path, model: nn.Module, *, arch: str, dataset: s
     if shape is not None:
         record["image_shape"] = list(shape)
     _validate(record, Path(path))
-    path = Path(path)
+    write_record(Path(path), record)
+    return record
+
+
+def write_record(path: Path, record: dict) -> None:
+    """``torch.save`` of ``record`` to ``path``, atomically (a crash never leaves a half-written file)."""
     if path.is_symlink() or path.is_dir():
         raise ModelFileError(f"{path} is a {'symbolic link' if path.is_symlink() else 'folder'}: give -o a "
                              "plain file path for the model, e.g. model.pt")
@@ -432,7 +494,6 @@ def save_model_file(path: str | Path, model: nn.Module, *, arch: str, dataset: s
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return record
 
 
 def load_model_file(path: str | Path) -> dict:
@@ -457,10 +518,15 @@ def load_model_file(path: str | Path) -> dict:
     return record
 
 
-def _upgrade_version_1(record: dict) -> None:
-    """A version-1 record (dense only) in the version-2 form, in place (module docstring)."""
-    record["file_version"] = 1
+def _upgrade(record: dict) -> None:
+    """A version-1 or -2 record in the version-3 form, in place (module docstring)."""
+    record["file_version"] = record["version"]
     record["version"] = VERSION
+    rule = record.pop("binarize", None)
+    if isinstance(rule, dict):
+        record["input"] = bits_format(rule)
+    if record["file_version"] > 1:
+        return
     for layer in record.get("layers") or []:
         if isinstance(layer, dict):
             layer.setdefault("kind", "dense")
@@ -474,10 +540,13 @@ def _validate(record: dict, path: Path) -> None:
     where = str(path)
     if record.get("version") not in READABLE_VERSIONS:
         raise ModelFileError(f"{where} has model file version {record.get('version')!r}, this xnorflow reads "
-                             f"versions {' and '.join(map(str, READABLE_VERSIONS))}: re-create it with this "
+                             f"versions {', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}: re-create it with this "
                              "version's `xnorflow train`")
-    if record["version"] == 1:
-        _upgrade_version_1(record)
+    if record["version"] < VERSION:
+        _upgrade(record)
+    if "input" not in record:
+        raise ModelFileError(f"{where} does not state its input format (bits or b-bit integers): re-create it "
+                             "with `xnorflow train`")
     missing = [key for key in REQUIRED_KEYS if key not in record]
     if missing:
         raise ModelFileError(f"{where} lacks the keys {', '.join(missing)}: re-create it with `xnorflow train`")
@@ -506,10 +575,27 @@ def _validate(record: dict, path: Path) -> None:
         raise ModelFileError(f"{where}: hidden {record['hidden']} / n_classes {record['n_classes']} disagree "
                              f"with the layers ({hidden} / {layers[-1]['weight'].shape[0]}): the file is "
                              "inconsistent, re-create it")
-    rule = record["binarize"]
-    if not isinstance(rule, dict) or not {"rule", "threshold", "max_value"} <= set(rule):
-        raise ModelFileError(f"{where}: binarize must be a dict with rule, threshold and max_value, got "
-                             f"{rule!r}: re-create the file with `xnorflow train`")
+    _validate_input_format(record["input"], image_shape, layers[0], where)
+
+
+def _validate_input_format(input_format, image_shape, first: dict, where: str) -> None:
+    """The input format is known and folds (module docstring): one mean per image channel, one scale, a
+    valid first conv."""
+    fix = "re-create the file with `xnorflow train`"
+    problem = input_format_problem(input_format)
+    if problem:
+        raise ModelFileError(f"{where}: {problem}: {fix}")
+    if input_format["format"] == BITS_FORMAT:
+        if not isinstance(input_format.get("max_value"), int):
+            raise ModelFileError(f"{where}: the bits input format lacks max_value: {fix}")
+        return
+    channels = image_shape[0] if image_shape is not None else 1
+    if len(input_format["mean"]) != channels:
+        raise ModelFileError(f"{where}: the input format has {len(input_format['mean'])} means for {channels} "
+                             f"input channels: give one mean per channel; {fix}")
+    if first["kind"] == "conv" and first["padding"]:
+        raise ModelFileError(f"{where}: the first conv pads its integer input by {first['padding']}: a conv on "
+                             f"integer inputs must be valid (padding 0); {fix}")
 
 
 def _is_vector(value, n: int) -> bool:
@@ -615,9 +701,13 @@ def model_from_file(record: dict) -> nn.Module:
     Its module order matches the zoo's (a conv model opens with ``nn.Unflatten(1, image_shape)``,
     then BinaryConv2d, [MaxPool2d], BatchNorm2d, SignActivation, [MaxPool2d], ..., Flatten, then
     BinaryLinear, BatchNorm1d, SignActivation, ..., BinaryLinear, Scale), so a zoo model's
-    ``state_dict`` loads into it as well. It takes the flat input bits as +-1 floats, like the zoo.
+    ``state_dict`` loads into it as well. It takes the flat input bits as +-1 floats, like the zoo, or
+    for integer inputs the pixels, normalised by an opening InputNorm.
     """
     modules: list[nn.Module] = []
+    fmt = record.get("input") or {}
+    if fmt.get("format") == INT_FORMAT:
+        modules.append(InputNorm(fmt["mean"], input_scale(fmt)))
     layers = record["layers"]
     for i, layer in enumerate(layers):
         kind = layer.get("kind", "dense")
@@ -668,10 +758,18 @@ def _input_width(model: nn.Module) -> tuple[int | None, bool]:
     return None, False
 
 
+def model_inputs(model: nn.Module, values) -> torch.Tensor:
+    """The float tensor ``model`` takes for first-layer values (a NumPy array or tensor): integer pixels
+    unchanged for a model that opens with InputNorm, else bits as +-1 (1 -> +1.0, 0 -> -1.0)."""
+    x = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values).float()
+    return x if input_norm(model) is not None else x * 2.0 - 1.0
+
+
 @torch.no_grad()
 def scores(model: nn.Module, bits: np.ndarray, batch_size: int = 4096,
            image_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Eval-mode outputs (n, n_classes) float32 for input bits: 1 -> +1.0, 0 -> -1.0.
+    """Eval-mode outputs (n, n_classes) float32 for input bits (as :func:`model_inputs` takes them;
+    for a model with integer inputs, the pixels).
 
     ``bits`` is (n, features); or (n, C, H, W) for a model taking images (a conv model without a
     leading nn.Unflatten), or (n, features) with ``image_shape`` to reshape it to.
@@ -704,7 +802,7 @@ def scores(model: nn.Module, bits: np.ndarray, batch_size: int = 4096,
     try:
         outputs = []
         for start in range(0, len(bits), batch_size):
-            x = torch.from_numpy(bits[start:start + batch_size].astype(np.float32) * 2.0 - 1.0)
+            x = model_inputs(model, bits[start:start + batch_size])
             outputs.append(model(x).float().numpy())
     finally:
         model.train(was_training)

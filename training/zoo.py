@@ -19,6 +19,15 @@ Convs are valid (FINN's CNV) when the image is large enough for every layer to k
 pixel; on a smaller image (digits' 8x8 for scnv, 28x28 for cnv) every conv pads by 1 with -1 (bit 0,
 DESIGN.md section 2a) instead, so the shapes stay valid: scnv on digits is 8x8 -> 8x8 -> 4x4 -> 2x2.
 
+Integer inputs (DESIGN.md 2b; ``input_norm=(mean per channel, scale)``): the model opens with
+:class:`InputNorm`, ``(pixel - mean[c]) / scale``, and its first layer (dense or conv) takes those
+normalised values with binary weights and no sign on its input. A first conv on integer inputs is valid
+(no padding: a padded pixel would have no value the integer layer and the normalised float layer share),
+so the later convs pad when the image is small: scnv on digits is 8x8 -> 6x6 -> 6x6 -> 3x3 -> 1x1.
+
+:func:`build_float_model` is the same architecture in float (Linear/Conv2d, batch-norm, ReLU) on
+normalised pixels: the teacher for knowledge distillation.
+
 The hidden layers end in sign(batch-norm), which the compiler folds into one integer threshold per
 channel; the output layer emits class scores whose positive scale does not change the argmax.
 """
@@ -36,6 +45,7 @@ from .layers import (
     BinaryConv2d,
     BinaryLinear,
     Flatten,
+    InputNorm,
     MaxPool2d,
     Scale,
     SignActivation,
@@ -82,41 +92,66 @@ def hidden_widths(arch: str) -> tuple[int, ...]:
     raise ArchError(f"unknown architecture {arch!r}: choose one of {', '.join(arch_names())}")
 
 
-def conv_padding(arch: str, image_shape: tuple[int, int, int]) -> int:
-    """0 (valid convs) when every layer of ``arch`` keeps >= 1 pixel on ``image_shape``, else 1."""
+def conv_paddings(arch: str, image_shape: tuple[int, int, int], first_valid: bool = False) -> list[int]:
+    """The padding of every conv of ``arch``: all 0 (valid) when every layer keeps >= 1 pixel on
+    ``image_shape``, else 1; with ``first_valid`` the first conv is valid either way (integer inputs)."""
     features, _ = CONV_ARCHS[arch]
-    _, h, w = image_shape
-    size = min(h, w)
+    n_convs = sum(kind == "conv" for kind, _ in features)
+    first = [0] if first_valid else []
+    valid = first + [0] * (n_convs - len(first))
+    return valid if _smallest_side(features, image_shape, valid) >= 1 else first + [1] * (n_convs - len(first))
+
+
+def _smallest_side(features, image_shape, paddings) -> int:
+    """The smallest side the image reaches through the feature layers (convs padded by ``paddings``)."""
+    size, convs = min(image_shape[1:]), iter(paddings)
+    smallest = size
     for kind, value in features:
-        size = size - CONV_KERNEL + 1 if kind == "conv" else size // value
-        if size < 1:
-            return 1
-    return 0
+        size = size + 2 * next(convs) - CONV_KERNEL + 1 if kind == "conv" else size // value
+        smallest = min(smallest, size)
+    return smallest
 
 
-def build_cnn(arch: str, image_shape: tuple[int, int, int], n_classes: int) -> nn.Sequential:
-    """A zoo conv net for (C, H, W) images (the structure in the module docstring)."""
-    features, fc = CONV_ARCHS[arch]
-    if len(image_shape) != 3 or min(image_shape) < 1 or n_classes < 2:
-        raise ArchError(f"bad sizes for {arch}: image shape {tuple(image_shape)}, {n_classes} classes: "
-                        "need a (C, H, W) image and at least 2 classes")
-    c, h, w = (int(d) for d in image_shape)
-    padding = conv_padding(arch, (c, h, w))
-    modules: list[nn.Module] = [nn.Unflatten(1, (c, h, w))]
+def _conv_features(arch: str, shape: tuple[int, int, int], first_valid: bool, conv_block) -> tuple[list, int]:
+    """The feature modules of a zoo conv net (each conv as ``conv_block(c_in, c_out, padding)``) and the
+    width of their flattened output."""
+    features, _ = CONV_ARCHS[arch]
+    c, h, w = shape
+    paddings = iter(conv_paddings(arch, shape, first_valid))
+    modules: list[nn.Module] = []
     for kind, value in features:
         if kind == "conv":
-            modules += [BinaryConv2d(c, value, CONV_KERNEL, padding=padding, pad_value=-1),
-                        BatchNorm2d(value), SignActivation()]
+            padding = next(paddings)
+            modules += conv_block(c, value, padding)
             c, h, w = value, h + 2 * padding - CONV_KERNEL + 1, w + 2 * padding - CONV_KERNEL + 1
         else:
             modules.append(MaxPool2d(value))
             h, w = h // value, w // value
         if h < 1 or w < 1:
-            raise ArchError(f"{arch} does not fit a {image_shape[1]}x{image_shape[2]} image even with "
+            raise ArchError(f"{arch} does not fit a {shape[1]}x{shape[2]} image even with "
                             f"padding: give an image of at least 4x4 pixels")
-    modules.append(Flatten())
+    return modules, c * h * w
+
+
+def _image(arch: str, image_shape, n_classes: int) -> tuple[int, int, int]:
+    if len(image_shape) != 3 or min(image_shape) < 1 or n_classes < 2:
+        raise ArchError(f"bad sizes for {arch}: image shape {tuple(image_shape)}, {n_classes} classes: "
+                        "need a (C, H, W) image and at least 2 classes")
+    return tuple(int(d) for d in image_shape)
+
+
+def build_cnn(arch: str, image_shape: tuple[int, int, int], n_classes: int,
+              first_valid: bool = False) -> nn.Sequential:
+    """A zoo conv net for (C, H, W) images (the structure in the module docstring)."""
+    shape = _image(arch, image_shape, n_classes)
+
+    def conv_block(c_in, c_out, padding):
+        return [BinaryConv2d(c_in, c_out, CONV_KERNEL, padding=padding, pad_value=-1), BatchNorm2d(c_out),
+                SignActivation()]
+
+    modules, flat = _conv_features(arch, shape, first_valid, conv_block)
     # The dense tail is the MLP's, unpacked so the chain stays one flat nn.Sequential.
-    return nn.Sequential(*modules, *build_mlp(c * h * w, fc, n_classes))
+    return nn.Sequential(nn.Unflatten(1, shape), *modules, Flatten(), *build_mlp(flat, CONV_ARCHS[arch][1], n_classes))
 
 
 def build_mlp(in_features: int, hidden: tuple[int, ...] | list[int], n_classes: int) -> nn.Sequential:
@@ -136,20 +171,51 @@ def build_mlp(in_features: int, hidden: tuple[int, ...] | list[int], n_classes: 
     return nn.Sequential(*modules)
 
 
-def build_model(arch: str, in_features: int | tuple[int, ...], n_classes: int = 10) -> nn.Module:
+def build_model(arch: str, in_features: int | tuple[int, ...], n_classes: int = 10,
+                input_norm: tuple | None = None) -> nn.Module:
     """A zoo model for ``n_classes`` classes.
 
     ``in_features``: the input bits (an int), or the image shape (C, H, W) (an MLP takes C*H*W bits).
-    A conv net (scnv, cnv) needs the image shape. Both take the flat input bits as +-1 floats.
+    A conv net (scnv, cnv) needs the image shape. Both take the flat input bits as +-1 floats; with
+    ``input_norm`` = (mean per channel, scale) they take the integer pixels instead, normalised by an
+    opening :class:`InputNorm` (module docstring).
     """
     hidden = hidden_widths(arch)
+    shape = _shape(arch, in_features)
+    if arch in CONV_ARCHS:
+        model = build_cnn(arch, shape, n_classes, first_valid=input_norm is not None)
+    else:
+        model = build_mlp(math.prod(shape), hidden, n_classes)
+    return model if input_norm is None else nn.Sequential(InputNorm(*input_norm), *model)
+
+
+def _shape(arch: str, in_features) -> tuple[int, ...]:
+    """(C, H, W) from an image shape ((H, W): one channel), (n,) from a width; a conv net needs the image."""
     if isinstance(in_features, (tuple, list)):
         shape = tuple(int(d) for d in in_features)
-        if arch in CONV_ARCHS:
-            if len(shape) == 2:
-                shape = (1, *shape)
-            return build_cnn(arch, shape, n_classes)
-        return build_mlp(math.prod(shape), hidden, n_classes)
+        return (1, *shape) if len(shape) == 2 else shape
     if arch in CONV_ARCHS:
         raise ArchError(f"{arch} is a conv net: give the image shape (C, H, W), not {in_features} input bits")
-    return build_mlp(in_features, hidden, n_classes)
+    return (int(in_features),)
+
+
+def build_float_model(arch: str, in_features: int | tuple[int, ...], n_classes: int, input_norm: tuple) -> nn.Module:
+    """``arch`` in float: the same widths with float weights, batch-norm and ReLU, on pixels normalised by
+    ``input_norm`` = (mean per channel, scale); the teacher for distillation (training/train.py)."""
+    widths = hidden_widths(arch)
+    shape = _shape(arch, in_features)
+    modules: list[nn.Module] = [InputNorm(*input_norm)]
+    width = math.prod(shape)
+    if arch in CONV_ARCHS:
+        shape = _image(arch, shape, n_classes)
+
+        def conv_block(c_in, c_out, padding):
+            return [nn.Conv2d(c_in, c_out, CONV_KERNEL, padding=padding), BatchNorm2d(c_out), nn.ReLU()]
+
+        features, width = _conv_features(arch, shape, False, conv_block)
+        modules += [nn.Unflatten(1, shape), *features, Flatten()]
+        widths = CONV_ARCHS[arch][1]
+    for hidden in widths:
+        modules += [nn.Linear(width, hidden), BatchNorm(hidden), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*modules, nn.Linear(width, n_classes))

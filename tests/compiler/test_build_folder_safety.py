@@ -126,7 +126,7 @@ def test_the_model_file_is_written_through_a_fresh_temp_file(tfc_digits_model, t
     target.parent.mkdir()
     (target.parent / f".model.pt.tmp-{os.getpid()}").symlink_to(victim)
     save_model_file(target, model_from_file(record), arch=record["arch"], dataset=record["dataset"],
-                    binarize=record["binarize"])
+                    input_format=record["input"])
     assert victim.read_text() == "do not overwrite"
     assert load_model_file(target)["arch"] == record["arch"]
     link = target.parent / "link.pt"

@@ -17,6 +17,7 @@ from xnorflow.training.layers import (
     clip_latent_weights,
 )
 from xnorflow.training.model_file import (
+    VERSION,
     ModelFileError,
     extract_layers,
     load_model_file,
@@ -216,7 +217,7 @@ def test_scnv_model_file_round_trip(tmp_path):
     model = randomise(build_model("scnv", (1, 28, 28)))
     path = save(tmp_path, model, arch="scnv", image_shape=(1, 28, 28))
     raw = torch.load(path, weights_only=True)
-    assert raw["version"] == 2 and [layer["kind"] for layer in raw["layers"]] == ["conv"] * 4 + ["dense"] * 2
+    assert raw["version"] == VERSION and [layer["kind"] for layer in raw["layers"]] == ["conv"] * 4 + ["dense"] * 2
     assert [layer["pool"] for layer in raw["layers"][:4]] == [None, {"size": 2, "before_bn": False}] * 2
     assert raw["layers"][4]["flatten_from"] == [64, 4, 4] and raw["in_features"] == 784
     assert raw["hidden"] == [32, 32, 64, 64, 256]
@@ -313,7 +314,7 @@ def test_version_1_dense_files_are_still_read(tmp_path):
         del layer["kind"], layer["flatten_from"]
     torch.save(record, tmp_path / "v1.pt")
     loaded = load_model_file(tmp_path / "v1.pt")
-    assert loaded["version"] == 2 and loaded["file_version"] == 1 and loaded["image_shape"] == [1, 8, 8]
+    assert loaded["version"] == VERSION and loaded["file_version"] == 1 and loaded["image_shape"] == [1, 8, 8]
     assert all(layer["kind"] == "dense" and layer["flatten_from"] is None for layer in loaded["layers"])
     bits = np.random.default_rng(0).integers(0, 2, (100, 64), dtype=np.uint8)
     np.testing.assert_array_equal(predict(model_from_file(loaded), bits), predict(model, bits))

@@ -6,6 +6,7 @@ from torch import nn
 
 from xnorflow.training.layers import BinaryLinear, Scale, SignActivation
 from xnorflow.training.model_file import (
+    VERSION,
     ModelFileError,
     extract_layers,
     load_model_file,
@@ -72,9 +73,9 @@ def test_round_trip_gives_same_predictions(tmp_path):
     model = randomised_model()
     path = save(tmp_path, model, image_shape=(8, 8))
     record = load_model_file(path)
-    assert record["format"] == "xnorflow-model" and record["version"] == 2
+    assert record["format"] == "xnorflow-model" and record["version"] == VERSION
     assert record["in_features"] == 64 and record["hidden"] == [64, 64, 64] and record["n_classes"] == 10
-    assert record["binarize"] == RULE and record["image_shape"] == [1, 8, 8] and record["accuracy_torch"] == 0.5
+    assert record["input"] == {"format": "bits", **RULE} and record["image_shape"] == [1, 8, 8] and record["accuracy_torch"] == 0.5
     bits = random_bits(500, 64)
     reloaded = model_from_file(record)
     assert not reloaded.training
@@ -163,11 +164,11 @@ def test_wrong_format(tmp_path, content, found):
 def test_wrong_version_and_missing_keys(tmp_path):
     record = torch.load(save(tmp_path, randomised_model()), weights_only=True)
     torch.save({**record, "version": 99}, tmp_path / "v99.pt")
-    with pytest.raises(ModelFileError, match="version 99, this xnorflow reads versions 1 and 2"):
+    with pytest.raises(ModelFileError, match="version 99, this xnorflow reads versions 1, 2 and 3"):
         load_model_file(tmp_path / "v99.pt")
-    del record["binarize"], record["layers"]
+    del record["train"], record["layers"]
     torch.save(record, tmp_path / "partial.pt")
-    with pytest.raises(ModelFileError, match="lacks the keys binarize, layers"):
+    with pytest.raises(ModelFileError, match="lacks the keys layers, train"):
         load_model_file(tmp_path / "partial.pt")
 
 

@@ -29,7 +29,7 @@ def test_tiny_training_run_learns_and_writes_a_model_file(tmp_path, digits):
     assert record["accuracy_torch"] == summary["accuracy_torch"]
     assert record["train"]["epochs"] == 5 and record["train"]["seconds"] > 0
     # the file alone reproduces the measured accuracy
-    bits = binarize(digits.test_images, record["binarize"])
+    bits = binarize(digits.test_images, record["input"])
     reloaded_accuracy = np.mean(predict(model_from_file(record), bits) == digits.test_labels)
     assert reloaded_accuracy == summary["accuracy_torch"]
     # latent weights were clipped after every step
@@ -90,7 +90,7 @@ def test_idx_folder_trains_end_to_end(tmp_path):
     summary = train("tfc", f"idx:{folder}", tmp_path / "m.pt", epochs=3, progress=False, threads=1)
     record = load_model_file(tmp_path / "m.pt")
     assert record["n_classes"] == 2 and record["in_features"] == 36 and record["image_shape"] == [1, 6, 6]
-    assert record["binarize"]["threshold"] == 128 and summary["accuracy_torch"] >= 0.9
+    assert record["input"]["threshold"] == 128 and summary["accuracy_torch"] >= 0.9
 
 
 @pytest.mark.slow
