@@ -40,6 +40,9 @@ CONFIGS = [
      "pnr_seed": 2, "clock_mhz": 96.875},
     # LFC's 1024-wide layers make each Verilator cycle slow: a capped, stated number of images.
     {"arch": "lfc", "dataset": "fashion-mnist", "board": "ulx3s-85f", "sim_images": 2000},
+    # 8-bit pixels into a binary-weight first layer (DESIGN.md 2b), the same nets and recipe otherwise.
+    {"arch": "tfc", "dataset": "fashion-mnist", "board": "icebreaker", "variant": "8bit", "input_bits": 8},
+    {"arch": "sfc", "dataset": "fashion-mnist", "board": "ulx3s-85f", "variant": "8bit", "input_bits": 8},
     # The conv nets: scnv with its own recipe (training/train.py), every test image simulated.
     {"arch": "scnv", "dataset": "fashion-mnist", "board": "ulx3s-85f"},
     # FINN's CNV wants 32x32xC images and CIFAR-10 is not on this machine: Fashion-MNIST written in
@@ -136,15 +139,21 @@ def fashion_as_cifar10(work: Path, train_images: int = 10_000) -> str:
 DERIVED_DATASETS = {"fashion-32x32x3": fashion_as_cifar10}
 
 
-def trained_model(work: Path, arch: str, dataset: str, log, epochs: int | None = None) -> tuple[Path, dict]:
+# Configuration keys that are training options (training.train.train's keywords).
+TRAIN_OPTIONS = ("epochs", "input_bits")
+
+
+def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[Path, dict]:
+    """The model file of ``arch`` on ``dataset`` trained with ``options`` (TRAIN_OPTIONS), trained once."""
     from xnorflow.training.model_file import load_model_file
     from xnorflow.training.train import train
 
-    path = work / "models" / f"{arch}-{dataset}.pt"
+    suffix = "".join(f"-{key}{value}" for key, value in sorted(options.items()) if value is not None)
+    path = work / "models" / f"{arch}-{dataset}{suffix}.pt"
     if not path.exists():
-        log(f"training {arch} on {dataset}")
+        log(f"training {arch} on {dataset}{' with ' + suffix[1:] if suffix else ''}")
         source = DERIVED_DATASETS[dataset](work) if dataset in DERIVED_DATASETS else dataset
-        train(arch, source, path, progress=False, epochs=epochs)
+        train(arch, source, path, progress=False, **{k: v for k, v in options.items() if v is not None})
     record = load_model_file(path)
     return path, record
 
@@ -172,7 +181,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
 
     arch, dataset, board = config["arch"], config["dataset"], config["board"]
     name = config_name(config)
-    model_path, record = trained_model(work, arch, dataset, log, epochs=config.get("epochs"))
+    model_path, record = trained_model(work, arch, dataset, log, **{k: config[k] for k in TRAIN_OPTIONS if k in config})
     build = work / "builds" / name
     row = {"config": name, "measured_at": time.strftime("%Y-%m-%d %H:%M"), **{k: v for k, v in config.items() if k in ("arch", "dataset", "board", "lut_share", "pnr_seed")},
            "folding": "by hand" if config.get("folding") else (
