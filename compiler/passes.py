@@ -194,6 +194,14 @@ def layer_spec(layer, with_numbers: bool = True) -> LayerSpec:
     its shape and folding (no weights, thresholds or polarity): enough for its op's folding rules."""
     weights = layer.weights.astype(np.uint8) if with_numbers and getattr(layer, "weights", None) is not None else None
     thresholds = (layer.thresholds.astype(np.int64) if with_numbers and layer.thresholds is not None else None)
+    # Before the conv branch: a conv on integers is an int_conv, not a binary conv.
+    if not isinstance(layer, MaxPoolLayer) and layer.takes_integers:
+        fields = int_layer_fields(layer, weights, thresholds)
+        if fields["kind"] not in kinds("layer"):
+            raise CompileError(f"the model's first layer takes {layer.input_bits}-bit integer inputs, but this "
+                               f"xnorflow's hardware has no {fields['kind']} op (it builds {', '.join(kinds('layer'))}): "
+                               "update xnorflow, or retrain with --input-bits 1")
+        return LayerSpec(**fields)
     if isinstance(layer, ConvLayer):
         spec = conv_layer(layer.in_shape, weights if weights is not None else np.zeros((layer.n_out, layer.n_in),
                                                                                      np.uint8),
@@ -203,13 +211,6 @@ def layer_spec(layer, with_numbers: bool = True) -> LayerSpec:
     if isinstance(layer, MaxPoolLayer):
         return replace(maxpool_layer(layer.in_shape, layer.size, layer.pool_and if with_numbers else None,
                                      pe=layer.pe), simd=layer.simd)
-    if layer.takes_integers:
-        fields = int_layer_fields(layer, weights, thresholds)
-        if fields["kind"] not in kinds("layer"):
-            raise CompileError(f"the model's first layer takes {layer.input_bits}-bit integer inputs, but this "
-                               f"xnorflow's hardware has no {fields['kind']} op (it builds {', '.join(kinds('layer'))}): "
-                               "update xnorflow, or retrain with --input-bits 1")
-        return LayerSpec(**fields)
     return LayerSpec(layer.n_in, layer.n_out, weights, thresholds, layer.pe, layer.simd, kind=layer.kind)
 
 

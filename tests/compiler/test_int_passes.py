@@ -19,11 +19,10 @@ from xnorflow.compiler.model import (
 from xnorflow.compiler.passes import (
     FoldBatchNormIntoThresholds,
     int_layer_fields,
-    layer_spec,
     lower_to_spec,
     streamline,
 )
-from xnorflow.hw.ops import kinds
+from xnorflow.sim import golden
 from xnorflow.training.datasets import pack_elements, unpack_elements
 
 # A value this close to its boundary on s counts as an exact tie: float64 rounding of tau is orders of
@@ -184,18 +183,32 @@ def test_lowered_conv_fields_keep_the_geometry():
     assert fields["out_shape"] == (4, 3, 3) and fields["kernel"] == 3 and fields["padding"] == 0
 
 
-def test_layer_spec_of_an_integer_layer_needs_its_op():
-    """Lowering an integer layer gives LayerSpec(kind="int_dense", input_bits=b) once the hardware registers
-    that op, and a one-line CompileError naming it until then."""
+def test_layer_spec_of_an_integer_layer_is_its_int_op():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (50, 8))
     folded = streamline(BnnModel((int_dense(rng, 8, 4, 8, x), output_layer(rng, 4))))
-    if "int_dense" in kinds("layer"):
-        spec = lower_to_spec(folded)
-        assert spec.layers[0].kind == "int_dense" and spec.layers[0].input_bits == 8
-    else:
-        with pytest.raises(CompileError, match="no int_dense op"):
-            layer_spec(folded.layers[0])
+    spec = lower_to_spec(folded)
+    assert spec.layers[0].kind == "int_dense" and spec.layers[0].input_bits == 8
+
+
+def test_an_integer_conv_lowers_to_int_conv_and_golden_computes_the_folded_model():
+    """A conv on integers is an int_conv (not a binary conv with out-of-range thresholds), and the golden
+    model of the lowered spec, fed the packed frames, gives the folded model's activations and scores."""
+    rng = np.random.default_rng(5)
+    c, h, w, k, o, bits = 2, 6, 6, 3, 5, 8
+    x = rng.integers(0, 256, (120, h * w * c))
+    weights = rng.integers(0, 2, (o, k * k * c), dtype=np.uint8)
+    conv = ConvLayer(weights=weights, in_shape=(c, h, w), kernel=k, input_bits=bits,
+                     input_mean=np.full(k * k * c, 100.0), input_scale=50.0)
+    pre = (signed_sums(x.reshape(-1, c)[:k * k * 40].reshape(-1, k * k * c), weights) - (2.0 * weights - 1) @ conv.input_mean) / 50.0
+    conv = ConvLayer(**{**conv.__dict__, "bn": random_bn(rng, pre, o)})
+    pool = MaxPoolLayer(in_shape=conv.out_shape, size=2, before_bn=False)
+    folded = streamline(BnnModel((conv, pool, output_layer(rng, int(np.prod(pool.out_shape))))))
+    spec = lower_to_spec(folded)
+    assert [layer.kind for layer in spec.layers] == ["int_conv", "maxpool", "dense"]
+    assert spec.layers[0].input_bits == bits and spec.input_bits == h * w * c * bits
+    truth, hardware = execute(folded, x), golden.execute(spec, pack_elements(x, bits))
+    np.testing.assert_array_equal(hardware.scores, truth.scores)
 
 
 def test_lowering_refuses_an_unfolded_normalisation():
