@@ -42,10 +42,9 @@ from . import build_folder
 from . import report as reports
 from .analysis import cycles_per_layer, estimate_resources
 from .fit import (
+    design_for_compile,
     expected_clock_hz,
     fastest_fitting_target,
-    fold_for_board,
-    lower_for_board,
     lut_budget_share,
     overflow,
 )
@@ -98,8 +97,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
     source = read_source(model_path)
 
     streamlined = streamline(source.model)
-    model, folding_reason = fold_for_board(streamlined, board, fps=fps, folding=folding, lut_share=lut_share)
-    spec = lower_for_board(model, board)
+    spec, folding_reason = design_for_compile(streamlined, board, fps=fps, folding=folding, lut_share=lut_share)
     problems = overflow(spec, board, lut_share)
     if problems:
         best = fastest_fitting_target(streamlined, board, lut_share)

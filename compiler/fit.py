@@ -163,11 +163,15 @@ def overflow(spec: NetworkSpec, board, lut_share: float | None = None) -> list[s
 REGISTER_WEIGHTS = per_family("register_weights")
 
 
-def place_for_board(spec: NetworkSpec, board) -> NetworkSpec:
-    """A folded spec as the compiler builds it for ``board``: memories placed, weight registers set."""
-    spec = place_memories(spec, board.family, board.bram_blocks)
+def with_weight_registers(spec: NetworkSpec, board) -> NetworkSpec:
+    """``spec`` with the weight registers the board's family gets (REGISTER_WEIGHTS)."""
     registered = REGISTER_WEIGHTS[board.family]
     return replace(spec, layers=tuple(replace(layer, register_weights=registered) for layer in spec.layers))
+
+
+def place_for_board(spec: NetworkSpec, board) -> NetworkSpec:
+    """A folded spec as the compiler builds it for ``board``: memories placed, weight registers set."""
+    return with_weight_registers(place_memories(spec, board.family, board.bram_blocks), board)
 
 
 def lower_for_board(model: BnnModel, board) -> NetworkSpec:
@@ -184,13 +188,10 @@ def design_for_board(model: BnnModel, board, target_cycles: int, lut_share: floa
     spec = lower_to_spec(model)
     top_blocks = estimate_resources(spec, board.family)["top"]["brams"]
     design = cheapest_design(spec, board.family, target_cycles, board.bram_blocks - top_blocks)
-    if design is None or overflow(design, board, lut_share):
+    # Checked as built: with the weight registers `design_for_compile` adds.
+    if design is None or overflow(with_weight_registers(design, board), board, lut_share):
         return None
     return design
-
-
-def folding_of(spec: NetworkSpec) -> list[tuple[int, int]]:
-    return [(layer.pe, layer.simd) for layer in spec.layers]
 
 
 def fastest_fitting_design(model: BnnModel, board, lut_share: float | None = None) -> NetworkSpec | None:
@@ -240,17 +241,19 @@ def expected_clock_hz(board) -> float:
     return plan_pll(board.family, board.clock_hz, board.pll_first_try_hz).f_out_hz
 
 
-def fold_for_board(model: BnnModel, board, fps: float | None = None,
-                   folding: list[tuple[int, int]] | None = None,
-                   lut_share: float | None = None) -> tuple[BnnModel, str]:
-    """Fold the model by hand, to an fps target at the board's clock, or as fast as fits the board
-    (within ``lut_share`` of its LUTs, default `LUT_BUDGET_SHARE`).
+def design_for_compile(model: BnnModel, board, fps: float | None = None,
+                       folding: list[tuple[int, int]] | None = None,
+                       lut_share: float | None = None) -> tuple[NetworkSpec, str]:
+    """The design compile builds for ``board``: folded by hand (memories placed by `place_for_board`),
+    to an fps target at the board's clock, or as fast as fits the board (within ``lut_share`` of its
+    LUTs, default `LUT_BUDGET_SHARE`). A design the fit chose keeps the memory placement the fit
+    checked it with, so what fitted is what is built.
 
-    Returns the folded model and a sentence saying how the folding was chosen.
+    Returns the spec and a sentence saying how the folding was chosen.
     """
     clock = expected_clock_hz(board)
     if folding is not None:
-        return SetFolding(folding=folding)(model), "folding given by hand"
+        return lower_for_board(SetFolding(folding=folding)(model), board), "folding given by hand"
     share = lut_budget_share(board, lut_share)
     fastest = fastest_fitting_design(model, board, share)
     if fastest is None:
@@ -261,7 +264,7 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
                            f"({'; '.join(overflow(spec, board, share))}): {advice}")
     best = fastest.analytic_cycles_per_frame
     if fps is None:
-        return SetFolding(folding=folding_of(fastest))(model), (
+        return with_weight_registers(fastest, board), (
             f"the fastest folding that fits {board.name}: {best} cycles per frame")
     if fps <= 0:
         raise CompileError(f"--fps {fps}: give a positive number of frames per second")
@@ -274,6 +277,6 @@ def fold_for_board(model: BnnModel, board, fps: float | None = None,
                            "allow more LUTs with --lut-share (longer place and route) or choose a bigger board")
     # Fitting is close to, not exactly, monotone in the target: the fastest design reaches it too.
     design = design_for_board(model, board, target, share) or fastest
-    return SetFolding(folding=folding_of(design))(model), (
+    return with_weight_registers(design, board), (
         f"the cheapest folding reaching {fps:,.0f} frames/s at {clock / 1e6:g} MHz: "
         f"at most {target} cycles per frame")

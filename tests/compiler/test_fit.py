@@ -73,3 +73,43 @@ def test_a_larger_lut_share_admits_a_faster_design_and_a_bad_share_is_refused():
     for bad in (0, -0.1, 1.5):
         with pytest.raises(CompileError, match="--lut-share"):
             overflow(spec, board, lut_share=bad)
+
+
+def scnv_shaped_model(rng):
+    """scnv's layer shapes (8 layers: more than the exhaustive placement search takes), random numbers."""
+    from xnorflow.compiler.model import BatchNorm, BnnModel, ConvLayer, DenseLayer, MaxPoolLayer
+    from xnorflow.compiler.passes import streamline
+
+    def bn(channels):
+        return BatchNorm(gamma=rng.normal(size=channels), beta=rng.normal(size=channels), mean=rng.normal(size=channels),
+                         var=rng.uniform(0.5, 4, size=channels), eps=1e-5)
+
+    layers, shape = [], (1, 28, 28)
+    for item in (32, 32, "pool", 64, 64, "pool"):
+        if item == "pool":
+            layers.append(MaxPoolLayer(in_shape=shape, size=2, before_bn=False))
+        else:
+            layers.append(ConvLayer(weights=rng.integers(0, 2, size=(item, 9 * shape[0]), dtype=np.uint8),
+                                    in_shape=shape, kernel=3, bn=bn(item)))
+        shape = layers[-1].out_shape
+    n = int(np.prod(shape))
+    layers.append(DenseLayer(weights=rng.integers(0, 2, size=(256, n), dtype=np.uint8), bn=bn(256),
+                             is_output=False))
+    layers.append(DenseLayer(weights=rng.integers(0, 2, size=(10, 256), dtype=np.uint8), is_output=True))
+    return streamline(BnnModel(tuple(layers)))
+
+
+def test_the_design_the_fit_finds_is_the_design_compile_builds():
+    """The fastest fitting design keeps the placement it was checked with (the compiler used to
+    re-place its folding by another search and built a design over the LUT budget: scnv, cnv)."""
+    from xnorflow.boards.registry import get_board
+    from xnorflow.compiler.fit import design_for_compile, fastest_fitting_design, overflow
+
+    board = get_board("ulx3s-85f")
+    model = scnv_shaped_model(np.random.default_rng(0))
+    spec, reason = design_for_compile(model, board)
+    assert overflow(spec, board) == [] and "fastest folding that fits" in reason
+    fastest = fastest_fitting_design(model, board)
+    assert [(l.pe, l.simd, l.weight_style, l.buffer_style) for l in spec.layers] == \
+        [(l.pe, l.simd, l.weight_style, l.buffer_style) for l in fastest.layers]
+    assert all(layer.register_weights for layer in spec.layers)       # ECP5: as built
