@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xnorflow.boards.family import FAMILIES, per_family
+from xnorflow.boards.family import FAMILIES, BlockRamShapes, RamCell
 from xnorflow.hw.ops import Op, layer_groups, layer_ops
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, bits_for, ceil_div
 
@@ -29,26 +29,96 @@ def cycles_per_layer(spec: NetworkSpec) -> dict:
     return {"layers": layers, "analytic_cycles_per_frame": ii, "bottleneck_layer": bottleneck}
 
 
+# --- where Yosys puts a memory -------------------------------------------------------------------
+# Yosys' memory_libmap (passes/memory/memory_libmap.cc) maps each memory on its own: for every cell
+# of the family's libraries and every data width the cell takes, the memory's address range is cut
+# into slices of that width's depth, the slices are laid side by side and the result is cut into
+# cells of that width; the slice is picked by a LUT multiplexer on the read data. It keeps the
+# cheapest by cost = cell cost x cells + 0.5 x multiplexer bits + 0.5 x write decoder + 2 x emulation
+# score, and leaves the memory in logic when that is cheaper (1/16 per ROM bit, 1 per RAM bit) unless a
+# ram_style/rom_style forces a kind. This mirrors it for xnorflow's memories: one synchronous read port,
+# and for a RAM one write port with one enable; tests/boards/test_block_count.py checks it against Yosys.
+MUX_FACTOR = 0.5
+EMULATION_FACTOR = 2
+# memory_libmap's emulation scores for those memories (its debug dump: the read port's reset and
+# enable, for a RAM also the read-write behaviour, emulated in logic), per (cell kind, memory kind).
+EMULATION = {("block", "rom"): 1, ("block", "ram"): 7, ("distributed", "ram"): 1}
+YOSYS_LOGIC_COST = {"rom": 1 / 16, "ram": 1.0}
+
+
 @dataclass(frozen=True)
-class BlockRam:
-    """A family's block RAM: the (width, depth) shapes one block can take."""
+class Mapping:
+    """A memory as Yosys maps it: ``style`` "block", "distributed" or "logic", its RAM ``cells`` and
+    ``mux_bits`` (read bits x extra address slices: the LUT multiplexer after the cells)."""
 
-    name: str
-    bits: int
-    shapes: tuple[tuple[int, int], ...]
-
-    def blocks_for(self, width: int, depth: int) -> int:
-        """Blocks for a width x depth memory: the best single shape, tiled in width and depth."""
-        return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in self.shapes)
-
-    def depth_tiles(self, width: int, depth: int) -> int:
-        """How many blocks deep that tiling is (of the fewest-block shapes, the shallowest, as Yosys
-        prefers): a memory more than one block deep needs a LUT multiplexer on its read data."""
-        return min((ceil_div(width, w) * ceil_div(depth, d), ceil_div(depth, d)) for w, d in self.shapes)[1]
+    style: str
+    cells: int = 0
+    mux_bits: int = 0
+    cost: float = 0.0
 
 
-# Each family's block RAM shapes (boards/family.py).
-BLOCK_RAMS = {name: BlockRam(f.block_ram.name, f.block_ram.bits, f.block_ram.shapes) for name, f in FAMILIES.items()}
+def cell_mapping(cell: RamCell, style: str, width: int, depth: int, kind: str) -> Mapping | None:
+    """The cheapest way memory_libmap's geometry search finds to build a ``kind`` memory of
+    width x depth from ``cell`` (None: the cell cannot hold it)."""
+    if kind == "rom" and not cell.rom:
+        return None
+    best = None
+    widest_write = max(cell.widths.index(w) for w in cell.write_widths)
+    narrowest_write = min(cell.widths.index(w) for w in cell.write_widths)
+    byte_index = max((i for i, w in enumerate(cell.widths) if cell.byte >= w), default=0)
+    if cell.byte == 0:
+        byte_index = len(cell.widths) - 1
+    for base, base_width in enumerate(cell.widths):
+        unit = min(base, widest_write) if kind == "ram" else base
+        if unit != base and best is not None:
+            break
+        if kind == "ram" and base < narrowest_write and base < byte_index:
+            continue        # a write port narrower than the cell's takes, below its byte width
+        unit_width = cell.widths[unit]
+        byte = 1 if kind == "rom" else (cell.byte if 0 < cell.byte <= unit_width else unit_width)
+        slices = ceil_div(depth, 2 ** (cell.abits - base))
+        cells = ceil_div(slices * ceil_div(width, byte) * byte, unit_width)
+        mux_bits = (slices - 1) * width
+        decoder = slices if kind == "ram" and slices != 1 else 0
+        cost = (cell.cost * cells + MUX_FACTOR * (mux_bits + decoder)
+                + EMULATION_FACTOR * EMULATION[(style, kind)])
+        if best is None or cost < best.cost:
+            best = Mapping(style, cells, mux_bits, cost)
+    return best
+
+
+@dataclass(frozen=True)
+class BlockRam(BlockRamShapes):
+    """A family's memory cells (boards/family.py) and how Yosys maps memories to them."""
+
+    def mapping(self, width: int, depth: int, kind: str = "rom", style: str = "block") -> Mapping:
+        """Where Yosys puts a ``kind`` memory of width x depth with ``style`` ("block", "logic", or
+        "auto": Yosys' choice by cost), and how many cells it takes."""
+        if style == "logic" or depth <= 1:
+            return Mapping("logic")     # one word: a register (or constants), never a memory
+        kinds = {"block": self.cells, "distributed": self.lut_ram}
+        options = [m for cell_style in (kinds if style == "auto" else (style,)) for cell in kinds[cell_style]
+                   if (m := cell_mapping(cell, cell_style, width, depth, kind)) is not None]
+        # memory_libmap starts from the logic cost truncated to an integer and takes the first option
+        # strictly cheaper; a forced style takes the first option and then any cheaper one.
+        best = Mapping("logic", cost=int(width * depth * YOSYS_LOGIC_COST[kind])) if style == "auto" else None
+        for option in options:
+            if best is None or option.cost < best.cost:
+                best = option
+        return best
+
+    def blocks_for(self, width: int, depth: int, kind: str = "rom") -> int:
+        """Blocks of a width x depth memory placed in block RAM."""
+        return self.mapping(width, depth, kind).cells
+
+    def mux_bits(self, width: int, depth: int, kind: str = "rom") -> int:
+        """Read bits x extra address slices of a width x depth memory in block RAM: a memory deeper
+        than a block's width mode needs a LUT multiplexer on its read data."""
+        return self.mapping(width, depth, kind).mux_bits
+
+
+# Each family's memory cells (boards/family.py).
+BLOCK_RAMS = {name: BlockRam(**vars(f.block_ram)) for name, f in FAMILIES.items()}
 
 def layer_memories(layer: LayerSpec, family: str | None = None) -> list[dict]:
     """The memories one layer's ops instantiate (`Op.memories`: a dense layer's weight banks, one per
@@ -119,26 +189,11 @@ LOGIC_MODELS = {
                        rom_lut=1.11, ram_bit=0.0, gearbox_bit=0.64, top=344, packing=1.007),
 }
 
-# Yosys' memory_libmap weighs a memory left in logic at 1 per RAM bit and 1/16 per ROM bit against
-# the cost of the RAM cells that could hold it (techlibs: iCE40 RAM4K 64 per block, ECP5 DP16KD 128 per
-# block, ECP5 TRELLIS_DPR16X4 LUT RAM 4 per 16 x 4 bits, RAMs only) and takes the cheapest. That decides
-# where the memories given no style go: the threshold ROMs and the board top's UART FIFO.
-YOSYS_BLOCK_COST = per_family("yosys_block_cost")
-YOSYS_LOGIC_COST = {"rom": 1 / 16, "ram": 1.0}
-YOSYS_LUT_RAM = {"ecp5": (4, 16, 4)}     # family: (width, depth, cost) of one LUT RAM cell
-
-
 def yosys_auto_style(width: int, depth: int, family: str, kind: str) -> str:
     """Where Yosys puts a ``kind`` ("rom" or "ram") memory that has no ram_style/rom_style: the
-    cheapest of 'logic', 'block' and (ECP5 RAMs) 'distributed' LUT RAM."""
-    if depth <= 1:
-        return "logic"      # one word: a register (or constants), never a memory
-    costs = {"logic": width * depth * YOSYS_LOGIC_COST[kind],
-             "block": YOSYS_BLOCK_COST[family] * BLOCK_RAMS[family].blocks_for(width, depth)}
-    if kind == "ram" and family in YOSYS_LUT_RAM:
-        cell_width, cell_depth, cost = YOSYS_LUT_RAM[family]
-        costs["distributed"] = cost * ceil_div(width, cell_width) * ceil_div(depth, cell_depth)
-    return min(costs, key=costs.get)
+    cheapest of 'logic', 'block' and (ECP5 RAMs) 'distributed' LUT RAM (`BlockRam.mapping`). That
+    decides where the memories given no style go: the threshold ROMs and the board top's UART FIFO."""
+    return BLOCK_RAMS[family].mapping(width, depth, kind, "auto").style
 
 
 def logic_memory_luts(width: int, depth: int) -> int:
@@ -182,8 +237,8 @@ def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]
     terms["gearbox_bit"] = gearbox_size(in_width, ops[0].in_width)
     for memory in ops_memories(ops, family):
         if memory["style"] == "block":
-            extra_blocks = BLOCK_RAMS[family].depth_tiles(memory["width"], memory["depth"]) - 1
-            terms["block_mux"] += memory["count"] * memory["width"] * extra_blocks
+            terms["block_mux"] += memory["count"] * BLOCK_RAMS[family].mux_bits(memory["width"], memory["depth"],
+                                                                                 memory["kind"])
         if memory["style"] != "logic":
             continue
         if memory["kind"] == "rom":
@@ -232,7 +287,7 @@ def layer_blocks(layer: LayerSpec, family: str) -> int:
 
 def ops_blocks(ops: list[Op], family: str) -> int:
     bram = BLOCK_RAMS[family]
-    return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"])
+    return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"], memory["kind"])
                for memory in ops_memories(ops, family) if memory["style"] == "block")
 
 
@@ -275,7 +330,7 @@ def estimate_resources(spec: NetworkSpec, family: str) -> dict:
     fifo_style = yosys_auto_style(fifo["width"], fifo["depth"], family, "ram")
     # The FIFO's logic is in the `top` constant: in FFs (small frames) it costs about what the
     # block RAM's address and flag logic costs (measured on iCE40: 230-240 cells vs 190).
-    top = {"brams": bram.blocks_for(fifo["width"], fifo["depth"]) if fifo_style == "block" else 0,
+    top = {"brams": bram.blocks_for(fifo["width"], fifo["depth"], "ram") if fifo_style == "block" else 0,
            "luts": round(model.packing * model.top),
            "ffs": TOP_FFS + (fifo["width"] * fifo["depth"] if fifo_style == "logic" else 0)}
     return {

@@ -14,10 +14,14 @@ def test_cycles_and_bottleneck():
     assert result["analytic_cycles_per_frame"] == 784 and result["bottleneck_layer"] == 0
 
 
+# Yosys lays a memory's address slices side by side before cutting it into blocks (1 x 4096 is two
+# 1-bit slices in one 2 x 2048 block, 24 x 2752 three 24-bit slices in four 18 x 1024 blocks);
+# tests/boards/test_block_count.py checks these counts against Yosys itself.
 @pytest.mark.parametrize("family, width, depth, blocks", [
-    ("ice40", 16, 256, 1), ("ice40", 16, 257, 2), ("ice40", 32, 256, 2), ("ice40", 1, 4096, 2),
+    ("ice40", 16, 256, 1), ("ice40", 16, 257, 2), ("ice40", 32, 256, 2), ("ice40", 1, 4096, 1),
     ("ice40", 8, 512, 1), ("ice40", 49, 64, 4),
     ("ecp5", 36, 512, 1), ("ecp5", 18, 1024, 1), ("ecp5", 64, 100, 2), ("ecp5", 1, 16384, 1),
+    ("ecp5", 24, 2752, 4),
 ])
 def test_block_ram_tiling(family, width, depth, blocks):
     assert BLOCK_RAMS[family].blocks_for(width, depth) == blocks
