@@ -313,8 +313,9 @@ def fit_rows(record: dict) -> list[tuple[dict, float]]:
 # a storage FF whose D is the write data cannot share a cell with a LUT (1 cell) plus its share of
 # the SIMD-wide 2*SF:1 read multiplexer (about one LUT per word: 96 LUTs for 16 x 8:1, 117 for
 # 13 x 10:1 measured) = 2. ECP5: the two SFC designs cannot separate the terms their networks
-# share, so those come from the iCE40 fit (the same RTL and the same LUT4 mapping).
-FIXED = {"ice40": {"ram_bit": 2.0}}
+# share, so those come from the iCE40 fit (the same RTL and the same LUT4 mapping). Deserializing
+# adapters: none of the calibration designs has one; compiler/analysis.py's LogicModel says why.
+FIXED = {"ice40": {"ram_bit": 2.0, "deserializer_bit": 2.0}, "ecp5": {"deserializer_bit": 1.0}}
 FROM_ICE40 = {"ecp5": ("engine", "score_bit", "block_mux", "rom_lut", "gearbox_bit")}
 
 

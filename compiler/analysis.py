@@ -14,11 +14,13 @@ together and rounded once.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from xnorflow.boards.family import FAMILIES, BlockRamShapes, RamCell
+from xnorflow.hw.adapters import adapter_flip_flops, adapter_terms
 from xnorflow.hw.ops import Op, layer_groups, layer_ops
-from xnorflow.hw.spec import LayerSpec, NetworkSpec, bits_for, ceil_div
+from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div
 
 
 def cycles_per_layer(spec: NetworkSpec) -> dict:
@@ -140,6 +142,56 @@ def ops_memories(ops: list[Op], family: str | None = None) -> list[dict]:
     return memories
 
 
+# --- weight memory packing and bandwidth ----------------------------------------------------------
+def best_weight_packing(layer: LayerSpec, family: str) -> int:
+    """The weight packing (PEs per memory word, `LayerSpec.weight_packing`) whose weight memories
+    take the fewest blocks, then the fewest multiplexer bits, then the fewest PEs per word.
+
+    Packing costs no logic: every PE's bank is read at the same address, so packed words are the
+    same reads; it only changes how the words fill the blocks' widths."""
+    return _best_packing(layer.pe, layer.simd, layer.neuron_folds * layer.synapse_folds, family)
+
+
+@functools.lru_cache(maxsize=65536)
+def _best_packing(pe: int, simd: int, depth: int, family: str) -> int:
+    bram = BLOCK_RAMS[family]
+
+    def cost(packing: int) -> tuple[int, int, int]:
+        full, rest = divmod(pe, packing)
+        maps = [(full, bram.mapping(packing * simd, depth))] + ([(1, bram.mapping(rest * simd, depth))] if rest else [])
+        return (sum(n * m.cells for n, m in maps), sum(n * m.mux_bits for n, m in maps), packing)
+
+    # One packing per number of memories: the fewest PEs per word that gives it.
+    return min(sorted({ceil_div(pe, memories) for memories in range(1, pe + 1)}), key=cost)
+
+
+def weight_blocks(layer: LayerSpec, family: str) -> int:
+    """Blocks holding one layer's weights (its ops' "weights" memories placed in block RAM)."""
+    bram = BLOCK_RAMS[family]
+    return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"], memory["kind"])
+               for memory in layer_memories(layer, family) if memory["role"] == "weights" and memory["style"] == "block")
+
+
+def memory_bandwidth(spec: NetworkSpec, family: str, blocks: int) -> dict:
+    """Weight bits read per cycle against what the blocks can give, per layer, and the network's
+    memory-bandwidth bound: the fewest cycles per frame in which ``blocks`` blocks (the board's),
+    each read at its widest mode every cycle, deliver every weight bit once.
+
+    Per layer: ``weight_bits_per_cycle`` (PE x SIMD: the weight words of one cycle),
+    ``weight_blocks`` and ``block_bits_per_cycle`` (those blocks x the widest mode)."""
+    widest = max(width for width, _ in BLOCK_RAMS[family].shapes)
+    layers = []
+    for layer in spec.layers:
+        count = weight_blocks(layer, family)
+        layers.append({"weight_bits_per_cycle": layer.pe * layer.simd if layer.weight_bits else 0,
+                       "weight_blocks": count, "block_bits_per_cycle": count * widest,
+                       "weight_packing": layer.weight_packing})
+    weight_bits = sum(layer.weight_bits for layer in spec.layers)
+    return {"layers": layers, "weight_bits": weight_bits, "blocks": blocks, "block_width": widest,
+            "bound_cycles_per_frame": ceil_div(weight_bits, blocks * widest),
+            "cycles_per_frame": spec.analytic_cycles_per_frame}
+
+
 # --- logic ---------------------------------------------------------------------------------------
 # The logic estimate predicts what synthesis reports as ``luts``: nextpnr's ICESTORM_LC on iCE40 (a
 # logic cell holds one LUT4, one FF and one carry, so an FF or a carry that cannot share a cell with a
@@ -175,15 +227,21 @@ class LogicModel:
                         #   ~0.9 LUTs per bit and block: 2 banks of 16 x 1568 bits, 7 blocks deep)
     rom_lut: float      # per LUT4 of a ROM kept in logic (`logic_memory_luts`) with its read register
     ram_bit: float      # per bit of a RAM kept in logic: its storage FF and share of the read mux
-    gearbox_bit: float  # per (buffer bit x shift stage) of a width adapter (`gearbox_size`)
+    gearbox_bit: float  # per (buffer bit x shift stage) of a width adapter (hw/adapters.py: `adapter_terms`)
     top: float          # UART RX/TX, reset timer, FIFO and I/O of the board top (iCE40 186-242)
     packing: float = 1.0
+    # Per output bit of a deserializing width adapter (whole input beats laid side by side, no
+    # shifter) with its register slice: set from the structure, not fitted: the slice's output
+    # multiplexer per bit, and on iCE40 a cell for each word flip-flop (its load is the flip-flop's
+    # enable, with no LUT to share a cell with).
+    deserializer_bit: float = 1.0
 
 
 LOGIC_MODELS = {
     # bench/calibrate_estimate.py --fit on the designs of bench/calibration.json, rounded.
     "ice40": LogicModel(simd_lane=3.98, acc_bit=0.96, engine=168, score_bit=0.26, block_mux=1.27,
-                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.64, top=265, packing=1.03),
+                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.64, top=265, packing=1.03,
+                        deserializer_bit=2.0),
     # ECP5 storage FFs take no LUT slot; acc_bit and ram_bit fit to ~0 there (FFs are separate cells).
     "ecp5": LogicModel(simd_lane=4.52, acc_bit=0.0, engine=168, score_bit=0.26, block_mux=1.27,
                        rom_lut=1.11, ram_bit=0.0, gearbox_bit=0.64, top=344, packing=1.007),
@@ -204,15 +262,6 @@ def logic_memory_luts(width: int, depth: int) -> int:
     return ceil_div(width * depth, 16) + width * max(0, ceil_div(depth, 16) - 1)
 
 
-def gearbox_size(in_width: int, out_width: int) -> int:
-    """A width adapter's cost driver: its buffer (in + 2 x out bits) times the stages of the shifter
-    that places each beat at the fill count. 0 when the widths match (no adapter is built)."""
-    if in_width == out_width:
-        return 0
-    capacity = in_width + 2 * out_width
-    return capacity * bits_for(capacity)
-
-
 def fifo_memory(spec: NetworkSpec) -> dict:
     """The board top's UART FIFO (boards/top.py: one frame of bytes; amaranth's SyncFIFOBuffered keeps
     depth - 1 entries in a memory and one in its output register)."""
@@ -226,7 +275,8 @@ def logic_terms(layer: LayerSpec, in_width: int, family: str) -> dict[str, int]:
     return ops_logic_terms(layer_ops(layer), in_width, family)
 
 
-TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit")
+TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit",
+         "deserializer_bit")
 
 
 def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]:
@@ -234,7 +284,8 @@ def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]
     for op in ops:
         for name, value in op.logic_terms().items():
             terms[name] += value
-    terms["gearbox_bit"] = gearbox_size(in_width, ops[0].in_width)
+    for name, value in adapter_terms(in_width, ops[0].in_width, ops[0].in_unit).items():
+        terms[name] = value     # the adapter feeding the layer (the ops' own adapters are in their terms)
     for memory in ops_memories(ops, family):
         if memory["style"] == "block":
             terms["block_mux"] += memory["count"] * BLOCK_RAMS[family].mux_bits(memory["width"], memory["depth"],
@@ -273,11 +324,7 @@ def ops_flip_flops(ops: list[Op], in_width: int, family: str) -> int:
             read_register = memory["count"] * memory["width"]
             storage = memory["width"] * memory["depth"] if memory["kind"] == "ram" else 0
             ffs += read_register + storage
-    width = ops[0].in_width
-    if in_width != width:
-        capacity = in_width + 2 * width
-        ffs += capacity + 3 * bits_for(capacity) + 2 * (width + 1)        # gearbox, register slice
-    return ffs
+    return ffs + adapter_flip_flops(in_width, ops[0].in_width, ops[0].in_unit)
 
 
 def layer_blocks(layer: LayerSpec, family: str) -> int:

@@ -12,7 +12,7 @@ from xnorflow.boards.family import per_family
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
-from .analysis import BLOCK_RAMS, estimate_resources, layer_estimate
+from .analysis import BLOCK_RAMS, best_weight_packing, estimate_resources, layer_estimate
 from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
@@ -40,8 +40,18 @@ def placement_options(layer: LayerSpec) -> list[tuple[str, str]]:
     return [(w, b) for w, b in PLACEMENTS if w == "block" or shallow]
 
 
+def placed_layer(layer: LayerSpec, family: str, weight_style: str, buffer_style: str) -> LayerSpec:
+    """``layer`` with its memories placed: weights in block RAM packed to the fewest blocks
+    (`best_weight_packing`), in logic one memory per PE."""
+    placed = replace(layer, weight_style=weight_style, buffer_style=buffer_style, weight_packing=1)
+    if weight_style == "block" and layer.weights is not None:
+        placed = replace(placed, weight_packing=best_weight_packing(placed, family))
+    return placed
+
+
 def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = None) -> NetworkSpec:
-    """Decide block RAM or logic for every layer's weight banks and input buffer.
+    """Decide block RAM or logic for every layer's weight banks and input buffer, and the packing
+    of weights in block RAM (`placed_layer`).
 
     The RTL passes the choice to Yosys as ram_style/rom_style, so synthesis and the estimate agree
     on block counts. Among all placements whose blocks fit ``block_budget``, the one with the fewest
@@ -52,13 +62,12 @@ def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = No
     options = [placement_options(layer) for layer in layers]
 
     def placed(choice):
-        return replace(spec, layers=tuple(replace(layer, weight_style=w, buffer_style=b)
-                                          for layer, (w, b) in zip(layers, choice)))
+        return replace(spec, layers=tuple(placed_layer(layer, family, w, b) for layer, (w, b) in zip(layers, choice)))
 
     def cost(candidate):
         estimate = estimate_resources(candidate, family)
         over = block_budget is not None and estimate["brams"] > block_budget
-        return (over, estimate["luts"] if not over else estimate["brams"])
+        return (over, estimate["luts"], estimate["brams"]) if not over else (over, estimate["brams"])
 
     if len(layers) <= EXHAUSTIVE_PLACEMENT_LAYERS:
         candidates = (placed(choice) for choice in itertools.product(*options))
@@ -99,7 +108,7 @@ def _pareto(options: list[tuple[int, int, object]]) -> list[tuple[int, int, obje
 
 
 def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_budget: int) -> NetworkSpec | None:
-    """The folding and memory placement with the fewest estimated LUTs whose II is at most
+    """The folding, memory placement and weight packing with the fewest estimated LUTs whose II is at most
     ``target_cycles`` and whose blocks fit ``block_budget``; None when no design does.
 
     Blocks are the scarce resource shared by the layers, so this is a multiple-choice knapsack over
@@ -114,7 +123,7 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
         for pe, simd in op_for(layer).folding_candidates(target_cycles, block_widths(family)):
             folded = replace(layer, pe=pe, simd=simd)
             for weight_style, buffer_style in placement_options(folded):
-                candidate = replace(folded, weight_style=weight_style, buffer_style=buffer_style)
+                candidate = placed_layer(folded, family, weight_style, buffer_style)
                 estimate = layer_estimate(candidate, family, output_kind=spec.output_kind)
                 options.append((estimate["brams"], estimate["luts"], candidate))
         fronts.append(_pareto(options))

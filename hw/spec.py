@@ -150,8 +150,23 @@ class LayerSpec:
         return [range(first, min(first + packing, self.pe)) for first in range(0, self.pe, packing)]
 
     def weight_memory_widths(self) -> list[int]:
-        """Bits of a word of each weight memory (`weight_groups`): its PEs x SIMD."""
-        return [len(group) * self.simd for group in self.weight_groups()]
+        """Bits of a word of each weight memory (`weight_groups`: its PEs x SIMD) that synthesis
+        keeps: Yosys drops a ROM's bit columns that hold the same bit at every address. Counted for
+        memories at most CONSTANT_COLUMN_DEPTH deep; a deeper column of weights is left whole."""
+        groups = self.weight_groups()
+        if self.weights is None or self.neuron_folds * self.synapse_folds > CONSTANT_COLUMN_DEPTH:
+            return [len(group) * self.simd for group in groups]
+        banks = self._weight_bank_bits()
+        varies = banks.min(axis=1) != banks.max(axis=1)       # (pe, simd): the column is not constant
+        return [int(varies[group.start:group.stop].sum()) for group in groups]
+
+    def _weight_bank_bits(self) -> np.ndarray:
+        """Each PE's bank as bits, (pe, NF * SF, simd): see `weight_memories`."""
+        nf, sf = self.neuron_folds, self.synapse_folds
+        padded = np.ones((nf * self.pe, sf * self.simd), dtype=np.uint8)
+        padded[: self.n_out, : self.n_in] = self.weights
+        # (nf, pe, sf, simd) -> (pe, nf * sf, simd): each PE's bank, one word per address
+        return padded.reshape(nf, self.pe, sf, self.simd).transpose(1, 0, 2, 3).reshape(self.pe, nf * sf, self.simd)
 
     def weight_memories(self) -> list[np.ndarray]:
         """Weight memory contents, one array of NF * SF words per memory (`weight_groups`), the one
@@ -163,12 +178,9 @@ class LayerSpec:
         Padded input lanes hold 1-bits (their XNOR with the 0-padded input is 0); padded channels are
         all 1-bits and their outputs are dropped.
         """
-        nf, sf = self.neuron_folds, self.synapse_folds
-        padded = np.ones((nf * self.pe, sf * self.simd), dtype=np.uint8)
-        padded[: self.n_out, : self.n_in] = self.weights
-        # (nf, pe, sf, simd) -> (pe, nf * sf, simd): each PE's bank, one word per address
-        banks = padded.reshape(nf, self.pe, sf, self.simd).transpose(1, 0, 2, 3).reshape(self.pe, nf * sf, self.simd)
-        return [pack_words(banks[group.start:group.stop].transpose(1, 0, 2).reshape(nf * sf, -1))
+        banks = self._weight_bank_bits()
+        depth = banks.shape[1]
+        return [pack_words(banks[group.start:group.stop].transpose(1, 0, 2).reshape(depth, -1))
                 for group in self.weight_groups()]
 
     def threshold_banks(self) -> np.ndarray:
@@ -305,6 +317,11 @@ class NetworkSpec:
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise SpecError(f"cannot read the spec {path} ({e}): run `xnorflow compile` again") from e
         return cls(tuple(layers), header.get("name", "network"), header.get("meta", {}), output_kind)
+
+
+# Yosys removes a ROM's constant bit columns; a column of random-looking weights is constant with
+# probability 2 ** (1 - depth), so the weight accounting looks for them only up to this depth.
+CONSTANT_COLUMN_DEPTH = 32
 
 
 def conv_out_shape(in_shape, out_channels: int, kernel: int, padding: int) -> tuple[int, int, int]:

@@ -27,7 +27,7 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
+from xnorflow.hw.adapters import RegisterSlice, WidthAdapter, adapter_flip_flops, adapter_terms
 from xnorflow.hw.mvtu import MVTU
 from xnorflow.hw.ops.base import Op, register
 from xnorflow.hw.ops.dense import DenseOp, check_matrix, fold_beats_to_bits
@@ -199,18 +199,17 @@ class ConvOp(Op):
 
     def logic_terms(self) -> dict[str, int]:
         """The MVTU's terms; the generator's control counts as one more engine; its rotation
-        multiplexers (per beat bit, log2 K + log2 G stages) and its G*K*C -> SIMD gearbox as gearbox
-        bits."""
+        multiplexers (per beat bit, log2 K + log2 G stages) as gearbox bits, and the G*K*C -> SIMD
+        width adapter's terms (`adapter_terms`)."""
         layer = self.layer
         terms = DenseOp(layer).logic_terms()
         beat_bits = self._window_bits()
         g = window_group(layer)
         rotation = beat_bits * (bits_for(layer.kernel - 1) + (bits_for(g - 1) if g > 1 else 0))
-        # As compiler/analysis.py's gearbox_size: buffer bits x shifter stages.
-        capacity = beat_bits + 2 * layer.simd
-        regear = 0 if (beat_bits == layer.simd and layer.n_in % layer.simd == 0) else capacity * bits_for(capacity)
         terms["engine"] += 1
-        terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + rotation + regear
+        terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + rotation
+        for name, value in adapter_terms(beat_bits, layer.simd, layer.n_in).items():
+            terms[name] = terms.get(name, 0) + value
         return terms
 
     def flip_flops(self) -> int:
@@ -227,10 +226,7 @@ class ConvOp(Op):
         ffs += 3 * (bits_for(ceil_div(k, g)) + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows) + bits_for(ow + k)
         ffs += 2 * g + k + bits_for(g) + bits_for(k) + 1                                        # delayed masks
         ffs += QUEUE_DEPTH * beat_bits + 2 * bits_for(QUEUE_DEPTH)                              # output queue
-        if not (beat_bits == layer.simd and layer.n_in % layer.simd == 0):
-            capacity = beat_bits + 2 * layer.simd
-            ffs += capacity + 3 * bits_for(capacity) + 2 * (layer.simd + 1)                     # gearbox, slice
-        return ffs
+        return ffs + adapter_flip_flops(beat_bits, layer.simd, layer.n_in)                     # adapter, slice
 
     # --- RTL -------------------------------------------------------------------------------------
     def component(self, index: int = 0) -> ConvEngine:

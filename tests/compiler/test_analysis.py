@@ -3,7 +3,7 @@
 import pytest
 from nets import net
 
-from xnorflow.compiler.analysis import BLOCK_RAMS, cycles_per_layer, estimate_resources
+from xnorflow.compiler.analysis import BLOCK_RAMS, cycles_per_layer, estimate_resources, weight_blocks
 from xnorflow.compiler.fit import place_memories
 
 
@@ -32,8 +32,9 @@ def test_small_memories_go_to_logic_and_big_ones_to_blocks():
     first, last = spec.layers
     assert first.weight_style == "block"       # 16 banks of 49 x 256 bits: 64 blocks (+ 8 for the input buffers), plus 40 would not fit 80...
     assert last.weight_style == "logic"        # ... so the worst-used blocks (10 banks of 4 x 64) move out
+    # Its 16 banks packed side by side: one 784-bit word per address, 49 blocks of 16 x 256 (4 each unpacked).
+    assert first.weight_packing == 16 and weight_blocks(first, "ice40") == 49 < 16 * BLOCK_RAMS["ice40"].blocks_for(49, 256)
     estimate = estimate_resources(spec, "ice40")
-    assert estimate["layers"][0]["brams"] >= 16 * BLOCK_RAMS["ice40"].blocks_for(49, 256)
     assert estimate["weight_bits"] == 784 * 256 + 256 * 10
 
 
