@@ -357,6 +357,8 @@ def ops_estimate(ops: list[Op], family: str, in_width: int | None = None) -> dic
 # network and before the transmitter (3 x 18), and the answer framing (boards/top.py: a 7-bit frame
 # counter and a flag, 8); the count behind it: bench/records.md, "Board top flip-flops".
 TOP_FFS = 142
+# The board top's beats into the first layer (boards/top.py: the UART's bytes).
+HOST_BEAT_BITS = 8
 
 
 def estimate_resources(spec: NetworkSpec, family: str) -> dict:
@@ -369,7 +371,7 @@ def estimate_resources(spec: NetworkSpec, family: str) -> dict:
     bram = BLOCK_RAMS[family]
     model = LOGIC_MODELS[family]
     per_layer = []
-    in_width = 8    # the board top feeds the first layer bytes; each next one gets the previous op's beats
+    in_width = HOST_BEAT_BITS    # the first layer gets the board top's bytes, each next one the previous op's beats
     for ops in layer_groups(spec):
         per_layer.append(ops_estimate(ops, family, in_width))
         in_width = ops[0].out_width

@@ -9,10 +9,11 @@ import itertools
 from dataclasses import replace
 
 from xnorflow.boards.family import per_family
+from xnorflow.hw.adapters import adapter_kind
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
-from .analysis import BLOCK_RAMS, best_weight_packing, estimate_resources, layer_estimate
+from .analysis import BLOCK_RAMS, HOST_BEAT_BITS, best_weight_packing, estimate_resources, layer_estimate
 from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
@@ -187,13 +188,44 @@ def fits(model: BnnModel, board, lut_share: float | None = None) -> bool:
     return not overflow(lower_for_board(model, board), board, lut_share)
 
 
+def aligned_simd(layer: LayerSpec, in_width: int) -> int | None:
+    """The SIMD that lets ``in_width``-bit beats reach ``layer`` through a deserializer instead of a
+    shifting gearbox (hw/adapters.py: `adapter_kind`): its SIMD rounded up to a multiple of
+    ``in_width``; None when no SIMD does (a dense layer only: a conv's input is pixels)."""
+    if layer.kind != "dense":
+        return None
+    simd = min(layer.n_in, -(-layer.simd // in_width) * in_width)
+    return simd if adapter_kind(in_width, simd, layer.n_in) != "gearbox" else None
+
+
+def align_adapters(spec: NetworkSpec, family: str, block_budget: int) -> NetworkSpec:
+    """``spec`` with each dense layer's SIMD rounded up to a multiple of the beats it receives where
+    that lowers the estimated LUTs within ``block_budget``: a deserializer costs about a LUT per bit,
+    a shifting gearbox about ten (`cheapest_design` leaves the adapters out). A wider SIMD never adds
+    cycles."""
+    for k, layer in enumerate(spec.layers):
+        in_width = HOST_BEAT_BITS if k == 0 else op_for(spec.layers[k - 1]).out_width
+        simd = aligned_simd(layer, in_width)
+        if simd is None or simd == layer.simd:
+            continue
+        candidate = placed_layer(replace(layer, simd=simd), family, layer.weight_style, layer.buffer_style)
+        aligned = replace(spec, layers=spec.layers[:k] + (candidate,) + spec.layers[k + 1:])
+        before, after = estimate_resources(spec, family), estimate_resources(aligned, family)
+        if after["luts"] < before["luts"] and after["brams"] <= block_budget:
+            spec = aligned
+    return spec
+
+
 def design_for_board(model: BnnModel, board, target_cycles: int, lut_share: float | None = None) -> NetworkSpec | None:
-    """The cheapest design (folding and memory placement) within ``target_cycles`` that fits the
-    board, checked with the full estimate; None when there is none."""
+    """The cheapest design (folding, memory placement and packing, adapters aligned) within
+    ``target_cycles`` that fits the board, checked with the full estimate; None when there is none."""
     spec = lower_to_spec(model)
     top_blocks = estimate_resources(spec, board.family)["top"]["brams"]
     design = cheapest_design(spec, board.family, target_cycles, board.bram_blocks - top_blocks)
-    if design is None or overflow(design, board, lut_share):
+    if design is None:
+        return None
+    design = align_adapters(design, board.family, board.bram_blocks)
+    if overflow(design, board, lut_share):
         return None
     return design
 

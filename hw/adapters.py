@@ -24,13 +24,14 @@ def adapter_kind(in_width: int, out_width: int, n: int) -> str:
 
     - "identity" (equal widths, ``n % in_width == 0``): wires;
     - "mask" (equal widths, a partial last beat): wires plus a mask that zeroes the last beat's padding;
-    - "deserializer" (``out_width`` a multiple of ``in_width`` and every input beat full,
-      ``n % in_width == 0``): each input beat is written into its place of the output beat, no shifter;
+    - "deserializer" (``out_width`` a multiple of ``in_width``): each input beat is written into its
+      place of the output beat, no shifter (the frame's last input beat, which may be partial, ends
+      the frame's last output beat);
     - "gearbox": a bit buffer of ``in_width + 2 * out_width`` bits with a fill count and a shifter.
     """
     if in_width == out_width:
         return "identity" if n % in_width == 0 else "mask"
-    if out_width % in_width == 0 and n % in_width == 0:
+    if out_width % in_width == 0:
         return "deserializer"
     return "gearbox"
 
@@ -112,13 +113,15 @@ class WidthAdapter(wiring.Component):
         return m
 
     def _deserialize(self, m: Module) -> None:
-        """Output beats of ``parts`` whole input beats: input beat j of an output beat is written to
-        bits j*in_width.. of the output register, which is ``o.payload`` and is held until taken.
-        The frame's last output beat has ``last_parts`` parts; the parts above stay 0 (cleared when
-        the beat before it is taken, and never written in between)."""
+        """Output beats of ``parts`` input beats: input beat j of an output beat is written to bits
+        j*in_width.. of the output register, which is ``o.payload`` and is held until taken. The
+        frame's last output beat has ``last_parts`` parts, the last of them the frame's last input
+        beat with its padding masked off; the parts above stay 0 (cleared when the beat before it is
+        taken, and never written in between)."""
         a, b = self.in_width, self.out_width
         parts = b // a
         last_parts = self.in_beats - (self.out_beats - 1) * parts
+        in_last_bits = self.n - (self.in_beats - 1) * a      # real bits of the frame's last input beat
         word = Signal(b)
         full = Signal()                  # word is a whole output beat until it is taken
         part = Signal(range(parts))      # the part the next input beat fills
@@ -137,10 +140,12 @@ class WidthAdapter(wiring.Component):
                 part_last.eq(Mux(part_last, Mux(next_is_last, last_parts == 1, 0),
                                  part + 2 == Mux(word_index.is_last, last_parts, parts))),
             ]
+            in_is_last = part_last & word_index.is_last
+            data = Mux(in_is_last, self.i.payload[:in_last_bits], self.i.payload) if in_last_bits < a else self.i.payload
             with m.Switch(part):
                 for j in range(parts):
                     with m.Case(j):
-                        m.d.sync += word[j * a:(j + 1) * a].eq(self.i.payload)
+                        m.d.sync += word[j * a:(j + 1) * a].eq(data)
             with m.If(part_last):
                 m.d.sync += full.eq(1)
 

@@ -41,6 +41,7 @@ def test_random_widths_sweep(seed):
     (16, 16, 64),    # identity
     (16, 16, 70),    # same width, padded last beat is masked
     (64, 16, 64), (16, 64, 64), (3, 2, 11), (2, 3, 11), (1, 7, 13), (7, 1, 13), (50, 64, 30),
+    (6, 114, 1024), (3, 12, 4), (5, 10, 3),     # deserializers ending in a partial input beat
 ])
 def test_corner_widths(in_width, out_width, n):
     dut, got, expected, _ = run_adapter(in_width, out_width, n, frames=5, gap=0.2, stall=0.2, seed=n)
@@ -49,10 +50,12 @@ def test_corner_widths(in_width, out_width, n):
 
 
 def deserializer_widths(seed):
-    """An output width a multiple of the input's and frames of whole input beats (the deserializer)."""
+    """An output width a multiple of the input's (the deserializer); every other frame ends in a
+    partial input beat."""
     rng = np.random.default_rng(seed)
     in_width = int(rng.integers(1, 20))
-    return in_width, in_width * int(rng.integers(2, 9)), in_width * int(rng.integers(1, 40))
+    n = in_width * int(rng.integers(1, 40)) - (int(rng.integers(0, in_width)) if seed % 2 else 0)
+    return in_width, in_width * int(rng.integers(2, 9)), max(1, n)
 
 
 @pytest.mark.parametrize("seed, widths", [(seed, random_widths(100 + seed)) for seed in range(8)]
