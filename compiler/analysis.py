@@ -70,7 +70,7 @@ def cell_mapping(cell: RamCell, style: str, width: int, depth: int, kind: str) -
     byte_index = max((i for i, w in enumerate(cell.widths) if cell.byte >= w), default=0)
     if cell.byte == 0:
         byte_index = len(cell.widths) - 1
-    for base, base_width in enumerate(cell.widths):
+    for base in range(len(cell.widths)):
         unit = min(base, widest_write) if kind == "ram" else base
         if unit != base and best is not None:
             break
@@ -93,6 +93,7 @@ def cell_mapping(cell: RamCell, style: str, width: int, depth: int, kind: str) -
 class BlockRam(BlockRamShapes):
     """A family's memory cells (boards/family.py) and how Yosys maps memories to them."""
 
+    @functools.lru_cache(maxsize=65536)     # noqa: B019  (the records live as long as the module)
     def mapping(self, width: int, depth: int, kind: str = "rom", style: str = "block") -> Mapping:
         """Where Yosys puts a ``kind`` memory of width x depth with ``style`` ("block", "logic", or
         "auto": Yosys' choice by cost), and how many cells it takes."""
@@ -123,9 +124,9 @@ class BlockRam(BlockRamShapes):
 BLOCK_RAMS = {name: BlockRam(**vars(f.block_ram)) for name, f in FAMILIES.items()}
 
 def layer_memories(layer: LayerSpec, family: str | None = None) -> list[dict]:
-    """The memories one layer's ops instantiate (`Op.memories`: a dense layer's weight banks, one per
-    PE, its input ping-pong buffer and, hidden layers, its threshold ROM). ``kind`` is "rom" or
-    "ram" (written at run time).
+    """The memories one layer's ops instantiate (`Op.memories`: a dense layer's weight memories, one
+    per group of `LayerSpec.weight_packing` PEs, its input ping-pong buffer and, hidden layers, its
+    threshold ROM). ``kind`` is "rom" or "ram" (written at run time).
 
     With a ``family``, each memory's ``style`` says where synthesis puts it: the layer's weight/buffer
     style when set, else (and always for the thresholds) what Yosys chooses (`yosys_auto_style`).
