@@ -210,12 +210,13 @@ class LogicModel:
     Coefficients are least-squares fits (relative error, non-negative) over every engine of the
     calibration designs, from each engine's cells in the Yosys netlist (cell names keep the
     hierarchy): 10 iCE40 designs (64- and 784-input TFCs, 40 engines) and 2 ECP5 SFCs (8 engines),
-    synthesized 2026-11-22.
+    bench/calibration.json (bench/records.md, "Estimate calibration").
     What the data cannot separate is set from the structure instead (see bench/calibrate_estimate.py):
     ``ram_bit`` on iCE40 (every 64-input layer's buffer holds ~128 bits, confounded with ``engine``);
-    on ECP5 the terms its two SFCs share with each other (engine, score_bit, block_mux, rom_lut,
-    gearbox_bit) come from the iCE40 fit, the same RTL mapped to the same LUT4s.
-    ``packing`` is nextpnr's total over the netlist-counted total (0.996 iCE40, 0.999 ECP5: 1).
+    on ECP5 the terms its two SFCs share with each other (engine, acc_bit, score_bit, block_mux,
+    rom_lut, gearbox_bit) come from the iCE40 fit, the same RTL mapped to the same LUT4s, and
+    ``deserializer_bit`` from the structure. ``packing`` is nextpnr's total over the netlist-counted
+    total.
     """
 
     simd_lane: float    # per PE per SIMD bit: XNOR folded into the popcount adder tree (2.4-2.9 LUTs
@@ -231,21 +232,21 @@ class LogicModel:
     gearbox_bit: float  # per (buffer bit x shift stage) of a width adapter (hw/adapters.py: `adapter_terms`)
     top: float          # UART RX/TX, reset timer, FIFO and I/O of the board top (iCE40 186-242)
     packing: float = 1.0
-    # Per output bit of a deserializing width adapter (whole input beats laid side by side, no
-    # shifter) with its register slice: set from the structure, not fitted: the slice's output
-    # multiplexer per bit, and on iCE40 a cell for each word flip-flop (its load is the flip-flop's
-    # enable, with no LUT to share a cell with).
+    # Per output bit of a deserializing width adapter (input beats written side by side, no shifter)
+    # with its register slice: fitted on iCE40 (the word's and the slice's flip-flops take cells of
+    # their own there); on ECP5 set from the structure, the slice's output multiplexer per bit.
     deserializer_bit: float = 1.0
 
 
 LOGIC_MODELS = {
     # bench/calibrate_estimate.py --fit on the designs of bench/calibration.json, rounded.
-    "ice40": LogicModel(simd_lane=3.98, acc_bit=0.96, engine=168, score_bit=0.26, block_mux=1.27,
-                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.64, top=265, packing=1.03,
-                        deserializer_bit=2.0),
-    # ECP5 storage FFs take no LUT slot; acc_bit and ram_bit fit to ~0 there (FFs are separate cells).
-    "ecp5": LogicModel(simd_lane=4.52, acc_bit=0.0, engine=168, score_bit=0.26, block_mux=1.27,
-                       rom_lut=1.11, ram_bit=0.0, gearbox_bit=0.64, top=344, packing=1.007),
+    "ice40": LogicModel(simd_lane=4.13, acc_bit=0.64, engine=164, score_bit=0.08, block_mux=1.2,
+                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.65, top=299, packing=1.031,
+                        deserializer_bit=3.31),
+    # ECP5: the terms its two SFCs cannot separate come from the iCE40 fit (bench/calibrate_estimate.py).
+    "ecp5": LogicModel(simd_lane=4.51, acc_bit=0.64, engine=164, score_bit=0.08, block_mux=1.2,
+                       rom_lut=1.11, ram_bit=0.86, gearbox_bit=0.65, top=351, packing=1.006,
+                       deserializer_bit=1.0),
 }
 
 def yosys_auto_style(width: int, depth: int, family: str, kind: str) -> str:

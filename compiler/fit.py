@@ -200,9 +200,8 @@ def aligned_simd(layer: LayerSpec, in_width: int) -> int | None:
 
 def align_adapters(spec: NetworkSpec, family: str, block_budget: int) -> NetworkSpec:
     """``spec`` with each dense layer's SIMD rounded up to a multiple of the beats it receives where
-    that lowers the estimated LUTs within ``block_budget``: a deserializer costs about a LUT per bit,
-    a shifting gearbox about ten (`cheapest_design` leaves the adapters out). A wider SIMD never adds
-    cycles."""
+    that lowers the estimated LUTs within ``block_budget``: a deserializer has no shifter, a gearbox
+    one per bit (`cheapest_design` leaves the adapters out). A wider SIMD never adds cycles."""
     for k, layer in enumerate(spec.layers):
         in_width = HOST_BEAT_BITS if k == 0 else op_for(spec.layers[k - 1]).out_width
         simd = aligned_simd(layer, in_width)
