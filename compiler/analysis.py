@@ -14,11 +14,13 @@ together and rounded once.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from xnorflow.boards.family import FAMILIES, per_family
+from xnorflow.boards.family import FAMILIES, BlockRamShapes, RamCell
+from xnorflow.hw.adapters import adapter_flip_flops, adapter_terms
 from xnorflow.hw.ops import Op, layer_groups, layer_ops
-from xnorflow.hw.spec import LayerSpec, NetworkSpec, bits_for, ceil_div
+from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div
 
 
 def cycles_per_layer(spec: NetworkSpec) -> dict:
@@ -29,31 +31,102 @@ def cycles_per_layer(spec: NetworkSpec) -> dict:
     return {"layers": layers, "analytic_cycles_per_frame": ii, "bottleneck_layer": bottleneck}
 
 
+# --- where Yosys puts a memory -------------------------------------------------------------------
+# Yosys' memory_libmap (passes/memory/memory_libmap.cc) maps each memory on its own: for every cell
+# of the family's libraries and every data width the cell takes, the memory's address range is cut
+# into slices of that width's depth, the slices are laid side by side and the result is cut into
+# cells of that width; the slice is picked by a LUT multiplexer on the read data. It keeps the
+# cheapest by cost = cell cost x cells + 0.5 x multiplexer bits + 0.5 x write decoder + 2 x emulation
+# score, and leaves the memory in logic when that is cheaper (1/16 per ROM bit, 1 per RAM bit) unless a
+# ram_style/rom_style forces a kind. This mirrors it for xnorflow's memories: one synchronous read port,
+# and for a RAM one write port with one enable; tests/boards/test_block_count.py checks it against Yosys.
+MUX_FACTOR = 0.5
+EMULATION_FACTOR = 2
+# memory_libmap's emulation scores for those memories (its debug dump: the read port's reset and
+# enable, for a RAM also the read-write behaviour, emulated in logic), per (cell kind, memory kind).
+EMULATION = {("block", "rom"): 1, ("block", "ram"): 7, ("distributed", "ram"): 1}
+YOSYS_LOGIC_COST = {"rom": 1 / 16, "ram": 1.0}
+
+
 @dataclass(frozen=True)
-class BlockRam:
-    """A family's block RAM: the (width, depth) shapes one block can take."""
+class Mapping:
+    """A memory as Yosys maps it: ``style`` "block", "distributed" or "logic", its RAM ``cells`` and
+    ``mux_bits`` (read bits x extra address slices: the LUT multiplexer after the cells)."""
 
-    name: str
-    bits: int
-    shapes: tuple[tuple[int, int], ...]
-
-    def blocks_for(self, width: int, depth: int) -> int:
-        """Blocks for a width x depth memory: the best single shape, tiled in width and depth."""
-        return min(ceil_div(width, w) * ceil_div(depth, d) for w, d in self.shapes)
-
-    def depth_tiles(self, width: int, depth: int) -> int:
-        """How many blocks deep that tiling is (of the fewest-block shapes, the shallowest, as Yosys
-        prefers): a memory more than one block deep needs a LUT multiplexer on its read data."""
-        return min((ceil_div(width, w) * ceil_div(depth, d), ceil_div(depth, d)) for w, d in self.shapes)[1]
+    style: str
+    cells: int = 0
+    mux_bits: int = 0
+    cost: float = 0.0
 
 
-# Each family's block RAM shapes (boards/family.py).
-BLOCK_RAMS = {name: BlockRam(f.block_ram.name, f.block_ram.bits, f.block_ram.shapes) for name, f in FAMILIES.items()}
+def cell_mapping(cell: RamCell, style: str, width: int, depth: int, kind: str) -> Mapping | None:
+    """The cheapest way memory_libmap's geometry search finds to build a ``kind`` memory of
+    width x depth from ``cell`` (None: the cell cannot hold it)."""
+    if kind == "rom" and not cell.rom:
+        return None
+    best = None
+    widest_write = max(cell.widths.index(w) for w in cell.write_widths)
+    narrowest_write = min(cell.widths.index(w) for w in cell.write_widths)
+    byte_index = max((i for i, w in enumerate(cell.widths) if cell.byte >= w), default=0)
+    if cell.byte == 0:
+        byte_index = len(cell.widths) - 1
+    for base in range(len(cell.widths)):
+        unit = min(base, widest_write) if kind == "ram" else base
+        if unit != base and best is not None:
+            break
+        if kind == "ram" and base < narrowest_write and base < byte_index:
+            continue        # a write port narrower than the cell's takes, below its byte width
+        unit_width = cell.widths[unit]
+        byte = 1 if kind == "rom" else (cell.byte if 0 < cell.byte <= unit_width else unit_width)
+        slices = ceil_div(depth, 2 ** (cell.abits - base))
+        cells = ceil_div(slices * ceil_div(width, byte) * byte, unit_width)
+        mux_bits = (slices - 1) * width
+        decoder = slices if kind == "ram" and slices != 1 else 0
+        cost = (cell.cost * cells + MUX_FACTOR * (mux_bits + decoder)
+                + EMULATION_FACTOR * EMULATION[(style, kind)])
+        if best is None or cost < best.cost:
+            best = Mapping(style, cells, mux_bits, cost)
+    return best
+
+
+@dataclass(frozen=True)
+class BlockRam(BlockRamShapes):
+    """A family's memory cells (boards/family.py) and how Yosys maps memories to them."""
+
+    @functools.lru_cache(maxsize=65536)     # noqa: B019  (the records live as long as the module)
+    def mapping(self, width: int, depth: int, kind: str = "rom", style: str = "block") -> Mapping:
+        """Where Yosys puts a ``kind`` memory of width x depth with ``style`` ("block", "logic", or
+        "auto": Yosys' choice by cost), and how many cells it takes."""
+        if style == "logic" or depth <= 1:
+            return Mapping("logic")     # one word: a register (or constants), never a memory
+        kinds = {"block": self.cells, "distributed": self.lut_ram}
+        options = [m for cell_style in (kinds if style == "auto" else (style,)) for cell in kinds[cell_style]
+                   if (m := cell_mapping(cell, cell_style, width, depth, kind)) is not None]
+        # memory_libmap starts from the logic cost truncated to an integer and takes the first option
+        # strictly cheaper; a forced style takes the first option and then any cheaper one.
+        best = Mapping("logic", cost=int(width * depth * YOSYS_LOGIC_COST[kind])) if style == "auto" else None
+        for option in options:
+            if best is None or option.cost < best.cost:
+                best = option
+        return best
+
+    def blocks_for(self, width: int, depth: int, kind: str = "rom") -> int:
+        """Blocks of a width x depth memory placed in block RAM."""
+        return self.mapping(width, depth, kind).cells
+
+    def mux_bits(self, width: int, depth: int, kind: str = "rom") -> int:
+        """Read bits x extra address slices of a width x depth memory in block RAM: a memory deeper
+        than a block's width mode needs a LUT multiplexer on its read data."""
+        return self.mapping(width, depth, kind).mux_bits
+
+
+# Each family's memory cells (boards/family.py).
+BLOCK_RAMS = {name: BlockRam(**vars(f.block_ram)) for name, f in FAMILIES.items()}
 
 def layer_memories(layer: LayerSpec, family: str | None = None) -> list[dict]:
-    """The memories one layer's ops instantiate (`Op.memories`: a dense layer's weight banks, one per
-    PE, its input ping-pong buffer and, hidden layers, its threshold ROM). ``kind`` is "rom" or
-    "ram" (written at run time).
+    """The memories one layer's ops instantiate (`Op.memories`: a dense layer's weight memories, one
+    per group of `LayerSpec.weight_packing` PEs, its input ping-pong buffer and, hidden layers, its
+    threshold ROM). ``kind`` is "rom" or "ram" (written at run time).
 
     With a ``family``, each memory's ``style`` says where synthesis puts it: the layer's weight/buffer
     style when set, else (and always for the thresholds) what Yosys chooses (`yosys_auto_style`).
@@ -68,6 +141,56 @@ def ops_memories(ops: list[Op], family: str | None = None) -> list[dict]:
             if memory["style"] == "auto":
                 memory["style"] = yosys_auto_style(memory["width"], memory["depth"], family, memory["kind"])
     return memories
+
+
+# --- weight memory packing and bandwidth ----------------------------------------------------------
+def best_weight_packing(layer: LayerSpec, family: str) -> int:
+    """The weight packing (PEs per memory word, `LayerSpec.weight_packing`) whose weight memories
+    take the fewest blocks, then the fewest multiplexer bits, then the fewest PEs per word.
+
+    Packing costs no logic: every PE's bank is read at the same address, so packed words are the
+    same reads; it only changes how the words fill the blocks' widths."""
+    return _best_packing(layer.pe, layer.simd, layer.neuron_folds * layer.synapse_folds, family)
+
+
+@functools.lru_cache(maxsize=65536)
+def _best_packing(pe: int, simd: int, depth: int, family: str) -> int:
+    bram = BLOCK_RAMS[family]
+
+    def cost(packing: int) -> tuple[int, int, int]:
+        full, rest = divmod(pe, packing)
+        maps = [(full, bram.mapping(packing * simd, depth))] + ([(1, bram.mapping(rest * simd, depth))] if rest else [])
+        return (sum(n * m.cells for n, m in maps), sum(n * m.mux_bits for n, m in maps), packing)
+
+    # One packing per number of memories: the fewest PEs per word that gives it.
+    return min(sorted({ceil_div(pe, memories) for memories in range(1, pe + 1)}), key=cost)
+
+
+def weight_blocks(layer: LayerSpec, family: str) -> int:
+    """Blocks holding one layer's weights (its ops' "weights" memories placed in block RAM)."""
+    bram = BLOCK_RAMS[family]
+    return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"], memory["kind"])
+               for memory in layer_memories(layer, family) if memory["role"] == "weights" and memory["style"] == "block")
+
+
+def memory_bandwidth(spec: NetworkSpec, family: str, blocks: int) -> dict:
+    """Weight bits read per cycle against what the blocks can give, per layer, and the network's
+    memory-bandwidth bound: the fewest cycles per frame in which ``blocks`` blocks (the board's),
+    each read at its widest mode every cycle, deliver every weight bit once.
+
+    Per layer: ``weight_bits_per_cycle`` (PE x SIMD: the weight words of one cycle),
+    ``weight_blocks`` and ``block_bits_per_cycle`` (those blocks x the widest mode)."""
+    widest = max(width for width, _ in BLOCK_RAMS[family].shapes)
+    layers = []
+    for layer in spec.layers:
+        count = weight_blocks(layer, family)
+        layers.append({"weight_bits_per_cycle": layer.pe * layer.simd if layer.weight_bits else 0,
+                       "weight_blocks": count, "block_bits_per_cycle": count * widest,
+                       "weight_packing": layer.weight_packing})
+    weight_bits = sum(layer.weight_bits for layer in spec.layers)
+    return {"layers": layers, "weight_bits": weight_bits, "blocks": blocks, "block_width": widest,
+            "bound_cycles_per_frame": ceil_div(weight_bits, blocks * widest),
+            "cycles_per_frame": spec.analytic_cycles_per_frame}
 
 
 # --- logic ---------------------------------------------------------------------------------------
@@ -96,12 +219,13 @@ class LogicModel:
     Coefficients are least-squares fits (relative error, non-negative) over every engine of the
     calibration designs, from each engine's cells in the Yosys netlist (cell names keep the
     hierarchy): 10 iCE40 designs (64- and 784-input TFCs, 40 engines) and 2 ECP5 SFCs (8 engines),
-    synthesized 2026-11-22.
+    bench/calibration.json (bench/records.md, "Estimate calibration").
     What the data cannot separate is set from the structure instead (see bench/calibrate_estimate.py):
     ``ram_bit`` on iCE40 (every 64-input layer's buffer holds ~128 bits, confounded with ``engine``);
-    on ECP5 the terms its two SFCs share with each other (engine, score_bit, block_mux, rom_lut,
-    gearbox_bit) come from the iCE40 fit, the same RTL mapped to the same LUT4s.
-    ``packing`` is nextpnr's total over the netlist-counted total (0.996 iCE40, 0.999 ECP5: 1).
+    on ECP5 the terms its two SFCs share with each other (engine, acc_bit, score_bit, block_mux,
+    rom_lut, gearbox_bit) come from the iCE40 fit, the same RTL mapped to the same LUT4s, and
+    ``deserializer_bit`` from the structure. ``packing`` is nextpnr's total over the netlist-counted
+    total.
     """
 
     simd_lane: float    # per PE per SIMD bit: XNOR folded into the popcount adder tree (2.4-2.9 LUTs
@@ -114,9 +238,13 @@ class LogicModel:
                         #   ~0.9 LUTs per bit and block: 2 banks of 16 x 1568 bits, 7 blocks deep)
     rom_lut: float      # per LUT4 of a ROM kept in logic (`logic_memory_luts`) with its read register
     ram_bit: float      # per bit of a RAM kept in logic: its storage FF and share of the read mux
-    gearbox_bit: float  # per (buffer bit x shift stage) of a width adapter (`gearbox_size`)
+    gearbox_bit: float  # per (buffer bit x shift stage) of a width adapter (hw/adapters.py: `adapter_terms`)
     top: float          # UART RX/TX, reset timer, FIFO and I/O of the board top (iCE40 186-242)
     packing: float = 1.0
+    # Per output bit of a deserializing width adapter (input beats written side by side, no shifter)
+    # with its register slice: fitted on iCE40 (the word's and the slice's flip-flops take cells of
+    # their own there); on ECP5 set from the structure, the slice's output multiplexer per bit.
+    deserializer_bit: float = 1.0
     # The integer-input engine (hw/intmvu.py) is not in the calibration designs, so these are not
     # fitted there (see `INT_LANE_BIT`).
     int_lane_bit: float = INT_LANE_BIT  # per input bit of each adder tree (every PE's gated tree and
@@ -126,33 +254,20 @@ class LogicModel:
 
 LOGIC_MODELS = {
     # bench/calibrate_estimate.py --fit on the designs of bench/calibration.json, rounded.
-    "ice40": LogicModel(simd_lane=3.98, acc_bit=0.96, engine=168, score_bit=0.26, block_mux=1.27,
-                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.64, top=265, packing=1.03),
-    # ECP5 storage FFs take no LUT slot; acc_bit and ram_bit fit to ~0 there (FFs are separate cells).
-    "ecp5": LogicModel(simd_lane=4.52, acc_bit=0.0, engine=168, score_bit=0.26, block_mux=1.27,
-                       rom_lut=1.11, ram_bit=0.0, gearbox_bit=0.64, top=344, packing=1.007),
+    "ice40": LogicModel(simd_lane=4.13, acc_bit=0.64, engine=164, score_bit=0.08, block_mux=1.2,
+                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.65, top=299, packing=1.031,
+                        deserializer_bit=3.31),
+    # ECP5: the terms its two SFCs cannot separate come from the iCE40 fit (bench/calibrate_estimate.py).
+    "ecp5": LogicModel(simd_lane=4.51, acc_bit=0.64, engine=164, score_bit=0.08, block_mux=1.2,
+                       rom_lut=1.11, ram_bit=0.86, gearbox_bit=0.65, top=351, packing=1.006,
+                       deserializer_bit=1.0),
 }
-
-# Yosys' memory_libmap weighs a memory left in logic at 1 per RAM bit and 1/16 per ROM bit against
-# the cost of the RAM cells that could hold it (techlibs: iCE40 RAM4K 64 per block, ECP5 DP16KD 128 per
-# block, ECP5 TRELLIS_DPR16X4 LUT RAM 4 per 16 x 4 bits, RAMs only) and takes the cheapest. That decides
-# where the memories given no style go: the threshold ROMs and the board top's UART FIFO.
-YOSYS_BLOCK_COST = per_family("yosys_block_cost")
-YOSYS_LOGIC_COST = {"rom": 1 / 16, "ram": 1.0}
-YOSYS_LUT_RAM = {"ecp5": (4, 16, 4)}     # family: (width, depth, cost) of one LUT RAM cell
-
 
 def yosys_auto_style(width: int, depth: int, family: str, kind: str) -> str:
     """Where Yosys puts a ``kind`` ("rom" or "ram") memory that has no ram_style/rom_style: the
-    cheapest of 'logic', 'block' and (ECP5 RAMs) 'distributed' LUT RAM."""
-    if depth <= 1:
-        return "logic"      # one word: a register (or constants), never a memory
-    costs = {"logic": width * depth * YOSYS_LOGIC_COST[kind],
-             "block": YOSYS_BLOCK_COST[family] * BLOCK_RAMS[family].blocks_for(width, depth)}
-    if kind == "ram" and family in YOSYS_LUT_RAM:
-        cell_width, cell_depth, cost = YOSYS_LUT_RAM[family]
-        costs["distributed"] = cost * ceil_div(width, cell_width) * ceil_div(depth, cell_depth)
-    return min(costs, key=costs.get)
+    cheapest of 'logic', 'block' and (ECP5 RAMs) 'distributed' LUT RAM (`BlockRam.mapping`). That
+    decides where the memories given no style go: the threshold ROMs and the board top's UART FIFO."""
+    return BLOCK_RAMS[family].mapping(width, depth, kind, "auto").style
 
 
 def logic_memory_luts(width: int, depth: int) -> int:
@@ -161,15 +276,6 @@ def logic_memory_luts(width: int, depth: int) -> int:
     if depth <= 1:
         return 0
     return ceil_div(width * depth, 16) + width * max(0, ceil_div(depth, 16) - 1)
-
-
-def gearbox_size(in_width: int, out_width: int) -> int:
-    """A width adapter's cost driver: its buffer (in + 2 x out bits) times the stages of the shifter
-    that places each beat at the fill count. 0 when the widths match (no adapter is built)."""
-    if in_width == out_width:
-        return 0
-    capacity = in_width + 2 * out_width
-    return capacity * bits_for(capacity)
 
 
 def fifo_memory(spec: NetworkSpec) -> dict:
@@ -186,7 +292,7 @@ def logic_terms(layer: LayerSpec, in_width: int, family: str) -> dict[str, int]:
 
 
 TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit",
-         "int_lane_bit", "int_acc_bit")
+         "deserializer_bit", "int_lane_bit", "int_acc_bit")
 
 
 def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]:
@@ -194,11 +300,12 @@ def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]
     for op in ops:
         for name, value in op.logic_terms().items():
             terms[name] += value
-    terms["gearbox_bit"] = gearbox_size(in_width, ops[0].in_width)
+    for name, value in adapter_terms(in_width, ops[0].in_width, ops[0].in_unit).items():
+        terms[name] = value     # the adapter feeding the layer (the ops' own adapters are in their terms)
     for memory in ops_memories(ops, family):
         if memory["style"] == "block":
-            extra_blocks = BLOCK_RAMS[family].depth_tiles(memory["width"], memory["depth"]) - 1
-            terms["block_mux"] += memory["count"] * memory["width"] * extra_blocks
+            terms["block_mux"] += memory["count"] * BLOCK_RAMS[family].mux_bits(memory["width"], memory["depth"],
+                                                                                 memory["kind"])
         if memory["style"] != "logic":
             continue
         if memory["kind"] == "rom":
@@ -233,11 +340,7 @@ def ops_flip_flops(ops: list[Op], in_width: int, family: str) -> int:
             read_register = memory["count"] * memory["width"]
             storage = memory["width"] * memory["depth"] if memory["kind"] == "ram" else 0
             ffs += read_register + storage
-    width = ops[0].in_width
-    if in_width != width:
-        capacity = in_width + 2 * width
-        ffs += capacity + 3 * bits_for(capacity) + 2 * (width + 1)        # gearbox, register slice
-    return ffs
+    return ffs + adapter_flip_flops(in_width, ops[0].in_width, ops[0].in_unit)
 
 
 def layer_blocks(layer: LayerSpec, family: str) -> int:
@@ -247,7 +350,7 @@ def layer_blocks(layer: LayerSpec, family: str) -> int:
 
 def ops_blocks(ops: list[Op], family: str) -> int:
     bram = BLOCK_RAMS[family]
-    return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"])
+    return sum(memory["count"] * bram.blocks_for(memory["width"], memory["depth"], memory["kind"])
                for memory in ops_memories(ops, family) if memory["style"] == "block")
 
 
@@ -270,6 +373,8 @@ def ops_estimate(ops: list[Op], family: str, in_width: int | None = None) -> dic
 # network and before the transmitter (3 x 18), and the answer framing (boards/top.py: a 7-bit frame
 # counter and a flag, 8); the count behind it: bench/records.md, "Board top flip-flops".
 TOP_FFS = 142
+# The board top's beats into the first layer (boards/top.py: the UART's bytes).
+HOST_BEAT_BITS = 8
 
 
 def estimate_resources(spec: NetworkSpec, family: str) -> dict:
@@ -282,7 +387,7 @@ def estimate_resources(spec: NetworkSpec, family: str) -> dict:
     bram = BLOCK_RAMS[family]
     model = LOGIC_MODELS[family]
     per_layer = []
-    in_width = 8    # the board top feeds the first layer bytes; each next one gets the previous op's beats
+    in_width = HOST_BEAT_BITS    # the first layer gets the board top's bytes, each next one the previous op's beats
     for ops in layer_groups(spec):
         per_layer.append(ops_estimate(ops, family, in_width))
         in_width = ops[0].out_width
@@ -290,7 +395,7 @@ def estimate_resources(spec: NetworkSpec, family: str) -> dict:
     fifo_style = yosys_auto_style(fifo["width"], fifo["depth"], family, "ram")
     # The FIFO's logic is in the `top` constant: in FFs (small frames) it costs about what the
     # block RAM's address and flag logic costs (measured on iCE40: 230-240 cells vs 190).
-    top = {"brams": bram.blocks_for(fifo["width"], fifo["depth"]) if fifo_style == "block" else 0,
+    top = {"brams": bram.blocks_for(fifo["width"], fifo["depth"], "ram") if fifo_style == "block" else 0,
            "luts": round(model.packing * model.top),
            "ffs": TOP_FFS + (fifo["width"] * fifo["depth"] if fifo_style == "logic" else 0)}
     return {

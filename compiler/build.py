@@ -40,7 +40,7 @@ from xnorflow.sim.layout import (
 
 from . import build_folder
 from . import report as reports
-from .analysis import cycles_per_layer, estimate_resources
+from .analysis import cycles_per_layer, estimate_resources, memory_bandwidth
 from .fit import (
     design_for_compile,
     expected_clock_hz,
@@ -106,9 +106,14 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
                            "per frame), allow more of its LUTs with --lut-share (longer place and route) or choose a "
                            "bigger board")
     log(f"folding: {folding_reason}")
-    for i, layer in enumerate(spec.layers):
+    bandwidth = memory_bandwidth(spec, board.family, board.bram_blocks)
+    for i, (layer, memory) in enumerate(zip(spec.layers, bandwidth["layers"])):
         log(f"  layer {i}: {layer.n_in:>5} -> {layer.n_out:<5} PE={layer.pe:<4} SIMD={layer.simd:<4} "
-            f"{layer.cycles} cycles/frame")
+            f"{layer.cycles} cycles/frame, weights {memory['weight_bits_per_cycle']} bits/cycle of the "
+            f"{memory['block_bits_per_cycle']} its {memory['weight_blocks']} blocks give "
+            f"({memory['weight_packing']} PEs per word)")
+    log(f"  memory-bandwidth bound: {bandwidth['bound_cycles_per_frame']} cycles per frame "
+        f"({board.bram_blocks} blocks x {bandwidth['block_width']} bits), chosen {bandwidth['cycles_per_frame']}")
 
     frames = source.test_frames(dataset)
     spec.meta["input"] = frames.input_format
@@ -148,6 +153,7 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
             folding_reason=folding_reason,
             clock_mhz=expected_clock_hz(board) / 1e6,
             estimate=estimate_resources(spec, board.family),
+            memory_bandwidth=bandwidth,
             model_file=str(Path(model_path).resolve()),
             # What the compile read: a later step or flow reruns it when any of these differ.
             compile_inputs=compile_inputs(model_digest, board.name, fps, folding, lut_share, dataset),

@@ -9,10 +9,11 @@ import itertools
 from dataclasses import replace
 
 from xnorflow.boards.family import per_family
+from xnorflow.hw.adapters import adapter_kind
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
-from .analysis import BLOCK_RAMS, estimate_resources, layer_estimate
+from .analysis import BLOCK_RAMS, HOST_BEAT_BITS, best_weight_packing, estimate_resources, layer_estimate
 from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
@@ -40,8 +41,18 @@ def placement_options(layer: LayerSpec) -> list[tuple[str, str]]:
     return [(w, b) for w, b in PLACEMENTS if w == "block" or shallow]
 
 
+def placed_layer(layer: LayerSpec, family: str, weight_style: str, buffer_style: str) -> LayerSpec:
+    """``layer`` with its memories placed: weights in block RAM packed to the fewest blocks
+    (`best_weight_packing`), in logic one memory per PE."""
+    placed = replace(layer, weight_style=weight_style, buffer_style=buffer_style, weight_packing=1)
+    if weight_style == "block" and layer.weights is not None:
+        placed = replace(placed, weight_packing=best_weight_packing(placed, family))
+    return placed
+
+
 def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = None) -> NetworkSpec:
-    """Decide block RAM or logic for every layer's weight banks and input buffer.
+    """Decide block RAM or logic for every layer's weight banks and input buffer, and the packing
+    of weights in block RAM (`placed_layer`).
 
     The RTL passes the choice to Yosys as ram_style/rom_style, so synthesis and the estimate agree
     on block counts. Among all placements whose blocks fit ``block_budget``, the one with the fewest
@@ -52,13 +63,12 @@ def place_memories(spec: NetworkSpec, family: str, block_budget: int | None = No
     options = [placement_options(layer) for layer in layers]
 
     def placed(choice):
-        return replace(spec, layers=tuple(replace(layer, weight_style=w, buffer_style=b)
-                                          for layer, (w, b) in zip(layers, choice)))
+        return replace(spec, layers=tuple(placed_layer(layer, family, w, b) for layer, (w, b) in zip(layers, choice)))
 
     def cost(candidate):
         estimate = estimate_resources(candidate, family)
         over = block_budget is not None and estimate["brams"] > block_budget
-        return (over, estimate["luts"] if not over else estimate["brams"])
+        return (over, estimate["luts"], estimate["brams"]) if not over else (over, estimate["brams"])
 
     if len(layers) <= EXHAUSTIVE_PLACEMENT_LAYERS:
         candidates = (placed(choice) for choice in itertools.product(*options))
@@ -99,7 +109,7 @@ def _pareto(options: list[tuple[int, int, object]]) -> list[tuple[int, int, obje
 
 
 def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_budget: int) -> NetworkSpec | None:
-    """The folding and memory placement with the fewest estimated LUTs whose II is at most
+    """The folding, memory placement and weight packing with the fewest estimated LUTs whose II is at most
     ``target_cycles`` and whose blocks fit ``block_budget``; None when no design does.
 
     Blocks are the scarce resource shared by the layers, so this is a multiple-choice knapsack over
@@ -114,7 +124,7 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
         for pe, simd in op_for(layer).folding_candidates(target_cycles, block_widths(family)):
             folded = replace(layer, pe=pe, simd=simd)
             for weight_style, buffer_style in placement_options(folded):
-                candidate = replace(folded, weight_style=weight_style, buffer_style=buffer_style)
+                candidate = placed_layer(folded, family, weight_style, buffer_style)
                 estimate = layer_estimate(candidate, family, output_kind=spec.output_kind)
                 options.append((estimate["brams"], estimate["luts"], candidate))
         fronts.append(_pareto(options))
@@ -182,14 +192,44 @@ def fits(model: BnnModel, board, lut_share: float | None = None) -> bool:
     return not overflow(lower_for_board(model, board), board, lut_share)
 
 
+def aligned_simd(layer: LayerSpec, in_width: int) -> int | None:
+    """The SIMD that lets ``in_width``-bit beats reach ``layer`` through a deserializer instead of a
+    shifting gearbox (hw/adapters.py: `adapter_kind`): its SIMD rounded up to a multiple of
+    ``in_width``; None when no SIMD does (a dense layer only: a conv's input is pixels)."""
+    if layer.kind != "dense":
+        return None
+    simd = min(layer.n_in, -(-layer.simd // in_width) * in_width)
+    return simd if adapter_kind(in_width, simd, layer.n_in) != "gearbox" else None
+
+
+def align_adapters(spec: NetworkSpec, family: str, block_budget: int) -> NetworkSpec:
+    """``spec`` with each dense layer's SIMD rounded up to a multiple of the beats it receives where
+    that lowers the estimated LUTs within ``block_budget``: a deserializer has no shifter, a gearbox
+    one per bit (`cheapest_design` leaves the adapters out). A wider SIMD never adds cycles."""
+    for k, layer in enumerate(spec.layers):
+        in_width = HOST_BEAT_BITS if k == 0 else op_for(spec.layers[k - 1]).out_width
+        simd = aligned_simd(layer, in_width)
+        if simd is None or simd == layer.simd:
+            continue
+        candidate = placed_layer(replace(layer, simd=simd), family, layer.weight_style, layer.buffer_style)
+        aligned = replace(spec, layers=spec.layers[:k] + (candidate,) + spec.layers[k + 1:])
+        before, after = estimate_resources(spec, family), estimate_resources(aligned, family)
+        if after["luts"] < before["luts"] and after["brams"] <= block_budget:
+            spec = aligned
+    return spec
+
+
 def design_for_board(model: BnnModel, board, target_cycles: int, lut_share: float | None = None) -> NetworkSpec | None:
-    """The cheapest design (folding and memory placement) within ``target_cycles`` that fits the
-    board, checked with the full estimate; None when there is none."""
+    """The cheapest design (folding, memory placement and packing, adapters aligned) within
+    ``target_cycles`` that fits the board, checked with the full estimate; None when there is none."""
     spec = lower_to_spec(model)
     top_blocks = estimate_resources(spec, board.family)["top"]["brams"]
     design = cheapest_design(spec, board.family, target_cycles, board.bram_blocks - top_blocks)
+    if design is None:
+        return None
+    design = align_adapters(design, board.family, board.bram_blocks)
     # Checked as built: with the weight registers `design_for_compile` adds.
-    if design is None or overflow(with_weight_registers(design, board), board, lut_share):
+    if overflow(with_weight_registers(design, board), board, lut_share):
         return None
     return design
 

@@ -11,21 +11,59 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from xnorflow.hw.counter import wrapping_counter
-from xnorflow.hw.spec import SpecError, ceil_div
+from xnorflow.hw.spec import SpecError, bits_for, ceil_div
 
 
 class AdapterError(SpecError):
     """A width adapter asked for impossible widths."""
 
 
+def adapter_kind(in_width: int, out_width: int, n: int) -> str:
+    """How `WidthAdapter` joins ``in_width``-bit beats to ``out_width``-bit ones for frames of ``n``
+    bits, cheapest first:
+
+    - "identity" (equal widths, ``n % in_width == 0``): wires;
+    - "mask" (equal widths, a partial last beat): wires plus a mask that zeroes the last beat's padding;
+    - "deserializer" (``out_width`` a multiple of ``in_width``): each input beat is written into its
+      place of the output beat, no shifter (the frame's last input beat, which may be partial, ends
+      the frame's last output beat);
+    - "gearbox": a bit buffer of ``in_width + 2 * out_width`` bits with a fill count and a shifter.
+    """
+    if in_width == out_width:
+        return "identity" if n % in_width == 0 else "mask"
+    if out_width % in_width == 0:
+        return "deserializer"
+    return "gearbox"
+
+
+def adapter_terms(in_width: int, out_width: int, n: int) -> dict[str, int]:
+    """The adapter's structural terms of the logic estimate (compiler/analysis.py, `LogicModel`),
+    with the register slice after it: a gearbox's buffer bits x shifter stages, a deserializer's
+    output bits; none when the widths match."""
+    kind = adapter_kind(in_width, out_width, n)
+    if kind == "gearbox":
+        capacity = in_width + 2 * out_width
+        return {"gearbox_bit": capacity * bits_for(capacity)}
+    if kind == "deserializer":
+        return {"deserializer_bit": out_width}
+    return {}
+
+
+def adapter_flip_flops(in_width: int, out_width: int, n: int) -> int:
+    """Flip-flops of the adapter and the register slice after it; none when the widths match."""
+    kind = adapter_kind(in_width, out_width, n)
+    register_slice = 2 * (out_width + 1)
+    if kind == "gearbox":
+        capacity = in_width + 2 * out_width
+        return capacity + 3 * bits_for(capacity) + register_slice
+    if kind == "deserializer":
+        out_beats = ceil_div(n, out_width)
+        return out_width + bits_for(out_width // in_width) + 2 + bits_for(out_beats) + 2 + register_slice
+    return 0
+
+
 class WidthAdapter(wiring.Component):
-    """Streaming gearbox between two beat widths.
-
-    Three cases, cheapest first:
-
-    - identity (``in_width == out_width`` and ``n % in_width == 0``): wires;
-    - same width with a partial last beat: wires plus a mask that zeroes the last beat's padding;
-    - otherwise a bit buffer of ``in_width + 2 * out_width`` bits with a fill count.
+    """Streaming width adapter between two beat widths, in one of the forms of `adapter_kind`.
 
     The gearbox accepts and emits in the same cycle. ``i.ready`` is a register (the fill count
     ``count <= 2 * out_width``), so it never waits on the consumer combinationally, and the
@@ -54,19 +92,62 @@ class WidthAdapter(wiring.Component):
         return ceil_div(self.n, self.out_width)
 
     @property
+    def kind(self) -> str:
+        return adapter_kind(self.in_width, self.out_width, self.n)
+
+    @property
     def is_identity(self) -> bool:
-        return self.in_width == self.out_width and self.n % self.in_width == 0
+        return self.kind == "identity"
 
     def elaborate(self, platform):
         m = Module()
         if self.is_identity:
             m.d.comb += [self.o.payload.eq(self.i.payload), self.o.valid.eq(self.i.valid),
                          self.i.ready.eq(self.o.ready)]
-        elif self.in_width == self.out_width:
+        elif self.kind == "mask":
             self._mask_last_beat(m)
+        elif self.kind == "deserializer":
+            self._deserialize(m)
         else:
             self._gearbox(m)
         return m
+
+    def _deserialize(self, m: Module) -> None:
+        """Output beats of ``parts`` input beats: input beat j of an output beat is written to bits
+        j*in_width.. of the output register, which is ``o.payload`` and is held until taken. The
+        frame's last output beat has ``last_parts`` parts, the last of them the frame's last input
+        beat with its padding masked off; the parts above stay 0 (cleared when the beat before it is
+        taken, and never written in between)."""
+        a, b = self.in_width, self.out_width
+        parts = b // a
+        last_parts = self.in_beats - (self.out_beats - 1) * parts
+        in_last_bits = self.n - (self.in_beats - 1) * a      # real bits of the frame's last input beat
+        word = Signal(b)
+        full = Signal()                  # word is a whole output beat until it is taken
+        part = Signal(range(parts))      # the part the next input beat fills
+        part_last = Signal(init=self.out_beats == 1 and last_parts == 1)   # it completes the output beat
+        accept = self.i.valid & self.i.ready
+        emit = self.o.valid & self.o.ready
+        word_index = wrapping_counter(m, self.out_beats, accept & part_last, "out_beat")
+        # Whether the output beat after this one is the frame's last (the counter's next is_last).
+        next_is_last = Mux(word_index.is_last, self.out_beats == 1, word_index.value == self.out_beats - 2)
+        m.d.comb += [self.o.payload.eq(word), self.o.valid.eq(full), self.i.ready.eq(~full | self.o.ready)]
+        with m.If(emit):
+            m.d.sync += [full.eq(0)] + [word[j * a:(j + 1) * a].eq(0) for j in range(last_parts, parts)]
+        with m.If(accept):
+            m.d.sync += [
+                part.eq(Mux(part_last, 0, part + 1)),
+                part_last.eq(Mux(part_last, Mux(next_is_last, last_parts == 1, 0),
+                                 part + 2 == Mux(word_index.is_last, last_parts, parts))),
+            ]
+            in_is_last = part_last & word_index.is_last
+            data = Mux(in_is_last, self.i.payload[:in_last_bits], self.i.payload) if in_last_bits < a else self.i.payload
+            with m.Switch(part):
+                for j in range(parts):
+                    with m.Case(j):
+                        m.d.sync += word[j * a:(j + 1) * a].eq(data)
+            with m.If(part_last):
+                m.d.sync += full.eq(1)
 
     def _mask_last_beat(self, m: Module) -> None:
         real_bits = self.n - (self.in_beats - 1) * self.in_width

@@ -267,15 +267,19 @@ class MVTU(wiring.Component, EngineTiming):
         return read.data
 
     def _weight_words(self, m: Module, *, address):
-        """One weight Memory per PE (so Yosys infers a BRAM each); returns the S1 words."""
+        """The weight memories (`LayerSpec.weight_memories`: one per group of ``weight_packing``
+        PEs, so Yosys maps each to block RAM at its full width); returns each PE's S1 word, its
+        slice of its memory's word."""
+        layer = self.layer
         words = []
-        for r, bank in enumerate(self.layer.weight_banks()):
-            mem = Memory(shape=unsigned(self.layer.simd), depth=len(bank), init=[int(w) for w in bank],
-                         attrs=memory_style_attrs(self.layer.weight_style))
-            m.submodules[f"weights_pe{r}"] = mem
+        for group, contents in zip(layer.weight_groups(), layer.weight_memories()):
+            mem = Memory(shape=unsigned(len(group) * layer.simd), depth=len(contents),
+                         init=[int(w) for w in contents], attrs=memory_style_attrs(layer.weight_style))
+            name = f"weights_pe{group.start}" if len(group) == 1 else f"weights_pe{group.start}_{group.stop - 1}"
+            m.submodules[name] = mem
             port = mem.read_port()
             m.d.comb += port.addr.eq(address)
-            words.append(port.data)
+            words += [port.data[j * layer.simd:(j + 1) * layer.simd] for j in range(len(group))]
         return words
 
     def _thresholds(self, m: Module, *, fold):

@@ -91,6 +91,10 @@ class LayerSpec:
     # integer-input kinds int_dense and int_conv (unsigned b-bit elements, DESIGN.md section 2b).
     # n_in still counts elements; element i occupies bits [i*b, (i+1)*b) of the input, LSB first.
     input_bits: int = 1
+    # Weight memory packing (DESIGN.md section 3): P PEs' weight words side by side in one memory
+    # word, so the layer's weights are ceil(PE / P) memories of P x SIMD bits (the last holds the
+    # PEs left over), each NF x SF words deep; 1 is one memory per PE.
+    weight_packing: int = 1
 
     def __post_init__(self):
         for name, default in (("in_shape", (self.n_in, 1, 1)), ("out_shape", (self.n_out, 1, 1))):
@@ -143,21 +147,45 @@ class LayerSpec:
         """Bits of the weight matrix: n_out x n_in; a max-pool has none."""
         return 0 if self.kind == "maxpool" else self.n_out * self.n_in
 
-    def weight_banks(self) -> np.ndarray:
-        """Weight memory contents: (pe, neuron_folds * synapse_folds) words of ``simd`` bits.
+    def weight_groups(self) -> list[range]:
+        """The PEs of each weight memory, in order: memory g holds PEs g*P .. g*P + P - 1 (P =
+        ``weight_packing``; the last memory the rest)."""
+        packing = self.weight_packing
+        return [range(first, min(first + packing, self.pe)) for first in range(0, self.pe, packing)]
 
-        Bank r holds output channels r, r + pe, r + 2*pe, ...; word ``nf * synapse_folds + sf`` holds
-        input bits ``sf*simd .. sf*simd + simd - 1`` of channel ``nf*pe + r``. Padded input lanes hold
-        1-bits (their XNOR with the 0-padded input is 0); padded channels are all 1-bits and their
-        outputs are dropped.
-        """
+    def weight_memory_widths(self) -> list[int]:
+        """Bits of a word of each weight memory (`weight_groups`: its PEs x SIMD) that synthesis
+        keeps: Yosys drops a ROM's bit columns that hold the same bit at every address. Counted for
+        memories at most CONSTANT_COLUMN_DEPTH deep; a deeper column of weights is left whole."""
+        groups = self.weight_groups()
+        if self.weights is None or self.neuron_folds * self.synapse_folds > CONSTANT_COLUMN_DEPTH:
+            return [len(group) * self.simd for group in groups]
+        banks = self._weight_bank_bits()
+        varies = banks.min(axis=1) != banks.max(axis=1)       # (pe, simd): the column is not constant
+        return [int(varies[group.start:group.stop].sum()) for group in groups]
+
+    def _weight_bank_bits(self) -> np.ndarray:
+        """Each PE's bank as bits, (pe, NF * SF, simd): see `weight_memories`."""
         nf, sf = self.neuron_folds, self.synapse_folds
         padded = np.ones((nf * self.pe, sf * self.simd), dtype=np.uint8)
         padded[: self.n_out, : self.n_in] = self.weights
-        # (nf, pe, sf, simd) -> (pe, nf, sf, simd)
-        blocks = padded.reshape(nf, self.pe, sf, self.simd).transpose(1, 0, 2, 3)
-        words = pack_words(blocks.reshape(self.pe * nf * sf, self.simd))
-        return words.reshape(self.pe, nf * sf)
+        # (nf, pe, sf, simd) -> (pe, nf * sf, simd): each PE's bank, one word per address
+        return padded.reshape(nf, self.pe, sf, self.simd).transpose(1, 0, 2, 3).reshape(self.pe, nf * sf, self.simd)
+
+    def weight_memories(self) -> list[np.ndarray]:
+        """Weight memory contents, one array of NF * SF words per memory (`weight_groups`), the one
+        statement of the layout the RTL and the memory accounting share.
+
+        PE r's bank holds output channels r, r + pe, r + 2*pe, ...; its word ``nf * SF + sf`` holds
+        input bits ``sf*simd .. sf*simd + simd - 1`` of channel ``nf*pe + r``, and sits at bits
+        ``j*simd .. j*simd + simd - 1`` of that word of its memory, j its place in the memory's group.
+        Padded input lanes hold 1-bits (their XNOR with the 0-padded input is 0); padded channels are
+        all 1-bits and their outputs are dropped.
+        """
+        banks = self._weight_bank_bits()
+        depth = banks.shape[1]
+        return [pack_words(banks[group.start:group.stop].transpose(1, 0, 2).reshape(depth, -1))
+                for group in self.weight_groups()]
 
     def threshold_banks(self, pad: int | None = None) -> np.ndarray:
         """Threshold contents: (pe, neuron_folds) ints; padded channels get ``pad``, a threshold no
@@ -213,7 +241,8 @@ class NetworkSpec:
         if len(folding) != len(self.layers):
             raise SpecError(f"folding has {len(folding)} entries for {len(self.layers)} layers: "
                             "give one (PE, SIMD) pair per layer")
-        layers = tuple(replace(layer, pe=int(pe), simd=int(simd))
+        # The weight packing belongs to a folding: a new one starts from one memory per PE.
+        layers = tuple(replace(layer, pe=int(pe), simd=int(simd), weight_packing=1)
                        for layer, (pe, simd) in zip(self.layers, folding))
         return replace(self, layers=layers)
 
@@ -253,7 +282,8 @@ class NetworkSpec:
                         "in_shape": list(l.in_shape), "out_shape": list(l.out_shape), "kernel": l.kernel,
                         "stride": l.stride, "padding": l.padding, "pad_value": l.pad_value,
                         "weight_style": l.weight_style, "buffer_style": l.buffer_style,
-                        "register_weights": l.register_weights, "input_bits": l.input_bits} for l in self.layers],
+                        "register_weights": l.register_weights, "input_bits": l.input_bits,
+                        "weight_packing": l.weight_packing} for l in self.layers],
             "output": {"kind": self.output_kind},
         }
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
@@ -285,13 +315,19 @@ class NetworkSpec:
                                             kind=l["kind"], in_shape=tuple(l["in_shape"]),
                                             out_shape=tuple(l["out_shape"]), kernel=l["kernel"], stride=l["stride"],
                                             padding=l["padding"], pad_value=l["pad_value"],
-                                            pool_and=data.get(f"p{i}"), input_bits=int(l.get("input_bits", 1))))
+                                            pool_and=data.get(f"p{i}"), input_bits=int(l.get("input_bits", 1)),
+                                            weight_packing=int(l.get("weight_packing", 1))))
                 output_kind = header["output"]["kind"]
         except SpecError:
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise SpecError(f"cannot read the spec {path} ({e}): run `xnorflow compile` again") from e
         return cls(tuple(layers), header.get("name", "network"), header.get("meta", {}), output_kind)
+
+
+# Yosys removes a ROM's constant bit columns; a column of random-looking weights is constant with
+# probability 2 ** (1 - depth), so the weight accounting looks for them only up to this depth.
+CONSTANT_COLUMN_DEPTH = 32
 
 
 def conv_out_shape(in_shape, out_channels: int, kernel: int, padding: int) -> tuple[int, int, int]:

@@ -27,7 +27,7 @@ from amaranth.hdl import Module, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
+from xnorflow.hw.adapters import RegisterSlice, WidthAdapter, adapter_flip_flops, adapter_terms
 from xnorflow.hw.mvtu import MVTU
 from xnorflow.hw.ops.base import Op, register
 from xnorflow.hw.ops.dense import DenseOp, check_matrix, fold_beats_to_bits
@@ -196,11 +196,6 @@ class ConvOp(Op):
         """Bits of one generator beat: G window rows of K pixels of C elements."""
         return window_group(self.layer) * self.layer.kernel * self.in_width
 
-    def _regears(self) -> bool:
-        """A gearbox (and register slice) joins the generator's beats to the matrix unit's."""
-        matrix = self.matrix_op(self.layer)
-        return not (self._window_bits() == matrix.in_width and matrix.in_unit % matrix.in_width == 0)
-
     def memories(self) -> list[dict]:
         """The MVTU's (weights, input ping-pong buffer, thresholds) and the generator's line buffer:
         G x K banks of C-bit words, each ``rows / G x ceil(W / K)`` deep."""
@@ -214,19 +209,18 @@ class ConvOp(Op):
 
     def logic_terms(self) -> dict[str, int]:
         """The MVTU's terms; the generator's control counts as one more engine; its rotation
-        multiplexers (per beat bit, log2 K + log2 G stages) and its G*K*C -> SIMD gearbox as gearbox
-        bits."""
+        multiplexers (per beat bit, log2 K + log2 G stages) as gearbox bits, and the G*K*C -> SIMD
+        width adapter's terms (`adapter_terms`)."""
         layer = self.layer
         matrix = self.matrix_op(layer)
         terms = matrix.logic_terms()
         beat_bits = self._window_bits()
         g = window_group(layer)
         rotation = beat_bits * (bits_for(layer.kernel - 1) + (bits_for(g - 1) if g > 1 else 0))
-        # As compiler/analysis.py's gearbox_size: buffer bits x shifter stages.
-        capacity = beat_bits + 2 * matrix.in_width
-        regear = capacity * bits_for(capacity) if self._regears() else 0
         terms["engine"] += 1
-        terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + rotation + regear
+        terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + rotation
+        for name, value in adapter_terms(beat_bits, matrix.in_width, matrix.in_unit).items():
+            terms[name] = terms.get(name, 0) + value
         return terms
 
     def flip_flops(self) -> int:
@@ -244,10 +238,7 @@ class ConvOp(Op):
         ffs += 3 * (bits_for(ceil_div(k, g)) + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows) + bits_for(ow + k)
         ffs += 2 * g + k + bits_for(g) + bits_for(k) + 1                                        # delayed masks
         ffs += QUEUE_DEPTH * beat_bits + 2 * bits_for(QUEUE_DEPTH)                              # output queue
-        if self._regears():
-            capacity = beat_bits + 2 * matrix.in_width
-            ffs += capacity + 3 * bits_for(capacity) + 2 * (matrix.in_width + 1)                # gearbox, slice
-        return ffs
+        return ffs + adapter_flip_flops(beat_bits, matrix.in_width, matrix.in_unit)        # adapter, slice
 
     # --- RTL -------------------------------------------------------------------------------------
     def component(self, index: int = 0) -> ConvEngine:

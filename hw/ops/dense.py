@@ -7,6 +7,8 @@ frame, K = stride = 1, no padding.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from xnorflow.hw.mvtu import MVTU, EngineTiming
@@ -43,6 +45,9 @@ def check_matrix(layer, where: str, integer: bool = False) -> None:
         raise SpecError(f"{where}: folding PE={layer.pe}, SIMD={layer.simd} does not fit "
                         f"{layer.n_out} outputs x {layer.n_in} inputs: choose 1 <= PE <= {layer.n_out} "
                         f"and 1 <= SIMD <= {layer.n_in}")
+    if not 1 <= layer.weight_packing <= layer.pe:
+        raise SpecError(f"{where}: weight packing {layer.weight_packing} (PEs per weight memory word) with "
+                        f"PE={layer.pe}: choose 1 <= packing <= {layer.pe}")
     for style in (layer.weight_style, layer.buffer_style):
         if style not in MEMORY_STYLES:
             raise SpecError(f"{where}: memory style {style!r}: choose one of {', '.join(MEMORY_STYLES)}")
@@ -169,13 +174,15 @@ class DenseOp(Op):
         return self.layer.threshold_width
 
     def memories(self) -> list[dict]:
-        """One weight bank per PE, the input ping-pong buffer (words of one input beat) and (hidden
-        layers) the threshold ROM (one word of ``pe`` thresholds per fold, no style: Yosys decides)."""
+        """The weight memories (`LayerSpec.weight_memories`: one per group of ``weight_packing`` PEs,
+        one entry per word width), the input ping-pong buffer and (hidden layers) the threshold ROM
+        (one word of ``pe`` thresholds per fold, no style: Yosys decides)."""
         layer = self.layer
-        memories = [{"role": "weights", "width": layer.simd, "depth": self.weight_depth, "count": layer.pe,
-                     "style": layer.weight_style, "kind": "rom"},
-                    {"role": "input buffer", "width": self.in_width, "depth": 2 * layer.synapse_folds, "count": 1,
-                     "style": layer.buffer_style, "kind": "ram"}]
+        widths = Counter(layer.weight_memory_widths())
+        memories = [{"role": "weights", "width": width, "depth": self.weight_depth, "count": count,
+                     "style": layer.weight_style, "kind": "rom"} for width, count in sorted(widths.items())]
+        memories += [{"role": "input buffer", "width": self.in_width, "depth": 2 * layer.synapse_folds, "count": 1,
+                      "style": layer.buffer_style, "kind": "ram"}]
         if not self.emits_scores:
             memories.append({"role": "thresholds", "width": layer.pe * self.threshold_bits,
                              "depth": layer.neuron_folds, "count": 1, "style": "auto", "kind": "rom"})

@@ -33,7 +33,8 @@ def spec_of(record: dict) -> NetworkSpec:
     """A stored design's spec: its sizes, folding and memory placement (the estimate depends on
     shapes and placement only, so fresh random weights do)."""
     spec = sized_network(record["sizes"], [tuple(f) for f in record["folding"]])
-    layers = tuple(replace(layer, weight_style=placed["weight_style"], buffer_style=placed["buffer_style"])
+    layers = tuple(replace(layer, weight_style=placed["weight_style"], buffer_style=placed["buffer_style"],
+                           weight_packing=placed.get("weight_packing", 1))
                    for layer, placed in zip(spec.layers, record["layers"]))
     return replace(spec, layers=layers)
 

@@ -163,7 +163,8 @@ def test_synth_merges_the_build_it_made_into_the_report(tfc_digits_model, tmp_pa
     assert report["fps_at_clock"] == 12e6 / report["cycles_per_frame"]
     # The UART as fast as the iCEBreaker's FT2232H takes at the 12 MHz oscillator; `run` reads it back.
     assert report["baud"] == 3_000_000 and report["synthesis_inputs"]["baud"] is None
-    # The compiler's block count is what synthesis made, and every bank it put in blocks is one.
+    # The compiler's block count is what synthesis made, and every weight memory it put in blocks (one
+    # per group of weight_packing PEs) is one.
     from xnorflow.compiler.build import load_spec
     assert report["brams"] == report["estimate"]["brams"] > 0
     layers = load_spec(build).layers
@@ -171,5 +172,5 @@ def test_synth_merges_the_build_it_made_into_the_report(tfc_digits_model, tmp_pa
     for i, layer in enumerate(layers):
         banks = {name: kind for name, kind in report["memories"].items() if f".mvtu{i}.weights_pe" in name}
         if layer.weight_style == "block":
-            assert len(banks) == layer.pe and set(banks.values()) == {"block"}, (i, banks)
+            assert len(banks) == len(layer.weight_groups()) and set(banks.values()) == {"block"}, (i, banks)
     assert (build / "synth" / "xnorflow.bin").stat().st_size > 0

@@ -113,3 +113,47 @@ def test_the_design_the_fit_finds_is_the_design_compile_builds():
     assert [(l.pe, l.simd, l.weight_style, l.buffer_style) for l in spec.layers] == \
         [(l.pe, l.simd, l.weight_style, l.buffer_style) for l in fastest.layers]
     assert all(layer.register_weights for layer in spec.layers)       # ECP5: as built
+
+
+def test_the_fit_packs_weights_into_fewer_blocks():
+    # 16 PEs of 24 lanes, 2 x 43 words deep: a 24-bit bank per PE takes a 36 x 512 block each (16);
+    # packed, 11 (the fewest PEs per word that gets there: 3, five 72-bit words in two blocks each
+    # and one 24-bit word in one; all 16 in one 384-bit word also takes 11).
+    from dataclasses import replace
+
+    from xnorflow.compiler.analysis import weight_blocks
+    from xnorflow.compiler.fit import placed_layer
+
+    layer = net([1024, 32, 10], [(16, 24), (1, 8)]).layers[0]
+    packed = placed_layer(layer, "ecp5", "block", "logic")
+    assert weight_blocks(replace(layer, weight_style="block"), "ecp5") == 16
+    assert packed.weight_packing == 3 and weight_blocks(packed, "ecp5") == 11
+    assert weight_blocks(replace(packed, weight_packing=16), "ecp5") == 11
+    assert placed_layer(layer, "ecp5", "logic", "logic").weight_packing == 1
+    assert np.array_equal(packed.weights, layer.weights)
+
+
+def test_adapters_are_aligned_to_deserializers_when_that_saves_logic():
+    from xnorflow.compiler.fit import align_adapters, aligned_simd
+    from xnorflow.hw.adapters import adapter_kind
+
+    spec = place_memories(net([784, 256, 256, 10], [(8, 98), (4, 30), (1, 32)]), "ecp5", 208)
+    assert aligned_simd(spec.layers[1], 8) == 32 and aligned_simd(spec.layers[2], 4) == 32
+    aligned = align_adapters(spec, "ecp5", 208)
+    # The host's bytes reach 104 = 8 x 13 lanes through a deserializer; 98 needed a shifting gearbox.
+    assert [layer.simd for layer in aligned.layers] == [104, 32, 32]
+    assert adapter_kind(8, 32, 256) == "deserializer" and adapter_kind(8, 30, 256) == "gearbox"
+    assert estimate_resources(aligned, "ecp5")["luts"] < estimate_resources(spec, "ecp5")["luts"]
+    assert aligned.analytic_cycles_per_frame <= spec.analytic_cycles_per_frame
+
+
+def test_memory_bandwidth_gives_each_layers_reads_and_the_bound():
+    from xnorflow.compiler.analysis import memory_bandwidth
+
+    spec = place_memories(net([784, 256, 10], [(4, 196), (1, 32)]), "ecp5", 208)
+    bandwidth = memory_bandwidth(spec, "ecp5", 208)
+    first = bandwidth["layers"][0]
+    assert first["weight_bits_per_cycle"] == 4 * 196
+    assert first["block_bits_per_cycle"] == 36 * first["weight_blocks"] >= first["weight_bits_per_cycle"]
+    assert bandwidth["bound_cycles_per_frame"] == -(-(784 * 256 + 256 * 10) // (208 * 36))
+    assert bandwidth["cycles_per_frame"] == spec.analytic_cycles_per_frame

@@ -76,9 +76,9 @@ def describe_conv(spec: NetworkSpec) -> str:
     for layer in spec.layers:
         if layer.kind in ("conv", "int_conv"):
             parts.append(f"{layer.kind}{layer.in_shape} b{layer.input_bits} K{layer.kernel} P{layer.padding}/{layer.pad_value} "
-                         f"O{layer.n_out} pe={layer.pe} simd={layer.simd}")
+                         f"O{layer.n_out} pe={layer.pe} simd={layer.simd} packing={layer.weight_packing}")
         elif layer.kind == "maxpool":
             parts.append(f"pool{layer.in_shape} S{layer.kernel}")
         else:
-            parts.append(f"dense {layer.n_in}->{layer.n_out} pe={layer.pe} simd={layer.simd}")
+            parts.append(f"dense {layer.n_in}->{layer.n_out} pe={layer.pe} simd={layer.simd} packing={layer.weight_packing}")
     return f"{spec.name} [{', '.join(parts)}]"

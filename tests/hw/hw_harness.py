@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from amaranth.hdl import ClockDomain, Module, Value
@@ -53,9 +53,26 @@ def random_spec(seed: int, *, max_layers: int = 4, max_in: int = 300, max_out: i
     return spec
 
 
+def with_random_packing(spec: NetworkSpec, seed: int) -> NetworkSpec:
+    """``spec`` with a random weight packing (1..PE PEs per memory word) on every layer with weights;
+    every third layer keeps one memory per PE, a fifth packs all its PEs into one memory."""
+    rng = np.random.default_rng(seed)
+
+    def packing(layer):
+        choice = rng.random()
+        if layer.weights is None or choice < 0.3:
+            return 1
+        return layer.pe if choice < 0.5 else int(rng.integers(1, layer.pe + 1))
+
+    packed = replace(spec, layers=tuple(replace(layer, weight_packing=packing(layer)) for layer in spec.layers))
+    packed.validate()
+    return packed
+
+
 def describe(spec: NetworkSpec, in_width: int | None = None) -> str:
-    """Sizes and folding, for failure messages."""
-    layers = ", ".join(f"{l.kind} {l.n_in}->{l.n_out} b={l.input_bits} pe={l.pe} simd={l.simd}" for l in spec.layers)
+    """Sizes, folding and weight packing, for failure messages."""
+    layers = ", ".join(f"{l.kind} {l.n_in}->{l.n_out} b={l.input_bits} pe={l.pe} simd={l.simd} "
+                       f"packing={l.weight_packing}" for l in spec.layers)
     return f"{spec.name} [{layers}] in_width={in_width or spec.layers[0].simd}"
 
 

@@ -15,6 +15,7 @@ from hw_harness import (
     simulate_network,
     simulate_stream,
     steady_interval,
+    with_random_packing,
 )
 
 from xnorflow.hw.ops import op_for
@@ -110,8 +111,10 @@ def test_conv_engine_alone_matches_reference(kernel, padding, pe, simd):
 
 
 # --- networks: random conv / pool / dense chains -------------------------------------------------
-def run_conv_spec(seed: int, frames: int, **limits) -> None:
+def run_conv_spec(seed: int, frames: int, packed: bool = False, **limits) -> None:
     spec = random_conv_spec(seed, **limits)
+    if packed:
+        spec = with_random_packing(spec, seed)
     in_width = None if seed % 4 else int(np.random.default_rng(seed).integers(1, 40))   # a host gearbox
     check_random_run(spec, frames, seed, in_width, describe_conv)
 
@@ -119,6 +122,11 @@ def run_conv_spec(seed: int, frames: int, **limits) -> None:
 @pytest.mark.parametrize("seed", range(10))
 def test_random_conv_specs_match_golden(seed):
     run_conv_spec(seed, frames=2)
+
+
+@pytest.mark.parametrize("seed", range(300, 303))
+def test_random_conv_specs_with_packed_weights_match_golden(seed):
+    run_conv_spec(seed, frames=2, packed=True)
 
 
 @pytest.mark.slow

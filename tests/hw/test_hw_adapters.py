@@ -41,6 +41,7 @@ def test_random_widths_sweep(seed):
     (16, 16, 64),    # identity
     (16, 16, 70),    # same width, padded last beat is masked
     (64, 16, 64), (16, 64, 64), (3, 2, 11), (2, 3, 11), (1, 7, 13), (7, 1, 13), (50, 64, 30),
+    (6, 114, 1024), (3, 12, 4), (5, 10, 3),     # deserializers ending in a partial input beat
 ])
 def test_corner_widths(in_width, out_width, n):
     dut, got, expected, _ = run_adapter(in_width, out_width, n, frames=5, gap=0.2, stall=0.2, seed=n)
@@ -48,16 +49,34 @@ def test_corner_widths(in_width, out_width, n):
     assert dut.is_identity == (in_width == out_width and n % in_width == 0)
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_never_the_bottleneck(seed):
+def deserializer_widths(seed):
+    """An output width a multiple of the input's (the deserializer); every other frame ends in a
+    partial input beat."""
+    rng = np.random.default_rng(seed)
+    in_width = int(rng.integers(1, 20))
+    n = in_width * int(rng.integers(1, 40)) - (int(rng.integers(0, in_width)) if seed % 2 else 0)
+    return in_width, in_width * int(rng.integers(2, 9)), max(1, n)
+
+
+@pytest.mark.parametrize("seed, widths", [(seed, random_widths(100 + seed)) for seed in range(8)]
+                         + [(seed, deserializer_widths(500 + seed)) for seed in range(6)])
+def test_never_the_bottleneck(seed, widths):
     """With both sides always willing, frames take max(input beats, output beats) cycles each."""
-    in_width, out_width, n = random_widths(100 + seed)
+    in_width, out_width, n = widths
     frames = 6
     dut, got, expected, cycles = run_adapter(in_width, out_width, n, frames=frames, seed=seed)
     assert got == expected
     bound = frames * max(dut.in_beats, dut.out_beats) + 3     # + latency of the bit buffer
     assert cycles[-1] <= bound, (f"in_width={in_width} out_width={out_width} n={n}: "
                                  f"{cycles[-1]} cycles for {frames} frames, bound {bound}")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_deserializer_with_gaps_and_backpressure(seed):
+    in_width, out_width, n = deserializer_widths(seed)
+    dut, got, expected, _ = run_adapter(in_width, out_width, n, gap=0.3, stall=0.3, seed=seed)
+    assert dut.kind == "deserializer"
+    assert got == expected, f"in_width={in_width} out_width={out_width} n={n} seed={seed}"
 
 
 def test_bad_widths_are_refused():

@@ -81,3 +81,27 @@ def test_bad_folding_is_refused():
     layer = LayerSpec(8, 4, np.zeros((4, 8), dtype=np.uint8), np.zeros(4, dtype=np.int64), pe=5, simd=2)
     with pytest.raises(SpecError, match="PE=5"):
         MVTU(layer)
+
+
+def test_packed_weight_memories_hold_each_pes_bank_side_by_side():
+    """LayerSpec.weight_memories: PE g*P + j's bank word at bits j*SIMD of memory g's word, the last
+    memory holding the PEs left over; widths count only the columns that are not constant."""
+    rng = np.random.default_rng(3)
+    layer = random_layer(rng, 50, 11, False, max_cycles=10 ** 6)
+    layer = LayerSpec(50, 11, layer.weights, layer.thresholds, pe=5, simd=7, weight_packing=2)
+    memories = layer.weight_memories()
+    assert [len(group) for group in layer.weight_groups()] == [2, 2, 1] and len(memories) == 3
+    depth = layer.neuron_folds * layer.synapse_folds
+    padded = np.ones((layer.neuron_folds * 5, layer.synapse_folds * 7), dtype=np.uint8)
+    padded[:11, :50] = layer.weights
+    for pe in range(5):
+        g, j = divmod(pe, 2)
+        for address in range(depth):
+            nf, sf = divmod(address, layer.synapse_folds)
+            bits = padded[nf * 5 + pe, sf * 7:(sf + 1) * 7]
+            want = sum(int(b) << i for i, b in enumerate(bits))
+            assert (int(memories[g][address]) >> (j * 7)) & 0x7F == want
+    # A memory 2 words deep: Yosys keeps only the columns that differ between its two words.
+    weights = np.array([[0, 1, 0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 0, 1, 1, 0]], dtype=np.uint8)
+    shallow = LayerSpec(8, 2, weights, None, pe=2, simd=4, weight_packing=2)
+    assert shallow.weight_memory_widths() == [2 + 2]

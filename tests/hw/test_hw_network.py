@@ -14,6 +14,7 @@ from hw_harness import (
     simulate_network,
     sized_network,
     steady_interval,
+    with_random_packing,
 )
 
 from xnorflow.hw.network import Network, decode_output, input_beats, output_layout
@@ -30,8 +31,10 @@ def random_in_width(spec, seed):
     return int(np.random.default_rng(seed).integers(1, 65))
 
 
-def run_random_spec(seed, frames, max_cycles=200, register_weights=False):
+def run_random_spec(seed, frames, max_cycles=200, register_weights=False, packed=False):
     spec = random_spec(seed, max_cycles=max_cycles)
+    if packed:
+        spec = with_random_packing(spec, seed)
     if register_weights:
         spec = replace(spec, layers=tuple(replace(layer, register_weights=True) for layer in spec.layers))
     in_width = random_in_width(spec, seed)
@@ -48,6 +51,18 @@ def test_random_specs_match_golden(seed):
 @pytest.mark.parametrize("seed", range(300, 306))
 def test_random_specs_with_registered_weights_match_golden(seed):
     run_random_spec(seed, frames=3, register_weights=True)
+
+
+# Packed weight memories (LayerSpec.weight_packing): several PEs' words in one memory word.
+@pytest.mark.parametrize("seed", range(500, 510))
+def test_random_specs_with_packed_weights_match_golden(seed):
+    run_random_spec(seed, frames=3, register_weights=seed % 2 == 1, packed=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(510, 610))
+def test_random_packed_spec_sweep(seed):
+    run_random_spec(seed, frames=3, max_cycles=400, register_weights=seed % 2 == 1, packed=True)
 
 
 @pytest.mark.slow
