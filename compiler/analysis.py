@@ -254,12 +254,12 @@ class LogicModel:
 
 LOGIC_MODELS = {
     # bench/calibrate_estimate.py --fit on the designs of bench/calibration.json, rounded.
-    "ice40": LogicModel(simd_lane=4.13, acc_bit=0.64, engine=164, score_bit=0.08, block_mux=1.2,
-                        rom_lut=1.11, ram_bit=2.0, gearbox_bit=0.65, top=299, packing=1.031,
-                        deserializer_bit=3.31),
+    "ice40": LogicModel(simd_lane=4.09, acc_bit=0.64, engine=160, score_bit=0.12, block_mux=1.19,
+                        rom_lut=1.23, ram_bit=2.0, gearbox_bit=0.62, top=299, packing=1.031,
+                        deserializer_bit=3.42),
     # ECP5: the terms its two SFCs cannot separate come from the iCE40 fit (bench/calibrate_estimate.py).
-    "ecp5": LogicModel(simd_lane=4.51, acc_bit=0.64, engine=164, score_bit=0.08, block_mux=1.2,
-                       rom_lut=1.11, ram_bit=0.86, gearbox_bit=0.65, top=351, packing=1.006,
+    "ecp5": LogicModel(simd_lane=4.5, acc_bit=0.64, engine=160, score_bit=0.12, block_mux=1.19,
+                       rom_lut=1.23, ram_bit=0.86, gearbox_bit=0.62, top=400, packing=1.007,
                        deserializer_bit=1.0),
 }
 

