@@ -174,3 +174,8 @@ def test_synth_merges_the_build_it_made_into_the_report(tfc_digits_model, tmp_pa
         if layer.weight_style == "block":
             assert len(banks) == len(layer.weight_groups()) and set(banks.values()) == {"block"}, (i, banks)
     assert (build / "synth" / "xnorflow.bin").stat().st_size > 0
+    # A simulation after the synthesis keeps the frames/s in step with the II it measures.
+    assert run_cli("simulate", build, "--images", "10").returncode == 0
+    again = json.loads((build / "report.json").read_text())
+    assert again["fps_at_clock"] == 12e6 / again["cycles_per_frame"]
+    assert again["fps"] == again["fmax_mhz"] * 1e6 / again["cycles_per_frame"]
