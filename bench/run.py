@@ -183,7 +183,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     name = config_name(config)
     model_path, record = trained_model(work, arch, dataset, log, **{k: config[k] for k in TRAIN_OPTIONS if k in config})
     build = work / "builds" / name
-    row = {"config": name, "measured_at": time.strftime("%Y-%m-%d %H:%M"), **{k: v for k, v in config.items() if k in ("arch", "dataset", "board", "lut_share", "pnr_seed")},
+    row = {"config": name, "measured_at": time.strftime("%Y-%m-%d %H:%M"), **{k: v for k, v in config.items() if k in ("arch", "dataset", "board", "lut_share", "pnr_seed", *TRAIN_OPTIONS)},
            "folding": "by hand" if config.get("folding") else (
                f"fastest within {config['lut_share']:.0%} of the LUTs (--lut-share)" if config.get("lut_share")
                else "fastest that fits"),
@@ -294,7 +294,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def variant_options(row: dict) -> str:
     """' (--lut-share 0.5 --pnr-seed 2)': the options a row was built with beyond the defaults."""
-    options = [f"{option} {row[key]:g}" for key, option in (("lut_share", "--lut-share"), ("pnr_seed", "--pnr-seed"))
+    options = [f"{option} {row[key]:g}" for key, option in (("lut_share", "--lut-share"), ("pnr_seed", "--pnr-seed"),
+                                                             ("input_bits", "--input-bits"), ("epochs", "--epochs"))
                if row.get(key)]
     return f" ({' '.join(options)})" if options else ""
 
