@@ -149,6 +149,7 @@ class MaxPoolLayer:
 
     kind: ClassVar[str] = "maxpool"
     is_output: ClassVar[bool] = False
+    takes_integers: ClassVar[bool] = False    # a pool takes the previous layer's bits
 
     in_shape: tuple[int, int, int]
     size: int
@@ -344,7 +345,7 @@ def execute(model: BnnModel, bits: np.ndarray) -> Execution:
     b-bit integers of a model whose first layer takes integers (not the packed hardware frame).
 
     Conv and pool activations are (frames, H*W*C) vectors in (y, x, c) order."""
-    x = np.asarray(bits, dtype=np.int64 if getattr(model.layers[0], "takes_integers", False) else np.uint8)
+    x = np.asarray(bits, dtype=np.int64 if model.layers[0].takes_integers else np.uint8)
     activations, margins = [], []
     frames = x.shape[0]
     conv, conv_p = None, None

@@ -195,7 +195,7 @@ def layer_spec(layer, with_numbers: bool = True) -> LayerSpec:
     weights = layer.weights.astype(np.uint8) if with_numbers and getattr(layer, "weights", None) is not None else None
     thresholds = (layer.thresholds.astype(np.int64) if with_numbers and layer.thresholds is not None else None)
     # Before the conv branch: a conv on integers is an int_conv, not a binary conv.
-    if not isinstance(layer, MaxPoolLayer) and layer.takes_integers:
+    if layer.takes_integers:
         fields = int_layer_fields(layer, weights, thresholds)
         if fields["kind"] not in kinds("layer"):
             raise CompileError(f"the model's first layer takes {layer.input_bits}-bit integer inputs, but this "
