@@ -129,8 +129,7 @@ class WidthAdapter(wiring.Component):
         accept = self.i.valid & self.i.ready
         emit = self.o.valid & self.o.ready
         word_index = wrapping_counter(m, self.out_beats, accept & part_last, "out_beat")
-        # Whether the output beat after this one is the frame's last (the counter's next is_last).
-        next_is_last = Mux(word_index.is_last, self.out_beats == 1, word_index.value == self.out_beats - 2)
+        next_is_last = word_index.stepped_is_last     # the output beat after this one is the frame's last
         m.d.comb += [self.o.payload.eq(word), self.o.valid.eq(full), self.i.ready.eq(~full | self.o.ready)]
         with m.If(emit):
             m.d.sync += [full.eq(0)] + [word[j * a:(j + 1) * a].eq(0) for j in range(last_parts, parts)]
@@ -166,26 +165,26 @@ class WidthAdapter(wiring.Component):
 
         # Bits [0, count) of the buffer are real, in stream order; bits above count are always 0,
         # so a new beat is ORed in at position count. Beside count, registers hold what the next
-        # cycle's handshake needs from it: count - b and count - out_last_bits (an output beat is
-        # ready when the one it takes is >= 0; a beat taken leaves it as the fill count) and
-        # count <= 2b (room for an input beat). Computed from count they put a subtractor and a
-        # comparator in front of the shifter; TFC's gearboxes set the iCE40UP5K's Fmax with them.
+        # cycle's handshake needs from it, so no adder or comparator sits in front of the shifter:
+        # ``take_position`` is the fill count after the pending output beat is taken (count - b, or
+        # count - out_last_bits when that beat is the frame's last); the beat is ready when it is
+        # >= 0 (its sign bit, so ``o.valid`` is a register bit), and a new beat taken in the same
+        # cycle lands there. ``has_room`` is count <= 2b (room for an input beat).
         buffer = Signal(capacity)
         count = Signal(range(capacity + 1))
-        count_less_b = Signal(range(-b, capacity + 1), init=-b)
-        count_less_last = Signal(range(-out_last_bits, capacity + 1), init=-out_last_bits)
+        take_position = Signal(range(-b, capacity + 1), init=-(out_last_bits if self.out_beats == 1 else b))
         has_room = Signal(init=1)
 
         accept = self.i.valid & self.i.ready
         emit = self.o.valid & self.o.ready
         in_is_last = wrapping_counter(m, self.in_beats, accept, "in_beat").is_last
-        out_is_last = wrapping_counter(m, self.out_beats, emit, "out_beat").is_last
+        out_beat = wrapping_counter(m, self.out_beats, emit, "out_beat")
+        out_is_last = out_beat.is_last
 
         taken = Mux(out_is_last, out_last_bits, b)           # bits this output beat consumes
-        count_after_take = Mux(out_is_last, count_less_last, count_less_b)
         m.d.comb += [
             self.i.ready.eq(has_room),
-            self.o.valid.eq(count_after_take >= 0),
+            self.o.valid.eq(take_position >= 0),
             # The frame's last output beat carries only that frame's bits; the next frame's (which
             # may already sit above them in the buffer) are masked off.
             self.o.payload.eq(Mux(out_is_last, buffer[:out_last_bits], buffer[:b])),
@@ -202,19 +201,19 @@ class WidthAdapter(wiring.Component):
         landed_if_kept = Signal(capacity)
         landed_if_taken = Signal(capacity)
         shift_width = len(count)
+        next_is_last = Mux(emit, out_beat.stepped_is_last, out_is_last)
         m.d.comb += [
             kept.eq(Mux(emit, Mux(out_is_last, buffer >> out_last_bits, buffer >> b), buffer)),
             kept_count.eq(count - Mux(emit, taken, 0)),
             next_count.eq(kept_count + Mux(accept, in_bits, 0)),
             landed_if_kept.eq(in_data << count),
-            # count_after_take is >= 0 whenever a beat is taken, so its low bits are the position.
-            landed_if_taken.eq(in_data << count_after_take.as_unsigned()[:shift_width]),
+            # take_position is >= 0 whenever a beat is taken, so its low bits are the position.
+            landed_if_taken.eq(in_data << take_position.as_unsigned()[:shift_width]),
         ]
         m.d.sync += [
             buffer.eq(kept | Mux(accept, Mux(emit, landed_if_taken, landed_if_kept), 0)),
             count.eq(next_count),
-            count_less_b.eq(next_count - b),
-            count_less_last.eq(next_count - out_last_bits),
+            take_position.eq(next_count - Mux(next_is_last, out_last_bits, b)),
             has_room.eq(next_count <= 2 * b),
         ]
 
