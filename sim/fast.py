@@ -150,7 +150,8 @@ def run_fast(session, image_ids, inputs, expected, *, backpressure: float, gaps:
     frames = len(inputs)
     ranges = chunk_ranges(frames, chunks or default_chunks(frames))
     fast = FastSession(session)
-    obj_dir, build_seconds = fast.build(max(b - a for a, b in ranges))
+    # Sized for the whole run, not the largest chunk: a run in one chunk or in several shares a build.
+    obj_dir, build_seconds = fast.build(frames)
     progress_files = [session.folder.run_dir(f"chunk{k}.progress") for k in range(len(ranges))]
     for path in progress_files:
         path.unlink(missing_ok=True)
