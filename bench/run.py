@@ -220,6 +220,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
         "rtl_mismatches", "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles", "fmax_mhz", "fps",
         "luts", "ffs", "brams", "synth_seconds", "device", "layers", "fps_at_clock", "clock_mhz", "timing_met",
         "clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts")})
+    row["bound_cycles_per_frame"] = (report.get("memory_bandwidth") or {}).get("bound_cycles_per_frame")
     row["estimate_luts"] = (report.get("estimate") or {}).get("luts")
     row["estimate_brams"] = (report.get("estimate") or {}).get("brams")
     sim = report.get("simulation") or {}
@@ -298,11 +299,26 @@ def markdown_table(rows: list[dict]) -> str:
                  "clock its PLL was set to, at or below Fmax, which gives the frames/s at clock (`clock_mhz`, `fps_at_clock` in each build's "
                  "report.json, bench/work/builds/).")
     lines.append("")
+    lines.append(bandwidth_table(rows))
+    lines.append("")
     lines.append("| anchor (published) | accuracy | frames/s | LUTs | fps/LUT | build |")
     lines.append("|---|---|---|---|---|---|")
     for a in ANCHORS:
         lines.append(f"| {a['name']} | {fmt(a['accuracy'], 'pct')} ({a['dataset']}) | {fmt(a['fps'], 'int')} | "
                      f"{fmt(a['luts'], 'int')} | {a['fps'] / a['luts']:.1f} | Vivado, hours |")
+    return "\n".join(lines)
+
+
+def bandwidth_table(rows: list[dict]) -> str:
+    """Each row's II against its memory-bandwidth bound: the cycles per frame if every block the board
+    has were read at its full width every cycle (compiler/fit.py; the `memory_bandwidth` of report.json)."""
+    lines = ["| config | II | memory-bandwidth bound | II / bound | LUTs | mem. blocks | frames/s at clock |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ii, bound = r.get("cycles_per_frame"), r.get("bound_cycles_per_frame")
+        lines.append(f"| {r['arch'].upper()} / {r['dataset']} / {r['board']}{variant_options(r)} | {fmt(ii)} | "
+                     f"{fmt(bound)} | {fmt(ii / bound if ii and bound else None, 'f2')} | {fmt(r.get('luts'), 'int')} | "
+                     f"{fmt(r.get('brams'))} | {fmt(r.get('fps_at_clock'), 'int')} |")
     return "\n".join(lines)
 
 
