@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,9 +27,13 @@ from xnorflow.sim.scoreboard import Scoreboard, steady_state_ii, watchdog_cycles
 from xnorflow.sim.verilator_build import build_model, verilator_runner
 
 FAST_TB_MODULE = "xnorflow.sim.fast_tb"
-# Verilator built for speed: its own optimisations, X values resolved once, the C++ at -O2
-# (bench/results.md records the rates these give against the default flags).
-SPEED_ARGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "-CFLAGS", "-O2"]
+# Verilator built for speed: its own optimisations, X values resolved once, the C++ at -O2 with GCC
+# allowed to inline into Verilator's huge evaluation functions (its growth limits otherwise leave
+# every VL_COUNTONES_I of the popcount trees a call), and x86-64's POPCNT where the machine is one
+# (bench/records.md, "Verilator flags", records the rates these give).
+SPEED_CFLAGS = ["-O2", "--param", "large-function-growth=1000", "--param", "large-function-insns=100000",
+                "--param", "inline-unit-growth=1000", *(["-mpopcnt"] if platform.machine() in ("x86_64", "AMD64") else [])]
+SPEED_ARGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "-CFLAGS", " ".join(SPEED_CFLAGS)]
 MAIN_CPP = Path(__file__).with_name("fast_main.cpp")     # the free-running clock loop
 RESET_POINTS = ("input", "compute", "output-held")
 RESET_CHECK_FRAMES = 3

@@ -86,27 +86,41 @@ module {HARNESS_TOP} (
         finish_on_done = $test$plusargs("xnorflow_finish");
     end
 
+    // The inputs are registered on the way in (the controls latched while rst is high, rst itself
+    // one cycle late for the harness and the network alike), so no logic reads a top-level input
+    // combinationally and Verilator evaluates none of it again when only the clock has changed.
+    reg         rst_q;
+    reg  [31:0] n_frames_q, seed_q, watchdog_q, tail_q;
+    reg  [15:0] gap_threshold_q, stall_threshold_q;
+    always @(posedge clk) begin
+        rst_q <= rst;
+        if (rst) begin
+            n_frames_q <= n_frames; seed_q <= seed; watchdog_q <= watchdog; tail_q <= tail;
+            gap_threshold_q <= gap_threshold; stall_threshold_q <= stall_threshold;
+        end
+    end
+
     // Source: the next beat to offer is frames[frame * BEATS + beat_in_frame].
     reg  [{frame_bits}:0] frame;
     reg  [{beat_bits}:0] beat_in_frame;
     reg  [31:0] address;
     reg         holding;                  // a beat is offered and not yet taken
     reg  [31:0] gap_rng, stall_rng;
-    wire        more = frame < n_frames;
-    wire        i_valid = more && (holding || !(gap_rng[15:0] < gap_threshold));
+    wire        more = frame < n_frames_q;
+    wire        i_valid = more && (holding || !(gap_rng[15:0] < gap_threshold_q));
     wire        i_ready;
     wire [IN_W-1:0] i_payload = frames[address];
 
     // Sink: ready is a fresh coin flip every cycle.
     wire        o_valid;
-    wire        o_ready = !(stall_rng[15:0] < stall_threshold);
+    wire        o_ready = !(stall_rng[15:0] < stall_threshold_q);
     wire [OUT_W-1:0] o_payload;
     reg  [31:0] idle;                     // cycles since the last output (or the start)
     reg  [31:0] after_last;               // cycles since the n_frames-th output
 
     {top} dut (
         .{ports["clk"]}(clk),
-        .{ports["rst"]}(rst),
+        .{ports["rst"]}(rst_q),
         .{ports["i_payload"]}(i_payload),
         .{ports["i_valid"]}(i_valid),
         .{ports["i_ready"]}(i_ready),
@@ -125,9 +139,9 @@ module {HARNESS_TOP} (
     endfunction
 
     always @(posedge clk) begin
-        if (rst) begin
+        if (rst_q) begin
             frame <= 0; beat_in_frame <= 0; address <= 0; holding <= 0;
-            gap_rng <= seed ^ 32'h9e3779b9; stall_rng <= (seed * 32'd2654435761) ^ 32'h7f4a7c15;
+            gap_rng <= seed_q ^ 32'h9e3779b9; stall_rng <= (seed_q * 32'd2654435761) ^ 32'h7f4a7c15;
             outputs_seen <= 0; extra <= 0; cycle <= 0; idle <= 0; after_last <= 0;
             done <= 0; stuck <= 0;
         end else if (!done) begin
@@ -147,7 +161,7 @@ module {HARNESS_TOP} (
             end
             if (o_valid && o_ready) begin
                 idle <= 0;
-                if (outputs_seen < n_frames) begin
+                if (outputs_seen < n_frames_q) begin
                     payloads[outputs_seen] <= o_payload;
                     out_at[outputs_seen] <= cycle;
                 end else begin
@@ -157,10 +171,10 @@ module {HARNESS_TOP} (
             end else begin
                 idle <= idle + 1;
             end
-            if (outputs_seen >= n_frames) after_last <= after_last + 1;
-            if ((outputs_seen >= n_frames && after_last >= tail) || idle >= watchdog) begin
+            if (outputs_seen >= n_frames_q) after_last <= after_last + 1;
+            if ((outputs_seen >= n_frames_q && after_last >= tail_q) || idle >= watchdog_q) begin
                 done <= 1;
-                stuck <= outputs_seen < n_frames;
+                stuck <= outputs_seen < n_frames_q;
                 $writememh(payloads_file, payloads);
                 $writememh(in_file, in_at);
                 $writememh(out_file, out_at);
