@@ -42,6 +42,7 @@ from xnorflow.boards.registry import Board
 from xnorflow.boards.uart import DEFAULT_BAUD, UARTRx, UARTTx, fastest_baud, uart_divisor
 from xnorflow.hw.adapters import RegisterSlice
 from xnorflow.hw.network import Network
+from xnorflow.hw.refusal import refusing
 from xnorflow.hw.spec import NetworkSpec, SpecError
 from xnorflow.hw.stream_format import BYTE_BITS, beats_per_frame
 
@@ -70,13 +71,10 @@ class BoardTopCore(wiring.Component):
     """
 
     def __init__(self, spec: NetworkSpec, clk_hz: float, baud: int = DEFAULT_BAUD):
-        try:
+        with refusing(self):
             spec.validate()
             check_protocol(spec)
             self.divisor = uart_divisor(clk_hz, baud)
-        except ValueError:
-            self._MustUse__silence = True  # refused, never built: no "created but never used" warning
-            raise
         self.spec = spec
         self.clk_hz = clk_hz
         self.baud = baud
@@ -156,15 +154,12 @@ class BoardTop(Elaboratable):
     def __init__(self, spec: NetworkSpec, board: Board, baud: int | None = None, clock_hz: float | None = None):
         self.spec = spec
         self.board = board
-        try:
+        with refusing(self):
             self.pll: PllPlan | None = None if clock_hz is None else plan_pll(board.family, board.clock_hz, clock_hz)
             self.clk_hz = self.pll.f_out_hz if self.pll else board.clock_hz
             self.baud = fastest_baud(self.clk_hz, board.max_baud) if baud is None else baud
             # Built here so a spec or baud rate the core refuses fails before any platform work.
             self.core = BoardTopCore(spec, self.clk_hz, self.baud)
-        except ValueError:
-            self._MustUse__silence = True  # refused, never built: no "created but never used" warning
-            raise
 
     def elaborate(self, platform):
         m = Module()

@@ -11,6 +11,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from xnorflow.hw.counter import wrapping_counter
+from xnorflow.hw.refusal import refusing
 from xnorflow.hw.spec import SpecError, bits_for, ceil_div
 
 
@@ -73,10 +74,10 @@ class WidthAdapter(wiring.Component):
     """
 
     def __init__(self, in_width: int, out_width: int, n: int):
-        for label, value in (("in_width", in_width), ("out_width", out_width), ("frame bits n", n)):
-            if int(value) < 1:
-                self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
-                raise AdapterError(f"width adapter: {label} is {value}; it must be at least 1")
+        with refusing(self):
+            for label, value in (("in_width", in_width), ("out_width", out_width), ("frame bits n", n)):
+                if int(value) < 1:
+                    raise AdapterError(f"width adapter: {label} is {value}; it must be at least 1")
         self.in_width, self.out_width, self.n = int(in_width), int(out_width), int(n)
         super().__init__({
             "i": In(stream.Signature(unsigned(self.in_width))),

@@ -36,7 +36,8 @@ from amaranth.lib.wiring import In, Out
 from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.pipeline import output_queue, register, register_stage
 from xnorflow.hw.popcount import count_levels, group_slices, popcount
-from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div
+from xnorflow.hw.refusal import refusing
+from xnorflow.hw.spec import LayerSpec, bits_for, ceil_div
 
 
 def fold_scores_signature(layer: LayerSpec) -> wiring.Signature:
@@ -175,11 +176,8 @@ class MVTU(wiring.Component, EngineTiming):
     """
 
     def __init__(self, layer: LayerSpec, index: int = 0):
-        try:
+        with refusing(self):
             layer.validate(index)
-        except SpecError:
-            self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
-            raise
         self.layer = layer
         out = fold_scores_signature(layer) if layer.is_output else stream.Signature(unsigned(layer.pe))
         super().__init__({

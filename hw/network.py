@@ -29,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from xnorflow.hw.adapters import RegisterSlice, WidthAdapter
 from xnorflow.hw.ops import op_for, output_op
+from xnorflow.hw.refusal import refusing
 from xnorflow.hw.spec import NetworkSpec, SpecError
 from xnorflow.hw.stream_format import frames_to_beats
 
@@ -80,25 +81,19 @@ class Network(wiring.Component):
     """The streaming accelerator of a validated NetworkSpec (see the module docstring for the ports)."""
 
     def __init__(self, spec: NetworkSpec, in_width: int | None = None):
-        try:
+        with refusing(self):
             spec.validate()
             if in_width is not None and int(in_width) < 1:
                 raise SpecError(f"input width {in_width} is not positive: give in_width >= 1 or leave "
                                 "it unset to use the first layer's SIMD")
-        except SpecError:
-            self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
-            raise
         self.spec = spec
         self.ops = [op_for(layer, k) for k, layer in enumerate(spec.layers)]
         self.output_op = output_op(spec)
         self.in_width = int(in_width) if in_width is not None else self.ops[0].in_width
-        try:
+        with refusing(self):
             join_plan(self.in_width, spec.input_bits, self.ops[0], "0")
             for k, (made, taken) in enumerate(pairwise(self.ops)):
                 join_plan(made.out_width, made.out_unit, taken, str(k + 1))
-        except SpecError:
-            self._MustUse__silence = True
-            raise
         ports = {
             "i": In(stream.Signature(unsigned(self.in_width))),
             "o": Out(stream.Signature(output_layout(spec))),

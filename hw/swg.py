@@ -41,6 +41,7 @@ from amaranth.lib.wiring import In, Out
 from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.mvtu import memory_style_attrs
 from xnorflow.hw.pipeline import output_queue, register
+from xnorflow.hw.refusal import refusing
 from xnorflow.hw.spec import SpecError, ceil_div, conv_out_shape
 
 # Issue -> word in the queue is one cycle (the banks' synchronous read, rotation and mask after
@@ -61,11 +62,11 @@ class SlidingWindowGenerator(wiring.Component):
     def __init__(self, channels: int, height: int, width: int, kernel: int, padding: int = 0,
                  pad_value: int = 0, group: int = 1, style: str = "auto"):
         c, h, w, k, p, g = (int(v) for v in (channels, height, width, kernel, padding, group))
-        if not (c >= 1 and h >= 1 and w >= 1 and 0 <= p < k <= h + 2 * p and k <= w + 2 * p
-                and 1 <= g <= k and pad_value in (0, 1)):
-            self._MustUse__silence = True
-            raise SpecError(f"sliding window: C={c}, H={h}, W={w}, K={k}, P={p}, pad {pad_value}, G={g} cannot be "
-                            "built: it takes C, H, W >= 1, 0 <= P < K <= H + 2P and W + 2P, 1 <= G <= K")
+        with refusing(self):
+            if not (c >= 1 and h >= 1 and w >= 1 and 0 <= p < k <= h + 2 * p and k <= w + 2 * p
+                    and 1 <= g <= k and pad_value in (0, 1)):
+                raise SpecError(f"sliding window: C={c}, H={h}, W={w}, K={k}, P={p}, pad {pad_value}, G={g} cannot "
+                                "be built: it takes C, H, W >= 1, 0 <= P < K <= H + 2P and W + 2P, 1 <= G <= K")
         self.channels, self.height, self.width, self.kernel, self.padding = c, h, w, k, p
         self.pad_value, self.group, self.style = int(pad_value), g, style
         _, self.out_height, self.out_width = conv_out_shape((c, h, w), c, k, p)

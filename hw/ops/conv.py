@@ -31,6 +31,7 @@ from xnorflow.hw.adapters import RegisterSlice, WidthAdapter, adapter_flip_flops
 from xnorflow.hw.mvtu import MVTU
 from xnorflow.hw.ops.base import Op, register
 from xnorflow.hw.ops.dense import DenseOp, check_matrix, fold_beats_to_bits
+from xnorflow.hw.refusal import refusing
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div, conv_out_shape
 from xnorflow.hw.swg import QUEUE_DEPTH, SlidingWindowGenerator, buffer_rows
 
@@ -59,11 +60,8 @@ class ConvEngine(wiring.Component):
     matrix_unit = MVTU
 
     def __init__(self, layer: LayerSpec, index: int = 0):
-        try:
+        with refusing(self):
             layer.validate(index)
-        except SpecError:
-            self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
-            raise
         self.layer = layer
         self.index = index
         self.group = window_group(layer)

@@ -24,6 +24,7 @@ from xnorflow.hw.ops.base import Op, op_for, register
 from xnorflow.hw.pipeline import output_queue, register_stage
 from xnorflow.hw.pipeline import register as register_value
 from xnorflow.hw.popcount import argmax_level
+from xnorflow.hw.refusal import refusing
 from xnorflow.hw.spec import LayerSpec, SpecError, bits_for
 from xnorflow.hw.stream_format import decode_output
 
@@ -49,11 +50,8 @@ class LabelSelect(wiring.Component):
     """
 
     def __init__(self, layer: LayerSpec, index: int = 0):
-        try:
+        with refusing(self):
             LabelSelectOp(layer).validate(index)
-        except SpecError:
-            self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
-            raise
         self.layer = layer
         self.timing = EngineTiming(layer)
         super().__init__({

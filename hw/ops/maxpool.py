@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.mvtu import memory_style_attrs
 from xnorflow.hw.ops.base import Op, register
+from xnorflow.hw.refusal import refusing
 from xnorflow.hw.spec import MEMORY_STYLES, LayerSpec, SpecError, bits_for, pool_out_shape
 
 
@@ -33,11 +34,8 @@ class MaxPool(wiring.Component):
     """S x S, stride S max-pool over a pixel stream (see the module docstring)."""
 
     def __init__(self, layer: LayerSpec, index: int = 0):
-        try:
+        with refusing(self):
             MaxPoolOp(layer).validate(index)
-        except SpecError:
-            self._MustUse__silence = True   # refused, not forgotten: no UnusedElaboratable warning
-            raise
         self.layer = layer
         c = layer.in_shape[0]
         super().__init__({"i": In(stream.Signature(unsigned(c))), "o": Out(stream.Signature(unsigned(c)))})
