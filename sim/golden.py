@@ -18,6 +18,10 @@ broadcast operand, ``bitwise_count`` and the widening sum take three passes over
 about 90k SFC images/s, while the compiled loop keeps each frame's counts in registers and uses
 the CPU's popcount instruction (LLVM's ctpop), about five times faster on one core. The plain
 NumPy formulation stays in the tests as the kernel's cross-check (tests/sim/test_golden.py).
+
+Conv and max-pool work on the packed frames themselves: a window or pool field is read from the
+frame's words at its bit offset, and the output bits are appended to the packed output frame, so
+no frame is unpacked to bytes on the way (only the activations returned are).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -65,6 +70,23 @@ def _popcount64(typingctx, word):
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
     return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _at_most_64(typingctx, a, a_start, b, b_start):
+    """The uint64 whose bit t is ``a[a_start + t] <= b[b_start + t]`` for t < 64 (C-contiguous int64
+    arrays, flat indices, 64 elements on from each start): one comparison of two 64-lane vectors,
+    its 64 x i1 result read as the word (on AVX-512, compares into mask registers)."""
+    def codegen(context, builder, signature, args):
+        lanes = ir.VectorType(ir.IntType(64), 64)
+
+        def load(ty, array, start):
+            data = context.make_array(ty)(context, builder, array).data
+            return builder.load(builder.bitcast(builder.gep(data, [start]), lanes.as_pointer()), align=8)
+        mask = builder.icmp_signed("<=", load(signature.args[0], args[0], args[1]),
+                                   load(signature.args[2], args[2], args[3]))
+        return builder.bitcast(mask, ir.IntType(64))
+    return types.uint64(a, a_start, b, b_start), codegen
 
 
 @njit(inline="always")
@@ -153,12 +175,11 @@ def _dense(op: Op, x: np.ndarray):
     frames = x.shape[0]
     bits = np.empty((frames, layer.n_out), dtype=np.uint8)
     packed = np.empty((frames, -(-layer.n_out // 64)), dtype=np.uint64)
-    limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
-    _threshold_kernel(x, _weights_by_word(layer), limits, bits, packed)
+    _threshold_kernel(x, _weights_by_word(layer), _limits(layer), bits, packed)
     return packed, bits
 
 
-# Frames per chunk of a conv's window matrix (frames x output pixels x K*K*C bytes before packing).
+# Frames per chunk of an int_conv's window matrix (frames x output pixels x K*K*C bytes before packing).
 CONV_CHUNK_BYTES = 1 << 26
 
 
@@ -182,23 +203,154 @@ def _conv_windows(layer: LayerSpec, x: np.ndarray, elements: Callable, dtype, pe
     return pack_rows(bits), bits
 
 
+# --- conv and max-pool on packed frames ----------------------------------------------------------
+# In these kernels arrays are only indexed inside the loops, never sliced or passed to a jitted
+# function: numba counts references to a view or an argument with atomic operations, which would run
+# per pixel. Computed indices are unsigned, so numba adds no negative-index wraparound (which turns
+# LLVM's vector loads into gathers). Output frames are written as consecutive fields via `_append`.
+_U1, _U63 = np.uint64(1), np.uint64(63)
+
+
+@njit(inline="always")
+def _ones(n):
+    """A uint64 whose n low bits (1 <= n <= 64) are 1, the others 0."""
+    return ~np.uint64(0) >> np.uint64(64 - n)
+
+
+@njit(inline="always")
+def _funnel(low, high, offset):
+    """Bits [offset, offset + 64) of the 128-bit value high:low (uint64 offset < 64): the 64 bits of a
+    packed row from bit ``offset`` of word ``low`` on, ``high`` being the next word."""
+    return (low >> offset) | ((high << _U1) << (_U63 - offset))
+
+
+@njit(inline="always")
+def _append(acc, filled, value, n):
+    """Append the n <= 64 bits of ``value`` (its other bits 0) to a stream of bits whose unfinished
+    word ``acc`` holds ``filled`` < 64 bits. Returns (word, acc, filled, full): ``word`` is the
+    current word with the bits in, stored at the stream's current index (at the latest once
+    complete), which then moves on by ``full``, 1 when it is complete; ``acc`` and ``filled`` are
+    the next unfinished word, stored at the end if ``filled``."""
+    word = acc | (value << np.uint64(filled))
+    if filled + n < 64:
+        return word, word, filled + n, 0
+    return word, (value >> _U1) >> np.uint64(63 - filled), filled + n - 64, 1
+
+
+@njit(cache=True, nogil=True)
+def _conv_kernel(x, geometry, pad_mask, w_t, limits, packed):
+    """A binary conv (DESIGN.md section 2a) of packed frames x into ``packed``. ``geometry`` is (C, H,
+    W, K, P, H', W'); ``pad_mask`` the packed padded frame, (H + 2P) x (W + 2P) pixels holding the
+    pad bit in the padding and 0 inside; ``w_t`` the weights as `_weights_by_word`; ``limits`` N - T
+    per channel (see `_threshold_kernel`), then -1 (never 1) up to a multiple of 64 channels.
+
+    Per frame the padded frame is built: the pad mask with the input rows ORed in, and one word more
+    for `_funnel`. An output pixel's window is K rows of K*C bits, row ky the K*C consecutive bits
+    of the padded frame from pixel (y + ky, x) on: appended one after the other they are the window
+    vector in (ky, kx, c) order, its bits past N 0 like the weights'. Four pixels at a time (the
+    last group repeats the last pixel), their windows go through the dense layer's XOR-popcount (as
+    `_count_mismatches`, two words per pass where there are two) and each pixel's O output bits,
+    mismatches <= limit, are appended to the output frame: pixel (y, x) lands at bit (y*W' + x)*O."""
+    c, h, w, k, pad, oh, ow = geometry
+    wp = w + 2 * pad
+    n_words, n_out = w_t.shape
+    row_bits, segment = w * c, k * c
+    frame = np.empty(pad_mask.shape[0] + 1, np.uint64)
+    windows = np.empty((4, n_words), np.uint64)
+    counts = np.zeros((4, limits.shape[0]), np.int64)         # past O: 0, never counted (limit -1)
+    pixels = oh * ow
+    last = np.uint64(x.shape[1] - 1)
+    for f in range(x.shape[0]):
+        for j in range(pad_mask.shape[0]):
+            frame[j] = pad_mask[j]
+        frame[pad_mask.shape[0]] = 0
+        for y in range(h):
+            source = np.uint64(y * row_bits)
+            target = np.uint64(((y + pad) * wp + pad) * c)
+            for done in range(0, row_bits, 64):
+                at = source + np.uint64(done)
+                i = at >> np.uint64(6)
+                value = _funnel(x[f, i], x[f, min(i + _U1, last)], at & _U63) & _ones(min(64, row_bits - done))
+                at = target + np.uint64(done)
+                i, offset = at >> np.uint64(6), at & _U63
+                frame[i] |= value << offset
+                frame[i + _U1] |= (value >> _U1) >> (_U63 - offset)
+        out, out_filled, out_words = np.uint64(0), 0, 0
+        next_y, next_x, oy, ox = 0, 0, 0, 0
+        for group in range(0, pixels, 4):
+            for q in range(4):
+                if group + q < pixels:
+                    oy, ox = next_y, next_x
+                    next_x += 1
+                    if next_x == ow:
+                        next_y, next_x = next_y + 1, 0
+                acc, filled, n = np.uint64(0), 0, 0
+                for ky in range(k):
+                    start = np.uint64(((oy + ky) * wp + ox) * c)
+                    for done in range(0, segment, 64):
+                        m = min(64, segment - done)
+                        at = start + np.uint64(done)
+                        i = at >> np.uint64(6)
+                        value = _funnel(frame[i], frame[i + _U1], at & _U63) & _ones(m)
+                        word, acc, filled, full = _append(acc, filled, value, m)
+                        if full:
+                            windows[q, n] = word
+                            n += 1
+                if filled:
+                    windows[q, n] = acc
+            for o in range(n_out):
+                counts[0, o] = 0
+                counts[1, o] = 0
+                counts[2, o] = 0
+                counts[3, o] = 0
+            for j in range(0, n_words - 1, 2):
+                a0, a1, b0, b1 = windows[0, j], windows[0, j + 1], windows[1, j], windows[1, j + 1]
+                c0, c1, d0, d1 = windows[2, j], windows[2, j + 1], windows[3, j], windows[3, j + 1]
+                for o in range(n_out):
+                    w0, w1 = w_t[j, o], w_t[j + 1, o]
+                    counts[0, o] += _popcount64(a0 ^ w0) + _popcount64(a1 ^ w1)
+                    counts[1, o] += _popcount64(b0 ^ w0) + _popcount64(b1 ^ w1)
+                    counts[2, o] += _popcount64(c0 ^ w0) + _popcount64(c1 ^ w1)
+                    counts[3, o] += _popcount64(d0 ^ w0) + _popcount64(d1 ^ w1)
+            if n_words % 2:
+                j = n_words - 1
+                a0, b0, c0, d0 = windows[0, j], windows[1, j], windows[2, j], windows[3, j]
+                for o in range(n_out):
+                    w0 = w_t[j, o]
+                    counts[0, o] += _popcount64(a0 ^ w0)
+                    counts[1, o] += _popcount64(b0 ^ w0)
+                    counts[2, o] += _popcount64(c0 ^ w0)
+                    counts[3, o] += _popcount64(d0 ^ w0)
+            for q in range(min(4, pixels - group)):
+                for first in range(0, n_out, 64):
+                    value = _at_most_64(counts, q * limits.shape[0] + first, limits, first)
+                    packed[f, out_words], out, out_filled, full = _append(out, out_filled, value,
+                                                                          min(64, n_out - first))
+                    out_words += full
+        if out_filled:
+            packed[f, out_words] = out
+
+
+def _limits(layer: LayerSpec, lanes: int = 1) -> np.ndarray:
+    """N - T per output channel, the most mismatches that still give bit 1; with ``lanes``, -1 (bit 0
+    whatever the count) for the channels past n_out up to a multiple of ``lanes``."""
+    limits = np.full(-(-layer.n_out // lanes) * lanes, -1, dtype=np.int64)
+    limits[:layer.n_out] = layer.n_in - layer.thresholds
+    return limits
+
+
 @golden_kernel("conv")
 def _conv(op: Op, x: np.ndarray):
-    """Packed (y, x, c) pixels -> every output pixel's window, packed like a dense layer's input and
-    run through the dense threshold kernel -> the (y, x, c) output bits, packed."""
+    """Packed (y, x, c) pixels -> the (y, x, c) output bits, packed, and the bits."""
     layer = op.layer
     c, h, w = layer.in_shape
-    w_t = _weights_by_word(layer)
-    limits = np.ascontiguousarray(layer.n_in - layer.thresholds, dtype=np.int64)
-
-    def per_window(windows):
-        rows = windows.shape[0]
-        pixel_bits = np.empty((rows, layer.n_out), dtype=np.uint8)
-        _threshold_kernel(pack_rows(windows), w_t, limits, pixel_bits,
-                          np.empty((rows, -(-layer.n_out // 64)), dtype=np.uint64))
-        return pixel_bits
-
-    return _conv_windows(layer, x, lambda frames: unpack_rows(frames, c * h * w), np.uint8, per_window)
+    _, oh, ow = layer.out_shape
+    n = oh * ow * layer.n_out
+    pad_mask = pack_rows(padded_images(np.zeros((1, c * h * w), dtype=np.uint8), layer).reshape(1, -1))[0]
+    packed = np.empty((x.shape[0], -(-n // 64)), dtype=np.uint64)
+    _conv_kernel(np.ascontiguousarray(x, dtype=np.uint64), (c, h, w, layer.kernel, layer.padding, oh, ow), pad_mask,
+                 _weights_by_word(layer), _limits(layer, 64), packed)
+    return packed, unpack_rows(packed, n)
 
 
 # --- integer inputs (int_dense, int_conv: DESIGN.md section 2b) -----------------------------------
@@ -260,33 +412,46 @@ def _int_conv(op: Op, x: np.ndarray):
 
 
 @njit(cache=True, nogil=True)
-def _maxpool_kernel(images, size, and_mask, out):
-    """images (frames, H, W, C) bits -> out (frames, H', W', C): per channel OR, AND where and_mask."""
-    for f in range(out.shape[0]):
-        for oy in range(out.shape[1]):
-            for ox in range(out.shape[2]):
-                for ch in range(out.shape[3]):
-                    any_one = 0
-                    all_one = 1
-                    for dy in range(size):
-                        for dx in range(size):
-                            bit = images[f, oy * size + dy, ox * size + dx, ch]
-                            any_one |= bit
-                            all_one &= bit
-                    out[f, oy, ox, ch] = all_one if and_mask[ch] else any_one
+def _maxpool_kernel(x, geometry, and_words, packed):
+    """An S x S, stride-S max-pool of packed frames x into ``packed``; ``geometry`` is (C, W, S, H', W').
+    Per output pixel and slice of at most 64 channels, the OR and the AND of the window's pixels
+    (pixel (y, x) at bit (y*W + x)*C), a channel taking the AND where its bit of ``and_words``
+    (pool_and, packed) is 1, appended to the output frame: pixel (y', x') lands at bit (y'*W' + x')*C."""
+    c, w, s, oh, ow = geometry
+    last = np.uint64(x.shape[1] - 1)
+    for f in range(x.shape[0]):
+        out, out_filled, out_words = np.uint64(0), 0, 0
+        for oy in range(oh):
+            for ox in range(ow):
+                for first in range(0, c, 64):
+                    any_one, all_one = np.uint64(0), _ones(64)
+                    for dy in range(s):
+                        for dx in range(s):
+                            at = np.uint64(((oy * s + dy) * w + ox * s + dx) * c + first)
+                            i = at >> np.uint64(6)
+                            value = _funnel(x[f, i], x[f, min(i + _U1, last)], at & _U63)
+                            any_one |= value
+                            all_one &= value
+                    use_and = and_words[first // 64]
+                    m = min(64, c - first)
+                    value = ((all_one & use_and) | (any_one & ~use_and)) & _ones(m)
+                    packed[f, out_words], out, out_filled, full = _append(out, out_filled, value, m)
+                    out_words += full
+        if out_filled:
+            packed[f, out_words] = out
 
 
 @golden_kernel("maxpool")
 def _maxpool(op: Op, x: np.ndarray):
     """Packed (y, x, c) pixels -> the pooled (y, x, c) pixels, packed, and their bits."""
     layer = op.layer
-    c, h, w = layer.in_shape
+    c, _, w = layer.in_shape
     _, oh, ow = layer.out_shape
-    images = np.ascontiguousarray(unpack_rows(x, c * h * w).reshape(-1, h, w, c))
-    out = np.empty((images.shape[0], oh, ow, c), dtype=np.uint8)
-    _maxpool_kernel(images, layer.kernel, np.ascontiguousarray(layer.pool_and, dtype=np.uint8), out)
-    bits = out.reshape(images.shape[0], -1)
-    return pack_rows(bits), bits
+    n = oh * ow * c
+    packed = np.empty((x.shape[0], -(-n // 64)), dtype=np.uint64)
+    and_words = pack_rows(np.asarray(layer.pool_and, dtype=np.uint8)[None, :])[0]
+    _maxpool_kernel(np.ascontiguousarray(x, dtype=np.uint64), (c, w, layer.kernel, oh, ow), and_words, packed)
+    return packed, unpack_rows(packed, n)
 
 
 @golden_kernel("label_select")
