@@ -97,8 +97,8 @@ def placed_spec(board_name: str, sizes, folding, seed: int = 0) -> NetworkSpec:
 
 
 def spec_from_record(record: dict) -> NetworkSpec:
-    """Rebuild a stored design's spec with its recorded memory placement (weights are random: the
-    estimate depends only on shapes and placement)."""
+    """Rebuild a stored design's spec with its recorded memory placement: the same random weights and
+    thresholds (its seed), since the threshold ROMs' widths depend on their contents."""
     spec = random_spec(record["sizes"], [tuple(f) for f in record["folding"]], record.get("seed", 0))
     return replace(spec, layers=placed_layers(spec, record))
 

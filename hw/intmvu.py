@@ -62,6 +62,14 @@ class IntEngineTiming(EngineTiming):
         return len(count_levels(self.layer.simd)) + 1
 
 
+def int_threshold_banks(layer) -> np.ndarray:
+    """An integer-input layer's threshold ROM contents, (pe, neuron_folds): thresholds clamped into
+    [-S, S + 1] (the same output bits), padded channels S + 1 (always 0)."""
+    bound = sum_bound(layer)
+    clamped = np.clip(np.asarray(layer.thresholds, dtype=np.int64), -bound, bound + 1)
+    return replace(layer, thresholds=clamped).threshold_banks(pad=bound + 1)
+
+
 class IntMVU(MVTU, IntEngineTiming):
     """One integer-input layer (kind int_dense, or the matrix unit of int_conv): SF beats of SIMD
     lanes of ``input_bits`` bits in (lane j of a beat at bits [j*b, (j+1)*b)), NF beats of PE
@@ -76,11 +84,7 @@ class IntMVU(MVTU, IntEngineTiming):
         return stored_threshold_shape(self.layer)
 
     def threshold_banks(self) -> np.ndarray:
-        """Thresholds clamped into [-S, S + 1] (same output bits), padded channels S + 1 (always 0)."""
-        layer = self.layer
-        bound = sum_bound(layer)
-        clamped = np.clip(np.asarray(layer.thresholds, dtype=np.int64), -bound, bound + 1)
-        return replace(layer, thresholds=clamped).threshold_banks(pad=bound + 1)
+        return int_threshold_banks(self.layer)
 
     def _count(self, m: Module, x, weights, control):
         """Per beat and PE, 2P - X (see the module docstring): gated lane sums per PE and the total

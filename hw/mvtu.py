@@ -37,7 +37,7 @@ from xnorflow.hw.counter import wrapping_counter
 from xnorflow.hw.pipeline import output_queue, register, register_stage
 from xnorflow.hw.popcount import count_levels, group_slices, popcount
 from xnorflow.hw.refusal import refusing
-from xnorflow.hw.spec import LayerSpec, bits_for, ceil_div
+from xnorflow.hw.spec import LayerSpec, bits_for, ceil_div, threshold_words
 
 
 def fold_scores_signature(layer: LayerSpec) -> wiring.Signature:
@@ -286,9 +286,7 @@ class MVTU(wiring.Component, EngineTiming):
         layer = self.layer
         shape = self.threshold_shape
         width = shape.width
-        banks = self.threshold_banks()          # (pe, nf); a signed threshold is stored in two's complement
-        init = [sum((int(banks[r, nf]) & ((1 << width) - 1)) << (r * width) for r in range(layer.pe))
-                for nf in range(layer.neuron_folds)]
+        init = threshold_words(self.threshold_banks(), width)
         m.submodules.thresholds = rom = Memory(shape=unsigned(layer.pe * width), depth=len(init), init=init)
         port = rom.read_port()
         m.d.comb += port.addr.eq(fold)

@@ -201,6 +201,14 @@ class LayerSpec:
         op_for(self, index).validate(index)
 
 
+def threshold_words(banks: np.ndarray, width: int) -> list[int]:
+    """A threshold ROM's words from its (pe, neuron_folds) ``banks``: word f holds fold f's
+    thresholds, PE r's at bits [r * width, (r + 1) * width) (a signed one in two's complement)."""
+    mask = (1 << width) - 1
+    pe, folds = banks.shape
+    return [sum((int(banks[r, f]) & mask) << (r * width) for r in range(pe)) for f in range(folds)]
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """A chain of layers whose last one gives class scores, then the output op of ``output_kind``

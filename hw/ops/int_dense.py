@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from xnorflow.hw.intmvu import IntEngineTiming, IntMVU, element_max, stored_threshold_shape, sum_shape
+from xnorflow.hw.intmvu import (
+    IntEngineTiming,
+    IntMVU,
+    element_max,
+    int_threshold_banks,
+    stored_threshold_shape,
+    sum_shape,
+)
 from xnorflow.hw.ops.base import register
 from xnorflow.hw.ops.dense import DenseOp
 from xnorflow.hw.popcount import count_levels
@@ -85,6 +92,9 @@ class IntDenseOp(DenseOp):
     @property
     def threshold_bits(self) -> int:
         return stored_threshold_shape(self.layer).width
+
+    def threshold_banks(self) -> np.ndarray:
+        return int_threshold_banks(self.layer)
 
     def logic_terms(self) -> dict[str, int]:
         """The adder trees, per lane bit (each PE's gated tree and the shared total): ``int_lane_bit``;

@@ -62,6 +62,17 @@ def test_dense_geometry_is_a_vector():
         replace(layer, in_shape=(3, 2, 2)).validate()
 
 
+def test_the_threshold_rom_counts_only_its_varying_bit_columns():
+    """Yosys drops a ROM's constant bit columns before mapping it to blocks: folds (1, 3) and (2, 0)
+    of a PE=2 layer vary in one bit per PE; every other stored bit is 0 in both words."""
+    layer = LayerSpec(100, 4, np.zeros((4, 100), dtype=np.uint8), np.array([1, 2, 3, 0]), pe=2, simd=50)
+    (rom,) = [m for m in op_for(layer).memories() if m["role"] == "thresholds"]
+    assert op_for(layer).threshold_bits == 7 and (rom["width"], rom["depth"]) == (2, 2)
+    same = replace(layer, thresholds=np.array([5, 5, 5, 5]))
+    (rom,) = [m for m in op_for(same).memories() if m["role"] == "thresholds"]
+    assert rom["width"] == 0 and rom["style"] == "logic"      # constants, no memory at all
+
+
 def test_label_select_refuses_a_layer_that_gives_bits():
     hidden = LayerSpec(8, 4, np.zeros((4, 8), dtype=np.uint8), np.zeros(4, dtype=np.int64))
     with pytest.raises(SpecError, match="not class scores"):
