@@ -272,7 +272,8 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--epochs", type=positive_int, default=None, help="training epochs for --arch (default: per dataset)")
     p.add_argument("--boards", default="icebreaker", help="comma list of boards")
     p.add_argument("--lut-share", default=None, metavar="S,S,...",
-                   help="design axis: comma list of LUT shares in (0, 1] (the fastest folding within each)")
+                   help="design axis: comma list of LUT shares in (0, 1] (the fastest folding within each); "
+                        "with --folding, the LUT budgets the hand foldings may take")
     p.add_argument("--folding", action="append", default=None, metavar="PE,SIMD;...",
                    help="design axis: a folding by hand (repeat for several)")
     p.add_argument("--fps", default=None, metavar="F,F,...", help="design axis: comma list of frames/s targets")

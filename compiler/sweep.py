@@ -150,15 +150,17 @@ def grid_points(models: list[tuple[str, str]], boards: str, lut_shares: str | No
 
     ``models``: (model file, label) pairs. ``boards``, ``lut_shares``, ``fps``, ``clocks``, ``seeds``:
     comma lists as on the command line (seeds may be ranges, '1-4'). At most one of ``lut_shares``,
-    ``foldings`` and ``fps`` is the design axis; without any, each board's default folding."""
+    ``foldings`` and ``fps`` is the design axis (without any, each board's default folding); with
+    ``foldings``, ``lut_shares`` are the LUT budgets the hand foldings are checked against."""
     from xnorflow.boards.registry import get_board
 
     from .build import check_clock, check_compile_options
     from .cli import parse_folding
 
-    if sum(axis is not None for axis in (lut_shares, foldings, fps)) > 1:
+    if fps is not None and (lut_shares is not None or foldings is not None):
         raise SweepError("give one design axis: --lut-share, --folding or --fps (they choose the folding in "
-                         "different ways, so a grid of two of them is not meaningful)")
+                         "different ways, so a grid of two of them is not meaningful; --lut-share with "
+                         "--folding sets the LUT budget of the hand foldings)")
     if not synth and (clocks is not None or seeds is not None):
         raise SweepError("--clock-mhz and --pnr-seeds choose how points are synthesized: leave them out with "
                          "--no-synth, or drop --no-synth")

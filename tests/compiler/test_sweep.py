@@ -121,6 +121,10 @@ def test_grid_checks_every_value_before_anything_runs(tfc_digits_model):
         assert words in str(info.value), (kwargs, str(info.value))
     with pytest.raises(SweepError, match="no-synth"):
         grid_points(m, "icebreaker", seeds="1", synth=False)
+    # A hand folding with LUT budgets: one point per budget, each compiled with both.
+    points = grid_points(m, "icebreaker", lut_shares="0.5,0.85", foldings=["8,8;4,8"], synth=False)
+    assert [(p.lut_share, p.folding) for p in points] == [(0.5, "8,8;4,8"), (0.85, "8,8;4,8")]
+    assert len({p.name for p in points}) == 2
 
 
 @pytest.mark.parametrize("options, words", [
