@@ -14,8 +14,8 @@ Pipeline: the MVTU's stages, issue, ping-pong input buffer, weight banks (`Layer
 accumulation, registered compare and credit-based output queue, so a frame still takes NF * SF
 cycles with no bubbles. Only the count differs::
 
-    count      registered gated sums per group of POPCOUNT_GROUP lanes, per PE and for the shared
-               total X, then registered sums of those: `count_levels(simd)` levels, as the popcount
+    count      registered gated sums per pair of lanes (INT_LANE_GROUP), per PE and for the shared
+               total X, then registered sums of up to POPCOUNT_GROUP of those: `int_count_levels(simd)`
     combine    registered 2P_r - X per PE (signed)
     acc        the signed sum s per PE, complete at the last beat of a fold; then s >= T (signed)
 
@@ -30,13 +30,25 @@ import numpy as np
 from amaranth.hdl import Module, Mux, Shape, Signal
 
 from xnorflow.hw.mvtu import MVTU, EngineTiming, registered_sums
-from xnorflow.hw.pipeline import register_stage
+from xnorflow.hw.pipeline import register, register_stage
 from xnorflow.hw.popcount import count_levels, group_slices
 
 
 def element_max(layer) -> int:
     """M = 2^b - 1, the largest input element."""
     return (1 << layer.input_bits) - 1
+
+
+# b-bit lanes per registered first-level sum: one adder after the weight gating. With four (the
+# popcount's group) the weight RAM's output went through the gate and a chain of three carry adders
+# before a register: TFC with 8-bit inputs on the iCE40UP5K reached 34 MHz, the 1-bit TFC 47.
+INT_LANE_GROUP = 2
+
+
+def int_count_levels(simd: int) -> list[list[int]]:
+    """The registered levels of an integer engine's sums, in lanes (`count_levels`): pairs, then
+    groups of POPCOUNT_GROUP."""
+    return count_levels(simd, first_group=INT_LANE_GROUP)
 
 
 def sum_bound(layer) -> int:
@@ -55,11 +67,12 @@ def stored_threshold_shape(layer) -> Shape:
 
 
 class IntEngineTiming(EngineTiming):
-    """An IntMVU's pipeline depth and queue: the MVTU's with one more count stage (the combine)."""
+    """An IntMVU's pipeline depth and queue: the MVTU's with two more count stages (the registered
+    operands and the combine)."""
 
     @property
     def count_stages(self) -> int:
-        return len(count_levels(self.layer.simd)) + 1
+        return len(int_count_levels(self.layer.simd)) + 2
 
 
 def int_threshold_banks(layer) -> np.ndarray:
@@ -87,12 +100,18 @@ class IntMVU(MVTU, IntEngineTiming):
         return int_threshold_banks(self.layer)
 
     def _count(self, m: Module, x, weights, control):
-        """Per beat and PE, 2P - X (see the module docstring): gated lane sums per PE and the total
-        X in registered levels (`registered_sums`), then one registered combine stage."""
+        """Per beat and PE, 2P - X (see the module docstring): the operands registered as they leave
+        their memories, gated lane sums per PE and the total X in registered levels
+        (`registered_sums`), then one registered combine stage."""
         layer = self.layer
         b, top = layer.input_bits, element_max(layer)
+        # The block RAMs' outputs reach the gates only through a register: on the iCE40 their routing
+        # alone took a quarter of the clock period in front of the first adders.
+        x = register(m, x, "operand_x")
+        weights = [register(m, word, f"operand_w{r}") for r, word in enumerate(weights)]
+        control = register_stage(m, "operands", control)
         lanes = [x[j * b:(j + 1) * b] for j in range(layer.simd)]
-        groups = group_slices(layer.simd)
+        groups = group_slices(layer.simd, INT_LANE_GROUP)
         gated = [[(sum(Mux(weights[r][j], lanes[j], 0) for j in range(start, stop)), top * (stop - start))
                   for start, stop in groups] for r in range(layer.pe)]
         total = [(sum(lanes[j] for j in range(start, stop)), top * (stop - start)) for start, stop in groups]

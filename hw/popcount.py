@@ -46,10 +46,11 @@ def argmax_level(nodes: list[tuple]) -> list[tuple]:
     return merged
 
 
-def count_levels(width: int, group: int = POPCOUNT_GROUP) -> list[list[int]]:
+def count_levels(width: int, group: int = POPCOUNT_GROUP, first_group: int | None = None) -> list[list[int]]:
     """The registered levels of a ``width``-lane popcount, as the largest value each register holds:
-    first one per group of ``group`` lanes, then sums of up to ``group`` of those, until one is left."""
-    level = [stop - start for start, stop in group_slices(width, group)]
+    first one per group of ``first_group`` lanes (default ``group``), then sums of up to ``group`` of
+    those, until one is left."""
+    level = [stop - start for start, stop in group_slices(width, first_group or group)]
     levels = [level]
     while len(level) > 1:
         level = [sum(level[start:stop]) for start, stop in group_slices(len(level), group)]

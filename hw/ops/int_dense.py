@@ -19,13 +19,13 @@ from xnorflow.hw.intmvu import (
     IntEngineTiming,
     IntMVU,
     element_max,
+    int_count_levels,
     int_threshold_banks,
     stored_threshold_shape,
     sum_shape,
 )
 from xnorflow.hw.ops.base import register
 from xnorflow.hw.ops.dense import DenseOp
-from xnorflow.hw.popcount import count_levels
 from xnorflow.hw.spec import SpecError, bits_for
 
 
@@ -108,14 +108,15 @@ class IntDenseOp(DenseOp):
         return sum_shape(self.layer).width
 
     def count_flip_flops(self) -> int:
-        """Every level of the PE trees and of the shared total, the combine registers and the
-        accumulators (see hw/intmvu.py)."""
+        """The registered operands, every level of the PE trees and of the shared total, the combine
+        registers and the accumulators (see hw/intmvu.py)."""
         layer = self.layer
         top = element_max(layer)
-        levels = count_levels(layer.simd)
+        levels = int_count_levels(layer.simd)
         tree = sum(bits_for(top * most) for level in levels for most in level)
         combine = bits_for(layer.simd * top) + 1
-        return (layer.pe + 1) * tree + layer.pe * (combine + self.accumulator_bits)
+        operands = layer.simd * layer.input_bits + layer.pe * layer.simd
+        return operands + (layer.pe + 1) * tree + layer.pe * (combine + self.accumulator_bits)
 
     # --- RTL -------------------------------------------------------------------------------------
     def component(self, index: int = 0) -> IntMVU:
