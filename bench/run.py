@@ -235,9 +235,9 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
                                    if row["sim_chunks_seconds"] and row["sim_chunks"] > 1 else None)
     # A simulator process of simulate against the bare C++ loop (sim/native.py) on the same harness:
     # cycles per CPU second of each, so the ratio does not depend on what else the machine runs.
+    row["sim_cycles_per_cpu_s"] = sim.get("cycles_per_cpu_second")
     row["sim_over_native"] = (row["sim_cycles_per_cpu_s"] / row["native_cycles_per_cpu_s"]
                               if row["sim_cycles_per_cpu_s"] and row["native_cycles_per_cpu_s"] else None)
-    row["sim_cycles_per_cpu_s"] = sim.get("cycles_per_cpu_second")
     row["sim_workers"] = sim.get("workers")
     row["verilator_build_seconds"] = sim.get("verilator_build_seconds")
     row["fps_per_lut"] = row["fps"] / row["luts"] if row.get("fps") and row.get("luts") else None
