@@ -27,6 +27,7 @@ import numpy as np
 from xnorflow.hw.spec import NetworkSpec
 from xnorflow.sim import golden
 from xnorflow.sim.layout import (
+    FAST_MODEL_DIR,
     MODEL_DIR,
     RESULTS_FILE,
     SIM_DIR,
@@ -228,7 +229,8 @@ def simulate_build(build_dir, images: int | None = None, backpressure: float | N
         inputs = simulation_inputs(build_dir, images, backpressure, seed)
         with build_folder.transaction(build_dir, (SIM_DIR, reports.REPORT_NAME)) as stage:
             staged_sim = stage / SIM_DIR
-            build_folder.link_tree(build_dir / SIM_DIR / MODEL_DIR, staged_sim / MODEL_DIR)   # the Verilator model cache
+            for models in (MODEL_DIR, FAST_MODEL_DIR):       # the Verilator model caches
+                build_folder.link_tree(build_dir / SIM_DIR / models, staged_sim / models)
             with dask_client(scheduler) as client:
                 results = simulate(build_dir, images=images, backpressure=backpressure, waves=waves, seed=seed,
                                    progress=progress, sim_dir=staged_sim, mode=mode, chunks=chunks, client=client)

@@ -68,7 +68,10 @@ class FastSession:
         text = harness.harness_verilog(TOP, self.session.ports, self.session.spec,
                                        self.session.in_width, capacity)
         if not source.is_file() or source.read_text() != text:
-            source.write_text(text)
+            # Replaced, not edited: the file may be a hard link into the previous simulation's cache.
+            staged = source.with_name(source.name + ".new")
+            staged.write_text(text)
+            os.replace(staged, source)
         seconds = build_model(self.session.folder.verilog, obj_dir, top=harness.HARNESS_TOP,
                                           extra_sources=[source], extra_args=SPEED_ARGS, main_cpp=MAIN_CPP)
         return obj_dir, seconds

@@ -30,6 +30,7 @@ VECTORS_FILE = "vectors.npz"
 VERILOG_DIR = "verilog"
 SIM_DIR = "sim"
 MODEL_DIR = "obj"                    # kept across simulations: the Verilator model cache
+FAST_MODEL_DIR = "obj_fast"          # kept across simulations too: the fast harness's models
 RESULTS_FILE = "results.json"
 
 # The report.json keys (DESIGN.md section 4) a simulation measures and merges in.
@@ -78,7 +79,8 @@ class BuildFolder:
     def fast_model(self, capacity: int) -> tuple[Path, Path]:
         """(model folder, harness Verilog) of the fast harness holding ``capacity`` frames; the
         source sits beside the folder, since a rebuild empties the folder."""
-        return self.sim_dir / f"obj_fast{capacity}", self.sim_dir / f"harness{capacity}.v"
+        models = self.sim_dir / FAST_MODEL_DIR
+        return models / f"obj{capacity}", models / f"harness{capacity}.v"
 
     def run_dir(self, name: str) -> Path:
         """The working folder of one bench run (``chunk<k>`` for a fast chunk)."""

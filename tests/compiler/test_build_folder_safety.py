@@ -319,3 +319,16 @@ def test_the_default_thread_count_does_not_depend_on_the_machine(tfc_digits_mode
     assert record["train"]["threads"] == 1
     assert all(torch.equal(x, y) for x, y in zip(record["state_dict"].values(),
                                                  torch.load(b, weights_only=True)["state_dict"].values()))
+
+
+def test_a_second_simulation_reuses_the_fast_harness_build(compiled, tmp_path):
+    """The fast harness's Verilator model is carried from one simulation's sim/ into the next (the
+    model cache survives the swap of sim/), and rebuilt only when what it is built from changes."""
+    from xnorflow.compiler.build import simulate_build
+
+    build = copy_build(compiled, tmp_path)
+    first = simulate_build(build, images=20, progress=False)["simulation"]
+    again = simulate_build(build, images=30, seed=3, progress=False)["simulation"]
+    assert first["verilator_build_seconds"] is not None
+    assert again["verilator_build_seconds"] is None
+    assert again["images_per_second"] and json.loads((build / "report.json").read_text())["images_simulated"] == 30
