@@ -33,15 +33,20 @@ def beats_per_frame(frame_bits: int, width: int) -> int:
     return ceil_div(frame_bits, width)
 
 
-def frames_to_beats(frames_bits: np.ndarray, width: int) -> list[list[int]]:
-    """(frames, n) array of {0, 1} -> per frame, its ``beats_per_frame(n, width)`` beats as ints."""
+def frames_to_beat_array(frames_bits: np.ndarray, width: int) -> np.ndarray:
+    """(frames, n) array of {0, 1} -> (frames, ``beats_per_frame(n, width)``) beats, as `pack_words`
+    gives them (uint64 up to 64 bits, Python ints above)."""
     frames_bits = np.asarray(frames_bits, dtype=np.uint8)
     frames, n = frames_bits.shape
     beats = beats_per_frame(n, width)
     padded = np.zeros((frames, beats * width), dtype=np.uint8)
     padded[:, :n] = frames_bits
-    words = pack_words(padded.reshape(frames, beats, width))
-    return [[int(word) for word in row] for row in words]
+    return pack_words(padded.reshape(frames, beats, width))
+
+
+def frames_to_beats(frames_bits: np.ndarray, width: int) -> list[list[int]]:
+    """(frames, n) array of {0, 1} -> per frame, its ``beats_per_frame(n, width)`` beats as ints."""
+    return [[int(word) for word in row] for row in frames_to_beat_array(frames_bits, width)]
 
 
 def frames_to_bytes(frames_bits: np.ndarray) -> list[bytes]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xnorflow.hw.stream_format import beats_per_frame, frames_to_beats, output_width
+from xnorflow.hw.stream_format import beats_per_frame, frames_to_beat_array, output_width
 
 HARNESS_TOP = "xnorflow_harness"
 PROBABILITY_ONE = 1 << 16          # thresholds are in units of 1/65536
@@ -189,8 +189,16 @@ endmodule
 def write_frames_hex(path: Path, inputs: np.ndarray, in_width: int) -> None:
     """(frames, input bits) as the harness's $readmemh lines: every frame's beats (hw/stream_format.py),
     in stream order."""
-    beats = [beat for frame in frames_to_beats(inputs, in_width) for beat in frame]
+    beats = frames_to_beat_array(inputs, in_width).reshape(-1)
     digits = max(1, -(-in_width // 4))
+    if beats.dtype == np.uint64:
+        # Formatted with arrays: a chunk of 1-bit beats is millions of lines.
+        shifts = np.arange(4 * (digits - 1), -1, -4, dtype=np.uint64)
+        text = np.empty((len(beats), digits + 1), dtype=np.uint8)
+        text[:, :digits] = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[(beats[:, None] >> shifts) & np.uint64(15)]
+        text[:, digits] = ord("\n")
+        Path(path).write_bytes(text.tobytes())
+        return
     with open(path, "w") as f:
         f.writelines(f"{int(beat):0{digits}x}\n" for beat in beats)
 
