@@ -160,9 +160,8 @@ class LayerSpec:
         groups = self.weight_groups()
         if self.weights is None or self.neuron_folds * self.synapse_folds > CONSTANT_COLUMN_DEPTH:
             return [len(group) * self.simd for group in groups]
-        banks = self._weight_bank_bits()
-        varies = banks.min(axis=1) != banks.max(axis=1)       # (pe, simd): the column is not constant
-        return [int(varies[group.start:group.stop].sum()) for group in groups]
+        kept = kept_columns(self._weight_bank_bits())         # (pe, simd)
+        return [int(kept[group.start:group.stop].sum()) for group in groups]
 
     def _weight_bank_bits(self) -> np.ndarray:
         """Each PE's bank as bits, (pe, NF * SF, simd): see `weight_memories`."""
@@ -207,6 +206,14 @@ def threshold_words(banks: np.ndarray, width: int) -> list[int]:
     mask = (1 << width) - 1
     pe, folds = banks.shape
     return [sum((int(banks[r, f]) & mask) << (r * width) for r in range(pe)) for f in range(folds)]
+
+
+def threshold_rom_width(banks: np.ndarray, width: int) -> int:
+    """Bits of a word of the threshold ROM holding ``banks`` (`threshold_words`) that synthesis
+    keeps (`kept_columns`)."""
+    stored = np.asarray(banks, dtype=np.int64).T & ((1 << width) - 1)               # (folds, pe)
+    bits = (stored[:, :, None] >> np.arange(width)) & 1
+    return int(kept_columns(bits.reshape(len(stored), -1)).sum())
 
 
 @dataclass(frozen=True)
@@ -336,6 +343,12 @@ class NetworkSpec:
 # Yosys removes a ROM's constant bit columns; a column of random-looking weights is constant with
 # probability 2 ** (1 - depth), so the weight accounting looks for them only up to this depth.
 CONSTANT_COLUMN_DEPTH = 32
+
+
+def kept_columns(contents: np.ndarray) -> np.ndarray:
+    """The bit columns of a ROM that Yosys keeps, for its {0, 1} contents (..., depth, width): those
+    not holding the same bit at every address (it drops the others before mapping the ROM)."""
+    return contents.min(axis=-2) != contents.max(axis=-2)
 
 
 def conv_out_shape(in_shape, out_channels: int, kernel: int, padding: int) -> tuple[int, int, int]:

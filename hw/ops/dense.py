@@ -14,7 +14,7 @@ import numpy as np
 from xnorflow.hw.mvtu import MVTU, EngineTiming
 from xnorflow.hw.ops.base import Op, register
 from xnorflow.hw.popcount import count_levels
-from xnorflow.hw.spec import MEMORY_STYLES, SpecError, bits_for, ceil_div, threshold_words
+from xnorflow.hw.spec import MEMORY_STYLES, SpecError, bits_for, ceil_div, threshold_rom_width
 from xnorflow.hw.stream_format import fold_beats_to_bits
 
 # The widest integer input element (int_dense, int_conv) the engine and the golden model take.
@@ -61,15 +61,6 @@ def check_matrix(layer, where: str, integer: bool = False) -> None:
         if lo < 0 or hi > layer.n_in + 1:
             raise SpecError(f"{where}: threshold out of range [{lo}, {hi}], the hardware takes "
                             f"0..{layer.n_in + 1}: fold batch-norm with the compiler, which clamps them")
-
-
-def varying_columns(words: list[int], width: int) -> int:
-    """Bit columns of ``width``-bit ``words`` that are not the same in every word."""
-    all_ones, any_ones = (1 << width) - 1, 0
-    for word in words:
-        all_ones &= word
-        any_ones |= word
-    return (any_ones & ~all_ones).bit_count()
 
 
 @register
@@ -199,8 +190,7 @@ class DenseOp(Op):
         if not self.emits_scores:
             # Yosys drops a ROM's constant bit columns before mapping it (a threshold's high bits are
             # often 0 in every fold): the memory it maps is that many bits narrower.
-            words = threshold_words(self.threshold_banks(), self.threshold_bits)
-            width = varying_columns(words, layer.pe * self.threshold_bits)
+            width = threshold_rom_width(self.threshold_banks(), self.threshold_bits)
             memories.append({"role": "thresholds", "width": width, "depth": layer.neuron_folds, "count": 1,
                              "style": "auto" if width else "logic", "kind": "rom"})
         return memories
