@@ -9,11 +9,19 @@ import itertools
 from dataclasses import replace
 
 from xnorflow.boards.family import per_family
-from xnorflow.hw.adapters import adapter_kind
+from xnorflow.hw.adapters import adapter_kind, adapter_terms
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
-from .analysis import BLOCK_RAMS, HOST_BEAT_BITS, best_weight_packing, estimate_resources, layer_estimate
+from .analysis import (
+    BLOCK_RAMS,
+    HOST_BEAT_BITS,
+    LOGIC_MODELS,
+    best_weight_packing,
+    estimate_resources,
+    layer_estimate,
+    logic_estimate,
+)
 from .model import BnnModel, CompileError
 from .passes import SetFolding, lower_to_spec, slowest_cycles
 
@@ -108,35 +116,69 @@ def _pareto(options: list[tuple[int, int, object]]) -> list[tuple[int, int, obje
     return kept
 
 
+# A shifting gearbox lands each input beat at its fill count (0 .. 2 x out_width), so each of its
+# in_width + 2 x out_width buffer bits picks from up to min(in_width, 2 x out_width + 1) input bits.
+# Alone on the ECP5-85F, gearboxes of 315 to 4.6k such shifter inputs (7 -> 19, 8 -> 147, 43 -> 32 bits)
+# reached 119 to 155 MHz and one of 18.5k (256 -> 29) 69.9 MHz (bench/records.md, "Gearbox timing"):
+# the fit chooses none past this many, as one would hold the whole network's clock down.
+MAX_GEARBOX_SHIFTER_INPUTS = 8192
+
+
+def gearbox_meets_timing(in_width: int, out_width: int, n: int) -> bool:
+    """Whether the width adapter from ``in_width``-bit beats to ``out_width``-bit ones (frames of
+    ``n`` bits) is one the fit may choose: anything but a gearbox past MAX_GEARBOX_SHIFTER_INPUTS."""
+    if adapter_kind(in_width, out_width, n) != "gearbox":
+        return True
+    return (in_width + 2 * out_width) * min(in_width, 2 * out_width + 1) <= MAX_GEARBOX_SHIFTER_INPUTS
+
+
+def adapter_luts(in_width: int, op, family: str) -> int:
+    """Estimated LUTs of the width adapter feeding ``op`` with ``in_width``-bit beats (`adapter_terms`)."""
+    return logic_estimate(adapter_terms(in_width, op.in_width, op.in_unit), LOGIC_MODELS[family])
+
+
 def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_budget: int) -> NetworkSpec | None:
     """The folding, memory placement and weight packing with the fewest estimated LUTs whose II is at most
     ``target_cycles`` and whose blocks fit ``block_budget``; None when no design does.
 
     Blocks are the scarce resource shared by the layers, so this is a multiple-choice knapsack over
     each layer's (blocks, LUTs) Pareto front, solved exactly by dynamic programming over blocks used.
-    Width adapters between layers depend on two layers' choices; they are left out here and counted
-    by the full estimate that checks the result.
+    The width adapter feeding a layer depends on its choice and on the previous layer's output width,
+    so each layer's options are kept per pair of beat widths (in, out), the front of partial designs per
+    output width of its last layer, and each step adds the adapter's LUTs: exact for the estimate up to
+    its rounding. Adapters that `gearbox_meets_timing` refuses are never chosen.
     """
     fronts = []
     for layer in spec.layers:
         # A layer's options are costed with its ops (the last layer's include the label-select).
-        options = []
+        options: dict[tuple[int, int], list] = {}
         for pe, simd in op_for(layer).folding_candidates(target_cycles, block_widths(family)):
             folded = replace(layer, pe=pe, simd=simd)
             for weight_style, buffer_style in placement_options(folded):
                 candidate = placed_layer(folded, family, weight_style, buffer_style)
                 estimate = layer_estimate(candidate, family, output_kind=spec.output_kind)
-                options.append((estimate["brams"], estimate["luts"], candidate))
-        fronts.append(_pareto(options))
+                widths = (op_for(candidate).in_width, op_for(candidate).out_width)
+                options.setdefault(widths, []).append((estimate["brams"], estimate["luts"], candidate))
+        # The adapters around a layer depend only on its beat widths: a front per pair of widths.
+        fronts.append([option for same_widths in options.values() for option in _pareto(same_widths)])
 
-    designs = [(0, 0, ())]      # (blocks, luts, layers chosen so far), a Pareto front
+    # Partial designs (blocks, luts, layers chosen so far), a Pareto front per width of the beats they emit.
+    designs = {HOST_BEAT_BITS: [(0, 0, ())]}
     for front in fronts:
-        combined = [(blocks + b, luts + l, chosen + (layer,))
-                    for blocks, luts, chosen in designs for b, l, layer in front if blocks + b <= block_budget]
-        designs = _pareto(combined)
+        combined: dict[int, list] = {}
+        for width, partial in designs.items():
+            for b, l, layer in front:
+                op = op_for(layer)
+                if not gearbox_meets_timing(width, op.in_width, op.in_unit):
+                    continue
+                l += adapter_luts(width, op, family)
+                combined.setdefault(op.out_width, []).extend(
+                    (blocks + b, luts + l, chosen + (layer,)) for blocks, luts, chosen in partial
+                    if blocks + b <= block_budget)
+        designs = {width: _pareto(options) for width, options in combined.items() if options}
         if not designs:
             return None
-    _, _, chosen = min(designs, key=lambda d: d[1])
+    _, _, chosen = min((d for partial in designs.values() for d in partial), key=lambda d: d[1])
     return replace(spec, layers=chosen)
 
 
