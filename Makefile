@@ -34,7 +34,7 @@ bench: setup
 
 # SFC at II 48 on the ULX3S-85F over nextpnr seeds 1-4 at 96.875 MHz, built at once (hours of CPU here).
 bench-sweep: setup
-	$(PY) bench/run.py --out bench --sweep sfc-85f-ii48-seeds
+	$(PY) bench/run.py --out bench --sweep sfc-85f-share0.5-seeds
 
 lint: setup
 	$(VENV)/bin/ruff check .
