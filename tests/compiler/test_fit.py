@@ -1,5 +1,7 @@
 """Fitting a network to a board: the folding and memory placement chosen before any RTL exists."""
 
+import itertools
+
 import numpy as np
 import pytest
 from nets import net
@@ -157,3 +159,49 @@ def test_memory_bandwidth_gives_each_layers_reads_and_the_bound():
     assert first["block_bits_per_cycle"] == 36 * first["weight_blocks"] >= first["weight_bits_per_cycle"]
     assert bandwidth["bound_cycles_per_frame"] == -(-(784 * 256 + 256 * 10) // (208 * 36))
     assert bandwidth["cycles_per_frame"] == spec.analytic_cycles_per_frame
+
+
+def test_cheapest_design_counts_the_adapters_between_layers_as_a_search_of_every_design_does():
+    """The knapsack's answer costs what the cheapest of all designs (every folding and placement of
+    every layer, adapters included, slow gearboxes excluded) costs in the full estimate, up to its
+    rounding per layer; and it never chooses a gearbox `gearbox_meets_timing` refuses."""
+    from dataclasses import replace
+
+    from xnorflow.compiler.analysis import HOST_BEAT_BITS
+    from xnorflow.compiler.fit import block_widths, gearbox_meets_timing, placed_layer
+    from xnorflow.hw.ops import op_for
+
+    spec = net([64, 24, 10])
+    family, target, budget = "ice40", 12, 4
+
+    def adapters_meet_timing(design):
+        widths = [HOST_BEAT_BITS] + [op_for(layer).out_width for layer in design.layers[:-1]]
+        return all(gearbox_meets_timing(w, op_for(l).in_width, op_for(l).in_unit) for w, l in zip(widths, design.layers))
+
+    choices = []
+    for layer in spec.layers:
+        options = []
+        for pe, simd in op_for(layer).folding_candidates(target, block_widths(family)):
+            folded = replace(layer, pe=pe, simd=simd)
+            options += [placed_layer(folded, family, w, b) for w, b in placement_options(folded)]
+        choices.append(options)
+    best = None
+    for layers in itertools.product(*choices):
+        design = replace(spec, layers=layers)
+        estimate = estimate_resources(design, family)
+        if estimate["brams"] - estimate["top"]["brams"] <= budget and adapters_meet_timing(design):
+            best = estimate["luts"] if best is None else min(best, estimate["luts"])
+
+    design = cheapest_design(spec, family, target, budget)
+    assert design is not None and best is not None and adapters_meet_timing(design)
+    assert abs(estimate_resources(design, family)["luts"] - best) <= len(spec.layers)
+
+
+def test_the_fit_refuses_a_gearbox_whose_landing_shifter_is_too_wide():
+    from xnorflow.compiler.fit import MAX_GEARBOX_SHIFTER_INPUTS, gearbox_meets_timing
+
+    assert not gearbox_meets_timing(256, 29, 256)                     # 314 bits x 59: 69.9 MHz alone
+    assert all(gearbox_meets_timing(i, o, 256) for i, o in ((43, 32), (7, 19), (8, 147), (8, 1)))
+    assert not gearbox_meets_timing(256, 32, 256)                     # narrowing by a whole factor: a gearbox too
+    assert (256 + 64) * 65 > MAX_GEARBOX_SHIFTER_INPUTS
+    assert gearbox_meets_timing(32, 256, 256)                          # a deserializer, whatever its size
