@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import numpy as np
+
 from xnorflow.boards.family import per_family
 from xnorflow.hw.adapters import adapter_kind, adapter_terms
 from xnorflow.hw.ops import op_for
@@ -162,24 +164,50 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
         # The adapters around a layer depend only on its beat widths: a front per pair of widths.
         fronts.append([option for same_widths in options.values() for option in _pareto(same_widths)])
 
-    # Partial designs (blocks, luts, layers chosen so far), a Pareto front per width of the beats they emit.
-    designs = {HOST_BEAT_BITS: [(0, 0, ())]}
+    # Partial designs as a Pareto front per width of the beats they emit: arrays of blocks and LUTs,
+    # with, per layer, where each entry came from (the previous front's width and entry, the option).
+    designs = {HOST_BEAT_BITS: (np.zeros(1, np.int64), np.zeros(1, np.int64))}
+    came_from = []
     for front in fronts:
-        combined: dict[int, list] = {}
-        for width, partial in designs.items():
-            for b, l, layer in front:
+        parts: dict[int, list] = {}
+        for width, (blocks, luts) in designs.items():
+            for j, (b, l, layer) in enumerate(front):
                 op = op_for(layer)
                 if not gearbox_meets_timing(width, op.in_width, op.in_unit):
                     continue
-                l += adapter_luts(width, op, family)
-                combined.setdefault(op.out_width, []).extend(
-                    (blocks + b, luts + l, chosen + (layer,)) for blocks, luts, chosen in partial
-                    if blocks + b <= block_budget)
-        designs = {width: _pareto(options) for width, options in combined.items() if options}
+                fitting = np.flatnonzero(blocks + b <= block_budget)
+                parts.setdefault(op.out_width, []).append(
+                    (blocks[fitting] + b, luts[fitting] + l + adapter_luts(width, op, family), width, fitting, j))
+        designs, origins = {}, {}
+        for width, pieces in parts.items():
+            blocks = np.concatenate([p[0] for p in pieces])
+            if not blocks.size:
+                continue
+            luts = np.concatenate([p[1] for p in pieces])
+            kept = _pareto_indices(blocks, luts)
+            designs[width] = (blocks[kept], luts[kept])
+            origins[width] = (np.concatenate([np.full(p[3].size, p[2]) for p in pieces])[kept],
+                              np.concatenate([p[3] for p in pieces])[kept],
+                              np.concatenate([np.full(p[3].size, p[4]) for p in pieces])[kept])
         if not designs:
             return None
-    _, _, chosen = min((d for partial in designs.values() for d in partial), key=lambda d: d[1])
-    return replace(spec, layers=chosen)
+        came_from.append(origins)
+    width, index = min(((w, int(np.argmin(luts))) for w, (_, luts) in designs.items()),
+                       key=lambda wi: designs[wi[0]][1][wi[1]])
+    chosen = []
+    for front, origins in zip(reversed(fronts), reversed(came_from), strict=True):
+        previous_width, previous_index, option = (int(a[index]) for a in origins[width])
+        chosen.append(front[option][2])
+        width, index = previous_width, previous_index
+    return replace(spec, layers=tuple(reversed(chosen)))
+
+
+def _pareto_indices(blocks: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """Indices of the (blocks, luts) pairs that no other beats on both, by blocks ascending."""
+    order = np.lexsort((luts, blocks))
+    ordered = luts[order]
+    best_before = np.minimum.accumulate(np.concatenate(([np.iinfo(np.int64).max], ordered[:-1])))
+    return order[ordered < best_before]
 
 
 def lut_budget_share(board, lut_share: float | None = None) -> float:
