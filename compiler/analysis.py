@@ -301,7 +301,7 @@ def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]
         for name, value in op.logic_terms().items():
             terms[name] += value
     for name, value in adapter_terms(in_width, ops[0].in_width, ops[0].in_unit).items():
-        terms[name] = value     # the adapter feeding the layer (the ops' own adapters are in their terms)
+        terms[name] += value    # the adapter feeding the layer, beside the ops' own adapters (in their terms)
     for memory in ops_memories(ops, family):
         if memory["style"] == "block":
             terms["block_mux"] += memory["count"] * BLOCK_RAMS[family].mux_bits(memory["width"], memory["depth"],
