@@ -134,12 +134,8 @@ def gearbox_meets_timing(in_width: int, out_width: int, n: int) -> bool:
     return (in_width + 2 * out_width) * min(in_width, 2 * out_width + 1) <= MAX_GEARBOX_SHIFTER_INPUTS
 
 
-def adapter_luts(in_width: int, op, family: str) -> int:
-    """Estimated LUTs of the width adapter feeding ``op`` with ``in_width``-bit beats (`adapter_terms`)."""
-    return logic_estimate(adapter_terms(in_width, op.in_width, op.in_unit), LOGIC_MODELS[family])
-
-
-def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_budget: int) -> NetworkSpec | None:
+def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_budget: int,
+                    estimates: dict | None = None) -> NetworkSpec | None:
     """The folding, memory placement and weight packing with the fewest estimated LUTs whose II is at most
     ``target_cycles`` and whose blocks fit ``block_budget``; None when no design does.
 
@@ -149,55 +145,67 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
     so each layer's options are kept per pair of beat widths (in, out), the front of partial designs per
     output width of its last layer, and each step adds the adapter's LUTs: exact for the estimate up to
     its rounding. Adapters that `gearbox_meets_timing` refuses are never chosen.
+
+    ``estimates``, when given, keeps each layer option's estimate across calls on the same ``spec``
+    (the fit's search over targets asks for the same options again).
     """
-    fronts = []
-    for layer in spec.layers:
+    estimates = {} if estimates is None else estimates
+    fronts = []     # per layer: its options, and their groups of equal beat widths
+    for index, layer in enumerate(spec.layers):
         # A layer's options are costed with its ops (the last layer's include the label-select).
-        options: dict[tuple[int, int], list] = {}
+        by_widths: dict[tuple[int, int, int], list] = {}
         for pe, simd in op_for(layer).folding_candidates(target_cycles, block_widths(family)):
             folded = replace(layer, pe=pe, simd=simd)
             for weight_style, buffer_style in placement_options(folded):
-                candidate = placed_layer(folded, family, weight_style, buffer_style)
-                estimate = layer_estimate(candidate, family, output_kind=spec.output_kind)
-                widths = (op_for(candidate).in_width, op_for(candidate).out_width)
-                options.setdefault(widths, []).append((estimate["brams"], estimate["luts"], candidate))
-        # The adapters around a layer depend only on its beat widths: a front per pair of widths.
-        fronts.append([option for same_widths in options.values() for option in _pareto(same_widths)])
+                key = (index, pe, simd, weight_style, buffer_style)
+                if key not in estimates:
+                    candidate = placed_layer(folded, family, weight_style, buffer_style)
+                    estimate = layer_estimate(candidate, family, output_kind=spec.output_kind)
+                    op = op_for(candidate)
+                    estimates[key] = ((op.in_width, op.in_unit, op.out_width), estimate["brams"], estimate["luts"], candidate)
+                widths, brams, luts, candidate = estimates[key]
+                by_widths.setdefault(widths, []).append((brams, luts, candidate))
+        # The adapters around a layer depend only on its beat widths: a front per group of equal widths.
+        options, groups = [], []
+        for widths, same in by_widths.items():
+            front = _pareto(same)
+            groups.append((widths, len(options), np.array([o[0] for o in front]), np.array([o[1] for o in front])))
+            options += [o[2] for o in front]
+        fronts.append((options, groups))
 
     # Partial designs as a Pareto front per width of the beats they emit: arrays of blocks and LUTs,
     # with, per layer, where each entry came from (the previous front's width and entry, the option).
     designs = {HOST_BEAT_BITS: (np.zeros(1, np.int64), np.zeros(1, np.int64))}
     came_from = []
-    for front in fronts:
+    for options, groups in fronts:
         parts: dict[int, list] = {}
         for width, (blocks, luts) in designs.items():
-            for j, (b, l, layer) in enumerate(front):
-                op = op_for(layer)
-                if not gearbox_meets_timing(width, op.in_width, op.in_unit):
+            for (in_width, in_unit, out_width), first, group_blocks, group_luts in groups:
+                if not gearbox_meets_timing(width, in_width, in_unit):
                     continue
-                fitting = np.flatnonzero(blocks + b <= block_budget)
-                parts.setdefault(op.out_width, []).append(
-                    (blocks[fitting] + b, luts[fitting] + l + adapter_luts(width, op, family), width, fitting, j))
+                adapter = logic_estimate(adapter_terms(width, in_width, in_unit), LOGIC_MODELS[family])
+                total_blocks = blocks[:, None] + group_blocks[None, :]
+                previous, option = np.nonzero(total_blocks <= block_budget)
+                parts.setdefault(out_width, []).append(
+                    (total_blocks[previous, option], luts[previous] + group_luts[option] + adapter,
+                     np.full(previous.size, width), previous, first + option))
         designs, origins = {}, {}
         for width, pieces in parts.items():
-            blocks = np.concatenate([p[0] for p in pieces])
+            blocks, luts, *origin = (np.concatenate(column) for column in zip(*pieces, strict=True))
             if not blocks.size:
                 continue
-            luts = np.concatenate([p[1] for p in pieces])
             kept = _pareto_indices(blocks, luts)
             designs[width] = (blocks[kept], luts[kept])
-            origins[width] = (np.concatenate([np.full(p[3].size, p[2]) for p in pieces])[kept],
-                              np.concatenate([p[3] for p in pieces])[kept],
-                              np.concatenate([np.full(p[3].size, p[4]) for p in pieces])[kept])
+            origins[width] = tuple(column[kept] for column in origin)
         if not designs:
             return None
         came_from.append(origins)
     width, index = min(((w, int(np.argmin(luts))) for w, (_, luts) in designs.items()),
                        key=lambda wi: designs[wi[0]][1][wi[1]])
     chosen = []
-    for front, origins in zip(reversed(fronts), reversed(came_from), strict=True):
-        previous_width, previous_index, option = (int(a[index]) for a in origins[width])
-        chosen.append(front[option][2])
+    for (options, _), origins in zip(reversed(fronts), reversed(came_from), strict=True):
+        previous_width, previous_index, option = (int(column[index]) for column in origins[width])
+        chosen.append(options[option])
         width, index = previous_width, previous_index
     return replace(spec, layers=tuple(reversed(chosen)))
 
@@ -275,7 +283,8 @@ def aligned_simd(layer: LayerSpec, in_width: int) -> int | None:
 def align_adapters(spec: NetworkSpec, family: str, block_budget: int) -> NetworkSpec:
     """``spec`` with each dense layer's SIMD rounded up to a multiple of the beats it receives where
     that lowers the estimated LUTs within ``block_budget``: a deserializer has no shifter, a gearbox
-    one per bit (`cheapest_design` leaves the adapters out). A wider SIMD never adds cycles."""
+    one per bit (`cheapest_design` costs adapters, but only among the ops' folding candidates, which
+    need not hold the aligned SIMD). A wider SIMD never adds cycles."""
     for k, layer in enumerate(spec.layers):
         in_width = HOST_BEAT_BITS if k == 0 else op_for(spec.layers[k - 1]).out_width
         simd = aligned_simd(layer, in_width)
@@ -289,12 +298,13 @@ def align_adapters(spec: NetworkSpec, family: str, block_budget: int) -> Network
     return spec
 
 
-def design_for_board(model: BnnModel, board, target_cycles: int, lut_share: float | None = None) -> NetworkSpec | None:
+def design_for_board(model: BnnModel, board, target_cycles: int, lut_share: float | None = None,
+                     estimates: dict | None = None) -> NetworkSpec | None:
     """The cheapest design (folding, memory placement and packing, adapters aligned) within
     ``target_cycles`` that fits the board, checked with the full estimate; None when there is none."""
     spec = lower_to_spec(model)
     top_blocks = estimate_resources(spec, board.family)["top"]["brams"]
-    design = cheapest_design(spec, board.family, target_cycles, board.bram_blocks - top_blocks)
+    design = cheapest_design(spec, board.family, target_cycles, board.bram_blocks - top_blocks, estimates)
     if design is None:
         return None
     design = align_adapters(design, board.family, board.bram_blocks)
@@ -311,12 +321,13 @@ def fastest_fitting_design(model: BnnModel, board, lut_share: float | None = Non
     target; a binary search over it finds the fastest design that fits.
     """
     lo, hi = 1, slowest_cycles(model)
-    fastest = design_for_board(model, board, hi, lut_share)
+    estimates: dict = {}    # each layer option's estimate, shared by the targets tried
+    fastest = design_for_board(model, board, hi, lut_share, estimates)
     if fastest is None:
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        design = design_for_board(model, board, mid, lut_share)
+        design = design_for_board(model, board, mid, lut_share, estimates)
         if design is not None:
             hi, fastest = mid, design
         else:
