@@ -21,7 +21,7 @@ NumPy formulation stays in the tests as the kernel's cross-check (tests/sim/test
 
 Conv and max-pool work on the packed frames themselves: a window or pool field is read from the
 frame's words at its bit offset, and the output bits are appended to the packed output frame, so
-no frame is unpacked to bytes on the way (only the activations returned are).
+no frame is unpacked to bytes on the way (the activations returned are, when they are read).
 """
 from __future__ import annotations
 
@@ -38,14 +38,43 @@ from xnorflow.hw.ops.conv import padded_images
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
 
-@dataclass
-class GoldenResult:
-    """What the network computes for a batch of frames."""
+@dataclass(frozen=True)
+class PackedBits:
+    """Activation bits as the packed words the next layer reads, (frames, n) uint8 when asked for
+    (``unpack`` or ``np.asarray``)."""
 
-    scores: np.ndarray          # (frames, n_classes) int64: the output layer's popcounts
-    predictions: np.ndarray     # (frames,) int64: argmax of scores, ties to the lowest index
-    activations: list[np.ndarray]  # per hidden layer, (frames, out bits) uint8: n_out for dense,
-                                   # H' * W' * C in (y, x, c) order for conv and max-pool
+    words: np.ndarray           # (frames, ceil(n / 64)) uint64, `pack_rows` layout
+    n: int
+
+    def unpack(self) -> np.ndarray:
+        return unpack_rows(self.words, self.n)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        bits = self.unpack()
+        return bits if dtype is None else bits.astype(dtype)
+
+
+class GoldenResult:
+    """What the network computes for a batch of frames.
+
+    ``scores``: (frames, n_classes) int64, the output layer's popcounts; ``predictions``: (frames,)
+    int64, argmax of scores, ties to the lowest index; ``activations``: per hidden layer, (frames, out
+    bits) uint8, n_out for dense, H' * W' * C in (y, x, c) order for conv and max-pool. A conv or
+    pool layer's bits stay packed (`PackedBits`) until ``activations`` is first read: unpacked, scnv's
+    are about 55 kB a frame, and allocating them cost the golden model half its time.
+    """
+
+    def __init__(self, scores: np.ndarray, predictions: np.ndarray, activations: list):
+        self.scores = scores
+        self.predictions = predictions
+        self._activations = list(activations)
+
+    @property
+    def activations(self) -> list[np.ndarray]:
+        for k, bits in enumerate(self._activations):
+            if isinstance(bits, PackedBits):
+                self._activations[k] = bits.unpack()
+        return self._activations
 
 
 def pack_rows(bits: np.ndarray) -> np.ndarray:
@@ -350,7 +379,7 @@ def _conv(op: Op, x: np.ndarray):
     packed = np.empty((x.shape[0], -(-n // 64)), dtype=np.uint64)
     _conv_kernel(np.ascontiguousarray(x, dtype=np.uint64), (c, h, w, layer.kernel, layer.padding, oh, ow), pad_mask,
                  _weights_by_word(layer), _limits(layer, 64), packed)
-    return packed, unpack_rows(packed, n)
+    return packed, PackedBits(packed, n)
 
 
 # --- integer inputs (int_dense, int_conv: DESIGN.md section 2b) -----------------------------------
@@ -451,7 +480,7 @@ def _maxpool(op: Op, x: np.ndarray):
     packed = np.empty((x.shape[0], -(-n // 64)), dtype=np.uint64)
     and_words = pack_rows(np.asarray(layer.pool_and, dtype=np.uint8)[None, :])[0]
     _maxpool_kernel(np.ascontiguousarray(x, dtype=np.uint64), (c, w, layer.kernel, oh, ow), and_words, packed)
-    return packed, unpack_rows(packed, n)
+    return packed, PackedBits(packed, n)
 
 
 @golden_kernel("label_select")
