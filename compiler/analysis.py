@@ -176,7 +176,8 @@ def weight_blocks(layer: LayerSpec, family: str) -> int:
 def memory_bandwidth(spec: NetworkSpec, family: str, blocks: int) -> dict:
     """Weight bits read per cycle against what the blocks can give, per layer, and the network's
     memory-bandwidth bound: the fewest cycles per frame in which ``blocks`` blocks (the board's),
-    each read at its widest mode every cycle, deliver every weight bit once.
+    each read at its widest mode every cycle, deliver every weight bit as often as a frame reads it
+    (once per output pixel for a conv: ``weight_reads_per_frame``).
 
     Per layer: ``weight_bits_per_cycle`` (PE x SIMD: the weight words of one cycle),
     ``weight_blocks`` and ``block_bits_per_cycle`` (those blocks x the widest mode)."""
@@ -188,8 +189,9 @@ def memory_bandwidth(spec: NetworkSpec, family: str, blocks: int) -> dict:
                        "weight_blocks": count, "block_bits_per_cycle": count * widest,
                        "weight_packing": layer.weight_packing})
     weight_bits = sum(layer.weight_bits for layer in spec.layers)
-    return {"layers": layers, "weight_bits": weight_bits, "blocks": blocks, "block_width": widest,
-            "bound_cycles_per_frame": ceil_div(weight_bits, blocks * widest),
+    reads = sum(layer.weight_bits * layer.vectors_per_frame for layer in spec.layers)
+    return {"layers": layers, "weight_bits": weight_bits, "weight_reads_per_frame": reads, "blocks": blocks,
+            "block_width": widest, "bound_cycles_per_frame": ceil_div(reads, blocks * widest),
             "cycles_per_frame": spec.analytic_cycles_per_frame}
 
 

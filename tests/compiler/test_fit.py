@@ -15,7 +15,7 @@ from xnorflow.compiler.fit import (
     placement_options,
 )
 from xnorflow.compiler.passes import cheapest_folding
-from xnorflow.hw.spec import LayerSpec
+from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
 
 def test_candidates_meet_the_target_and_include_block_widths():
@@ -205,3 +205,15 @@ def test_the_fit_refuses_a_gearbox_whose_landing_shifter_is_too_wide():
     assert not gearbox_meets_timing(256, 32, 256)                     # narrowing by a whole factor: a gearbox too
     assert (256 + 64) * 65 > MAX_GEARBOX_SHIFTER_INPUTS
     assert gearbox_meets_timing(32, 256, 256)                          # a deserializer, whatever its size
+
+
+def test_a_conv_layers_weights_count_once_per_output_pixel_in_the_bandwidth_bound():
+    from xnorflow.compiler.analysis import memory_bandwidth
+    from xnorflow.hw.spec import conv_layer
+
+    rng = np.random.default_rng(0)
+    conv = conv_layer((2, 6, 6), rng.integers(0, 2, (8, 18), dtype=np.uint8), rng.integers(0, 20, 8), kernel=3,
+                      padding=0, pad_value=0, pe=2, simd=9)                 # 4 x 4 output pixels
+    bandwidth = memory_bandwidth(NetworkSpec((conv,)), "ecp5", 10)
+    assert bandwidth["weight_reads_per_frame"] == 8 * 18 * 16
+    assert bandwidth["bound_cycles_per_frame"] == -(-(8 * 18 * 16) // (10 * 36))
