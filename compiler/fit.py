@@ -125,6 +125,17 @@ def _pareto(options: list[tuple[int, int, object]]) -> list[tuple[int, int, obje
 # the fit chooses none past this many, as one would hold the whole network's clock down.
 MAX_GEARBOX_SHIFTER_INPUTS = 8192
 
+# The widest weight word one PE reads per cycle, in blocks of the family's widest mode. SFC's designs
+# with 392-bit PE words on the 85F, (6,392)... and (11,392)..., placed at 76-82 and 91 MHz and took
+# 20-35+ minutes to route; every design built here with PE words of at most 256 bits (LFC's, SFC's at
+# --lut-share 0.5 with (6,256)) routed in 6-25 minutes (bench/records.md, "PE word width").
+MAX_PE_WEIGHT_BLOCKS = 8
+
+
+def simd_limit(family: str) -> int:
+    """The widest SIMD the fit chooses on ``family`` (MAX_PE_WEIGHT_BLOCKS blocks at their widest)."""
+    return MAX_PE_WEIGHT_BLOCKS * max(width for width, _ in BLOCK_RAMS[family].shapes)
+
 
 def gearbox_meets_timing(in_width: int, out_width: int, n: int) -> bool:
     """Whether the width adapter from ``in_width``-bit beats to ``out_width``-bit ones (frames of
@@ -144,7 +155,8 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
     The width adapter feeding a layer depends on its choice and on the previous layer's output width,
     so each layer's options are kept per pair of beat widths (in, out), the front of partial designs per
     output width of its last layer, and each step adds the adapter's LUTs: exact for the estimate up to
-    its rounding. Adapters that `gearbox_meets_timing` refuses are never chosen.
+    its rounding. Adapters that `gearbox_meets_timing` refuses are never chosen, nor a SIMD past
+    `simd_limit` unless the layer has no other option within the target.
 
     ``estimates``, when given, keeps each layer option's estimate across calls on the same ``spec``
     (the fit's search over targets asks for the same options again).
@@ -154,7 +166,8 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
     for index, layer in enumerate(spec.layers):
         # A layer's options are costed with its ops (the last layer's include the label-select).
         by_widths: dict[tuple[int, int, int], list] = {}
-        for pe, simd in op_for(layer).folding_candidates(target_cycles, block_widths(family)):
+        candidates = op_for(layer).folding_candidates(target_cycles, block_widths(family))
+        for pe, simd in [c for c in candidates if c[1] <= simd_limit(family)] or candidates:
             folded = replace(layer, pe=pe, simd=simd)
             for weight_style, buffer_style in placement_options(folded):
                 key = (index, pe, simd, weight_style, buffer_style)

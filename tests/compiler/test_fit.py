@@ -217,3 +217,15 @@ def test_a_conv_layers_weights_count_once_per_output_pixel_in_the_bandwidth_boun
     bandwidth = memory_bandwidth(NetworkSpec((conv,)), "ecp5", 10)
     assert bandwidth["weight_reads_per_frame"] == 8 * 18 * 16
     assert bandwidth["bound_cycles_per_frame"] == -(-(8 * 18 * 16) // (10 * 36))
+
+
+def test_the_fit_keeps_pe_weight_words_within_the_simd_limit_unless_the_target_needs_wider():
+    from xnorflow.compiler.fit import simd_limit
+
+    assert simd_limit("ecp5") == 8 * 36 and simd_limit("ice40") == 8 * 16
+    spec = net([784, 256, 10])
+    design = cheapest_design(spec, "ecp5", 96, 200)
+    assert design is not None and all(layer.simd <= simd_limit("ecp5") for layer in design.layers)
+    # One cycle a frame: SIMD 784 is the only way, so the limit gives way.
+    fastest = cheapest_design(net([784, 4, 10]), "ecp5", 1, 200)
+    assert fastest is not None and fastest.layers[0].simd == 784
