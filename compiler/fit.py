@@ -392,10 +392,13 @@ def design_for_compile(model: BnnModel, board, fps: float | None = None,
     fastest = fastest_fitting_design(model, board, share)
     if fastest is None:
         spec = lower_for_board(SetFolding(target_cycles=slowest_cycles(model))(model), board)
+        problems = overflow(spec, board, share)
+        if not problems:    # the fully folded design fits, but no design the fit's rules allow does
+            raise CompileError(f"the fit found no design for {board.name} within its rules (width adapters "
+                               f"and weight words it can route): give a folding by hand with --folding")
         bigger = smallest_board_that_fits(model, board)
         advice = f"choose a bigger board ({bigger} fits it)" if bigger else "no supported board fits it: choose a smaller arch"
-        raise CompileError(f"the network does not fit {board.name} even fully folded "
-                           f"({'; '.join(overflow(spec, board, share))}): {advice}")
+        raise CompileError(f"the network does not fit {board.name} even fully folded ({'; '.join(problems)}): {advice}")
     best = fastest.analytic_cycles_per_frame
     if fps is None:
         return with_weight_registers(fastest, board), (
