@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from xnorflow.boards.family import per_family
-from xnorflow.hw.adapters import adapter_kind, adapter_terms
+from xnorflow.hw.adapters import adapter_kind, adapter_terms, landing_shifter_inputs
 from xnorflow.hw.ops import op_for
 from xnorflow.hw.spec import LayerSpec, NetworkSpec
 
@@ -108,21 +108,18 @@ def folding_candidates(n_in: int, n_out: int, target_cycles: int, family: str) -
     return op_for(LayerSpec(n_in, n_out, None, None)).folding_candidates(target_cycles, block_widths(family))
 
 
-def _pareto(options: list[tuple[int, int, object]]) -> list[tuple[int, int, object]]:
-    """(blocks, luts, x) options that no other beats on both blocks and luts, by blocks ascending."""
-    kept, best_luts = [], None
-    for blocks, luts, x in sorted(options, key=lambda o: (o[0], o[1])):
-        if best_luts is None or luts < best_luts:
-            kept.append((blocks, luts, x))
-            best_luts = luts
-    return kept
+def _pareto_indices(blocks: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """Indices of the (blocks, luts) pairs that no other beats on both, by blocks ascending."""
+    order = np.lexsort((luts, blocks))
+    ordered = luts[order]
+    best_before = np.minimum.accumulate(np.concatenate(([np.iinfo(np.int64).max], ordered[:-1])))
+    return order[ordered < best_before]
 
 
-# A shifting gearbox lands each input beat at its fill count (0 .. 2 x out_width), so each of its
-# in_width + 2 x out_width buffer bits picks from up to min(in_width, 2 x out_width + 1) input bits.
-# Alone on the ECP5-85F, gearboxes of 315 to 4.6k such shifter inputs (7 -> 19, 8 -> 147, 43 -> 32 bits)
-# reached 119 to 155 MHz and one of 18.5k (256 -> 29) 69.9 MHz (bench/records.md, "Gearbox timing"):
-# the fit chooses none past this many, as one would hold the whole network's clock down.
+# Inputs of a gearbox's landing shifter (hw/adapters.py `landing_shifter_inputs`). Alone on the
+# ECP5-85F, gearboxes of 315 to 4.6k (7 -> 19, 8 -> 147, 43 -> 32 bits) reached 119 to 155 MHz and one
+# of 18.5k (256 -> 29) 69.9 MHz (bench/records.md, "Gearbox timing"): the fit chooses none past this
+# many, as one would hold the whole network's clock down.
 MAX_GEARBOX_SHIFTER_INPUTS = 8192
 
 # The widest weight word one PE reads per cycle, in blocks of the family's widest mode. SFC's designs
@@ -142,7 +139,7 @@ def gearbox_meets_timing(in_width: int, out_width: int, n: int) -> bool:
     ``n`` bits) is one the fit may choose: anything but a gearbox past MAX_GEARBOX_SHIFTER_INPUTS."""
     if adapter_kind(in_width, out_width, n) != "gearbox":
         return True
-    return (in_width + 2 * out_width) * min(in_width, 2 * out_width + 1) <= MAX_GEARBOX_SHIFTER_INPUTS
+    return landing_shifter_inputs(in_width, out_width) <= MAX_GEARBOX_SHIFTER_INPUTS
 
 
 def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_budget: int,
@@ -162,12 +159,13 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
     (the fit's search over targets asks for the same options again).
     """
     estimates = {} if estimates is None else estimates
+    widest_simd = simd_limit(family)
     fronts = []     # per layer: its options, and their groups of equal beat widths
     for index, layer in enumerate(spec.layers):
         # A layer's options are costed with its ops (the last layer's include the label-select).
         by_widths: dict[tuple[int, int, int], list] = {}
         candidates = op_for(layer).folding_candidates(target_cycles, block_widths(family))
-        for pe, simd in [c for c in candidates if c[1] <= simd_limit(family)] or candidates:
+        for pe, simd in [c for c in candidates if c[1] <= widest_simd] or candidates:
             folded = replace(layer, pe=pe, simd=simd)
             for weight_style, buffer_style in placement_options(folded):
                 key = (index, pe, simd, weight_style, buffer_style)
@@ -181,9 +179,10 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
         # The adapters around a layer depend only on its beat widths: a front per group of equal widths.
         options, groups = [], []
         for widths, same in by_widths.items():
-            front = _pareto(same)
-            groups.append((widths, len(options), np.array([o[0] for o in front]), np.array([o[1] for o in front])))
-            options += [o[2] for o in front]
+            blocks, luts = (np.array(column, dtype=np.int64) for column in zip(*((b, l) for b, l, _ in same)))
+            kept = _pareto_indices(blocks, luts)
+            groups.append((widths, len(options), blocks[kept], luts[kept]))
+            options += [same[k][2] for k in kept]
         fronts.append((options, groups))
 
     # Partial designs as a Pareto front per width of the beats they emit: arrays of blocks and LUTs,
@@ -221,14 +220,6 @@ def cheapest_design(spec: NetworkSpec, family: str, target_cycles: int, block_bu
         chosen.append(options[option])
         width, index = previous_width, previous_index
     return replace(spec, layers=tuple(reversed(chosen)))
-
-
-def _pareto_indices(blocks: np.ndarray, luts: np.ndarray) -> np.ndarray:
-    """Indices of the (blocks, luts) pairs that no other beats on both, by blocks ascending."""
-    order = np.lexsort((luts, blocks))
-    ordered = luts[order]
-    best_before = np.minimum.accumulate(np.concatenate(([np.iinfo(np.int64).max], ordered[:-1])))
-    return order[ordered < best_before]
 
 
 def lut_budget_share(board, lut_share: float | None = None) -> float:

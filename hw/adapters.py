@@ -37,6 +37,13 @@ def adapter_kind(in_width: int, out_width: int, n: int) -> str:
     return "gearbox"
 
 
+def landing_shifter_inputs(in_width: int, out_width: int) -> int:
+    """Inputs of a gearbox's landing shifter: a beat lands at the fill count (0 .. 2 * out_width), so
+    each of the buffer's in_width + 2 * out_width bits picks from up to min(in_width, 2 * out_width + 1)
+    input bits."""
+    return (in_width + 2 * out_width) * min(in_width, 2 * out_width + 1)
+
+
 def adapter_terms(in_width: int, out_width: int, n: int) -> dict[str, int]:
     """The adapter's structural terms of the logic estimate (compiler/analysis.py, `LogicModel`),
     with the register slice after it: a gearbox's buffer bits x shifter stages, a deserializer's
