@@ -32,7 +32,7 @@ bench: setup
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/run.py --out bench
 
-# SFC at II 48 on the ULX3S-85F over nextpnr seeds 1-4 at 96.875 MHz, built at once (hours of CPU here).
+# SFC at --lut-share 0.5 (II 47) on the ULX3S-85F over nextpnr seeds 1-4 at 95 MHz, built at once (about an hour of both cores here).
 bench-sweep: setup
 	$(PY) bench/run.py --out bench --sweep sfc-85f-share0.5-seeds
 
