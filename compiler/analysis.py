@@ -211,6 +211,8 @@ def memory_bandwidth(spec: NetworkSpec, family: str, blocks: int) -> dict:
 # binary MVTUs synthesized the same way (1.39); int_acc_bit is confounded with the lanes there and
 # set low. Not yet checked against nextpnr or on ECP5.
 INT_LANE_BIT = 3.1
+# Per sliding-window generator beat bit (see `LogicModel.window_bit`).
+WINDOW_BIT = 8.0
 INT_ACC_BIT = 1.0
 
 
@@ -247,6 +249,12 @@ class LogicModel:
     # with its register slice: fitted on iCE40 (the word's and the slice's flip-flops take cells of
     # their own there); on ECP5 set from the structure, the slice's output multiplexer per bit.
     deserializer_bit: float = 1.0
+    # Per bit of a sliding-window generator's beat (hw/swg.py: G*K*C bits): the column rotation (a K:1
+    # multiplexer), the padding mask and the 3-entry output queue (a 3-way multiplexer per entry).
+    # Not in the calibration designs: set from Yosys synth_ecp5 of the two scnv designs built
+    # (bench/records.md, "Conv estimate"), per generator 354 + 7.9 per beat bit, 8 generators; the
+    # control's 354 is two `engine`s (hw/ops/conv.py). The same LUT4 mapping is taken for iCE40.
+    window_bit: float = WINDOW_BIT
     # The integer-input engine (hw/intmvu.py) is not in the calibration designs, so these are not
     # fitted there (see `INT_LANE_BIT`).
     int_lane_bit: float = INT_LANE_BIT  # per input bit of each adder tree (every PE's gated tree and
@@ -294,7 +302,7 @@ def logic_terms(layer: LayerSpec, in_width: int, family: str) -> dict[str, int]:
 
 
 TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit",
-         "deserializer_bit", "int_lane_bit", "int_acc_bit")
+         "deserializer_bit", "int_lane_bit", "int_acc_bit", "window_bit")
 
 
 def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]:

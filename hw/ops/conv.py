@@ -187,9 +187,8 @@ class ConvOp(Op):
         return dense.folding_candidates(budget, widths)
 
     # --- memories and the resource estimate ------------------------------------------------------
-    # First-order terms from the RTL's structure, expressed in the calibrated model's existing terms
-    # (compiler/analysis.py: LogicModel). They are not yet calibrated on synthesized conv designs:
-    # that is a later step (bench/calibrate_estimate.py with conv nets), which may add terms of its own.
+    # Terms of the calibrated model (compiler/analysis.py: LogicModel); the generator's own
+    # (window_bit and its two engines) were measured on synthesized scnv designs.
     def _window_bits(self) -> int:
         """Bits of one generator beat: G window rows of K pixels of C elements."""
         return window_group(self.layer) * self.layer.kernel * self.in_width
@@ -206,17 +205,19 @@ class ConvOp(Op):
         return self.matrix_op(layer).memories() + [line]
 
     def logic_terms(self) -> dict[str, int]:
-        """The MVTU's terms; the generator's control counts as one more engine; its rotation
-        multiplexers (per beat bit, log2 K + log2 G stages) as gearbox bits, and the G*K*C -> SIMD
-        width adapter's terms (`adapter_terms`)."""
+        """The MVTU's terms; the generator's control (counters, row accounting, the divisions by K)
+        as two more engines, its beat bits (column rotation, padding mask, output queue) as
+        window bits and, when G > 1, the row rotation's log2 G multiplexer stages per beat bit as
+        gearbox bits; and the G*K*C -> SIMD width adapter's terms (`adapter_terms`)."""
         layer = self.layer
         matrix = self.matrix_op(layer)
         terms = matrix.logic_terms()
         beat_bits = self._window_bits()
         g = window_group(layer)
-        rotation = beat_bits * (bits_for(layer.kernel - 1) + (bits_for(g - 1) if g > 1 else 0))
-        terms["engine"] += 1
-        terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + rotation
+        terms["engine"] += 2
+        terms["window_bit"] = terms.get("window_bit", 0) + beat_bits
+        if g > 1:
+            terms["gearbox_bit"] = terms.get("gearbox_bit", 0) + beat_bits * bits_for(g - 1)
         for name, value in adapter_terms(beat_bits, matrix.in_width, matrix.in_unit).items():
             terms[name] = terms.get(name, 0) + value
         return terms
