@@ -218,7 +218,8 @@ def test_scnv_model_file_round_trip(tmp_path):
     path = save(tmp_path, model, arch="scnv", image_shape=(1, 28, 28))
     raw = torch.load(path, weights_only=True)
     assert raw["version"] == VERSION and [layer["kind"] for layer in raw["layers"]] == ["conv"] * 4 + ["dense"] * 2
-    assert [layer["pool"] for layer in raw["layers"][:4]] == [None, {"size": 2, "before_bn": False}] * 2
+    # the zoo pools between the conv and its batch-norm (training/zoo.py)
+    assert [layer["pool"] for layer in raw["layers"][:4]] == [None, {"size": 2, "before_bn": True}] * 2
     assert raw["layers"][4]["flatten_from"] == [64, 4, 4] and raw["in_features"] == 784
     assert raw["hidden"] == [32, 32, 64, 64, 256]
     record = load_model_file(path)
