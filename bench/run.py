@@ -153,12 +153,39 @@ def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[
 
     suffix = "".join(f"-{key}{value}" for key, value in sorted(options.items()) if value is not None)
     path = work / "models" / f"{arch}-{dataset}{suffix}.pt"
-    if not path.exists():
+    stale = path.exists() and stale_model_reason(load_model_file(path), arch, options)
+    if stale:
+        log(f"retraining {path.name}: {stale}")
+    if stale or not path.exists():
         log(f"training {arch} on {dataset}{' with ' + suffix[1:] if suffix else ''}")
         source = DERIVED_DATASETS[dataset](work) if dataset in DERIVED_DATASETS else dataset
         train(arch, source, path, progress=False, **{k: v for k, v in options.items() if v is not None})
     record = load_model_file(path)
     return path, record
+
+
+def stale_model_reason(record: dict, arch: str, options: dict) -> str | None:
+    """Why a cached model file is not what training ``arch`` with ``options`` gives today (the zoo's
+    layer structure, or the default recipe), or None when it is."""
+    from xnorflow.training.datasets import BITS_FORMAT, input_scale
+    from xnorflow.training.model_file import extract_layers
+    from xnorflow.training.train import _defaults_for
+    from xnorflow.training.zoo import build_model
+
+    fmt = record["input"]
+    norm = None if fmt["format"] == BITS_FORMAT else (fmt["mean"], input_scale(fmt))
+    shape = tuple(record["image_shape"])
+    zoo = extract_layers(build_model(arch, shape, n_classes=record["n_classes"], input_norm=norm), image_shape=shape)
+
+    def structure(layers):
+        return [(layer["kind"], layer.get("pool"), layer.get("padding"), layer.get("in_shape")) for layer in layers]
+
+    if structure(zoo) != structure(record["layers"]):
+        return "the zoo's layers changed since it was trained"
+    train, defaults = record["train"], _defaults_for(record["dataset"], arch)
+    wanted = {**defaults, **{k: v for k, v in options.items() if k in defaults and v is not None}}
+    changed = [k for k in ("epochs", "batch_size", "lr") if train.get(k) != wanted[k]]
+    return f"its {', '.join(changed)} differ from today's recipe" if changed else None
 
 
 def golden_throughput(model_path: Path, repeats: int = 5, frames: int = 20_000) -> dict:
