@@ -49,6 +49,18 @@ CONFIGS = [
     # CIFAR-10's binary format (`fashion_as_cifar10`), 2 epochs on 10,000 images, so the hardware
     # figures are the real 32x32x3 CNV's and its accuracy says nothing about CIFAR-10.
     {"arch": "cnv", "dataset": "fashion-32x32x3", "board": "ulx3s-85f", "epochs": 2, "sim_images": 500},
+    # scnv on 8-bit pixels (DESIGN.md 2b: an int_conv first layer).
+    {"arch": "scnv", "dataset": "fashion-mnist", "board": "ulx3s-85f", "variant": "8bit", "input_bits": 8},
+    # The training options of issue 15 on 1- and 8-bit inputs: distillation from a float teacher of the
+    # same architecture (trained once per arch into work/models, `xnorflow train --float`) and
+    # BinaryConnect's stochastic weights. They change the weights only, so each builds the design of
+    # its plain row; scnv's are simulated on every test image but not synthesized again (25 minutes
+    # each on this machine): their hardware columns are those of the scnv rows above.
+    *[{"arch": arch, "dataset": "fashion-mnist", "board": board, "variant": f"{bits_name}{option_name}", **bits,
+       **option, **({"synth": False} if arch == "scnv" else {})}
+      for arch, board in (("tfc", "icebreaker"), ("sfc", "ulx3s-85f"), ("scnv", "ulx3s-85f"))
+      for bits_name, bits in (("", {}), ("8bit-", {"input_bits": 8}))
+      for option_name, option in (("teacher", {"teacher": "float"}), ("stochastic", {"stochastic_weights": True}))],
 ]
 
 # Sweeps `make bench-sweep` runs (bench/run.py --sweep NAME): points built at once on a LocalCluster of
@@ -143,11 +155,12 @@ DERIVED_DATASETS = {"fashion-32x32x3": fashion_as_cifar10}
 
 
 # Configuration keys that are training options (training.train.train's keywords).
-TRAIN_OPTIONS = ("epochs", "input_bits")
+TRAIN_OPTIONS = ("epochs", "input_bits", "teacher", "stochastic_weights")
 
 
 def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[Path, dict]:
-    """The model file of ``arch`` on ``dataset`` trained with ``options`` (TRAIN_OPTIONS), trained once."""
+    """The model file of ``arch`` on ``dataset`` trained with ``options`` (TRAIN_OPTIONS), trained once.
+    ``teacher="float"`` distils from the float ``arch`` trained once for every model that asks for it."""
     from xnorflow.training.model_file import load_model_file
     from xnorflow.training.train import train
 
@@ -157,11 +170,24 @@ def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[
     if stale:
         log(f"retraining {path.name}: {stale}")
     if stale or not path.exists():
-        log(f"training {arch} on {dataset}{' with ' + suffix[1:] if suffix else ''}")
         source = DERIVED_DATASETS[dataset](work) if dataset in DERIVED_DATASETS else dataset
+        if options.get("teacher") == "float":
+            options = {**options, "teacher": float_teacher(work, arch, dataset, source, options.get("epochs"), log)}
+        log(f"training {arch} on {dataset}{' with ' + suffix[1:] if suffix else ''}")
         train(arch, source, path, progress=False, **{k: v for k, v in options.items() if v is not None})
     record = load_model_file(path)
     return path, record
+
+
+def float_teacher(work: Path, arch: str, dataset: str, source: str, epochs: int | None, log) -> Path:
+    """The float ``arch`` (`xnorflow train --float`) the bench's distilled models learn from, trained once."""
+    from xnorflow.training.train import train
+
+    path = work / "models" / f"{arch}-{dataset}{'' if epochs is None else f'-epochs{epochs}'}-float.pt"
+    if not path.exists():
+        log(f"training the float {arch} on {dataset} (a teacher)")
+        train(arch, source, path, progress=False, epochs=epochs, float_model=True)
+    return path
 
 
 def stale_model_reason(record: dict, arch: str, options: dict) -> str | None:
@@ -214,6 +240,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     model_path, record = trained_model(work, arch, dataset, log, **{k: config[k] for k in TRAIN_OPTIONS if k in config})
     build = work / "builds" / name
     row = {"config": name, "measured_at": time.strftime("%Y-%m-%d %H:%M"), **{k: v for k, v in config.items() if k in ("arch", "dataset", "board", "lut_share", "pnr_seed", *TRAIN_OPTIONS)},
+           "teacher_accuracy": (record["train"].get("teacher") or {}).get("accuracy"),
            "folding": "by hand" if config.get("folding") else (
                f"fastest within {config['lut_share']:.0%} of the LUTs (--lut-share)" if config.get("lut_share")
                else "fastest that fits"),
@@ -240,7 +267,7 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
     native = native_rate(build, work / "native" / name, images=sim_images)
     row["native_frames_per_cpu_s"] = native["frames_per_cpu_second"]
     row["native_cycles_per_cpu_s"] = native["cycles_per_cpu_second"]
-    if synth:
+    if synth and config.get("synth", True):
         log(f"{name}: synthesize for {board}")
         synthesize_build(build, progress=False, clock_mhz=config.get("clock_mhz", "auto"), seed=config.get("pnr_seed"))
     report = read_report(build)
@@ -329,6 +356,8 @@ def markdown_table(rows: list[dict]) -> str:
                  "clock its PLL was set to, at or below Fmax, which gives the frames/s at clock (`clock_mhz`, `fps_at_clock` in each build's "
                  "report.json, bench/work/builds/).")
     lines.append("")
+    lines.append(options_table(rows))
+    lines.append("")
     lines.append(bandwidth_table(rows))
     lines.append("")
     lines.append("The memory-bandwidth bound is the cycles per frame in which every memory block of the board, read at "
@@ -341,6 +370,26 @@ def markdown_table(rows: list[dict]) -> str:
     for a in ANCHORS:
         lines.append(f"| {a['name']} | {fmt(a['accuracy'], 'pct')} ({a['dataset']}) | {fmt(a['fps'], 'int')} | "
                      f"{fmt(a['luts'], 'int')} | {a['fps'] / a['luts']:.1f} | Vivado, hours |")
+    return "\n".join(lines)
+
+
+def options_table(rows: list[dict]) -> str:
+    """The Fashion-MNIST rows of TFC, SFC and scnv by input bits and training option (issue 15): accuracy
+    and the hardware each model was built into."""
+    lines = ["| net / board | inputs | training | accuracy torch / golden / RTL | II | LUTs | mem. blocks | Fmax MHz | "
+             "frames/s at clock |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("dataset") != "fashion-mnist" or r["arch"] not in ("tfc", "sfc", "scnv") or r.get("lut_share"):
+            continue
+        training = ("distilled from a float teacher" + (f" ({fmt(r['teacher_accuracy'], 'pct')})" if r.get("teacher_accuracy") else "")
+                    if r.get("teacher") else "stochastic weights" if r.get("stochastic_weights") else "plain")
+        lines.append(f"| {r['arch'].upper()} / {r['board']} | {r.get('input_bits') or 1}-bit | {training} | "
+                     + " / ".join(fmt(r.get(k), "pct") for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl"))
+                     + f" | {fmt(r.get('cycles_per_frame'), 'int')} | {fmt(r.get('luts'), 'int')} | {fmt(r.get('brams'))} | "
+                       f"{fmt(r.get('fmax_mhz'), 'f1')} | {fmt(r.get('fps_at_clock'), 'int')} |")
+    lines += ["", "Every model above is simulated in Verilator on all 10,000 test images against the golden model. The "
+              "training options change the weights only, so each builds its plain row's design; scnv's optioned models "
+              "are not synthesized again (— in their hardware columns: the plain scnv rows give their design's figures)."]
     return "\n".join(lines)
 
 
@@ -362,6 +411,7 @@ def variant_options(row: dict) -> str:
     options = [f"{option} {row[key]:g}" for key, option in (("lut_share", "--lut-share"), ("pnr_seed", "--pnr-seed"),
                                                              ("input_bits", "--input-bits"), ("epochs", "--epochs"))
                if row.get(key)]
+    options += ["--teacher float"] * bool(row.get("teacher")) + ["--stochastic-weights"] * bool(row.get("stochastic_weights"))
     return f" ({' '.join(options)})" if options else ""
 
 
