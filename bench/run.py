@@ -376,8 +376,8 @@ def markdown_table(rows: list[dict]) -> str:
 def options_table(rows: list[dict]) -> str:
     """The Fashion-MNIST rows of TFC, SFC and scnv by input bits and training option (issue 15): accuracy
     and the hardware each model was built into."""
-    lines = ["| net / board | inputs | training | accuracy torch / golden / RTL | II | LUTs | mem. blocks | Fmax MHz | "
-             "frames/s at clock |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| net / board | inputs | training | accuracy torch / golden / RTL | II | LUTs | mem. blocks | Fmax MHz | "
+              "frames/s at clock |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("dataset") != "fashion-mnist" or r["arch"] not in ("tfc", "sfc", "scnv") or r.get("lut_share"):
             continue

@@ -4,9 +4,15 @@ Stream contract (DESIGN.md section 2a). Input ``i``: one pixel per beat, C chann
 raster order (y, then x), H x W pixels per frame. Output ``o``: for each output pixel (oy, ox) in
 raster order, the window vector of K*K*C bits ordered (ky, kx, c) with c fastest, where element
 (ky, kx) is input pixel (oy - P + ky, ox - P + kx), or ``pad_value`` in every channel outside the
-image. The window leaves in R = ceil(K / G) beats of G*K*C bits: beat g holds window rows
-g*G .. g*G + G - 1 (the bits of rows past K - 1 in the last beat are 0). `SlidingWindowUnit`
-regears them to the MVTU's SIMD-wide beats.
+image. The window leaves in R beats in one of two geometries, set by ``columns`` J (the window
+columns per beat); either way a window's beats, concatenated LSB-first, are its vector:
+
+- rows (J = K): R = ceil(K / G) beats of G*K*C bits, beat g holding window rows g*G .. g*G + G - 1
+  (the bits of rows past K - 1 in the last beat are 0);
+- pixels (J = 1, G = 1): R = K*K beats of C bits, beat r holding window pixel (ky, kx) =
+  (r // K, r % K), so the window vector is exactly R beats with no padding.
+
+`SlidingWindowUnit` regears them to the MVTU's SIMD-wide beats.
 
 Structure (a memory-based SWG like FINN's RTL ConvolutionInputGenerator, not a shift register):
 the input is written into a circular buffer of ``rows`` image rows; windows are read from it by
@@ -15,20 +21,26 @@ ahead into the next frame while the reader finishes the current one. The buffer 
 G x K banks (``amaranth.lib.memory.Memory``, one write and one read port each: Yosys maps the large
 ones to block RAM): pixel (slot s, column x) lives in bank (s mod G, x mod K) at word
 (s // G) * ceil(W / K) + x // K. Any G consecutive rows and K consecutive columns then sit in G*K
-different banks, so one cycle reads one beat (G window rows), which is rotated into (ky, kx) order
-and masked for padding on its way to a small credit queue (hw/pipeline.py: output_queue).
+different banks, so one cycle reads one beat. In rows geometry every bank is read and the words are
+rotated into (ky, kx) order; in pixels geometry (G = 1) every bank reads the word of the beat's
+column x = ox - P + kx in slot top + ky and the pixel is bank x mod K's. Either way the beat is
+masked for padding on its way to a small credit queue of beat width (hw/pipeline.py: output_queue).
+The beat's width sets the generator's datapath (rotation or bank choice, mask and queue per bit),
+so pixel beats are a G*K-th of the rows geometry's.
 
 Flow control, by rows. ``full_rows`` counts the complete rows the buffer holds from the oldest one
 the reader still needs; the writer starts a row only while a slot is free and the reader releases
-rows as its window moves down (and the rest of a frame's rows after its last window). A window
-is read once the writer has written its bottom-right real pixel. ``rows`` is at least K + 1 (the
-writer fills the next row while the K of a window are read) and 2 (K - P) (the next frame's first
-window rows fit beside the current frame's last ones), so neither side waits on the other at row
-and frame boundaries: the generator takes a pixel every cycle and emits a beat every cycle while
-its consumer does.
+rows as its window moves down (after a window's last beat; and the rest of a frame's rows after its
+last window). A window's first beat is read once the writer has written its bottom-right real pixel,
+so all of its pixels are written and none is released before its last beat. ``rows`` is at least
+K + 1 (the writer fills the next row while the K of a window are read) and 2 (K - P) (the next
+frame's first window rows fit beside the current frame's last ones), so neither side waits on the
+other at row and frame boundaries: the generator takes a pixel every cycle and emits a beat every
+cycle while its consumer does.
 
-Rate: G is chosen by the conv op (hw/ops/conv.py) so that R = ceil(K / G) <= NF * SF, the cycles
-the MVTU spends on a window; the writer takes H * W cycles per frame. So a conv layer takes
+Rate: the geometry is chosen by the conv op (hw/ops/conv.py: window_beat) so that R <= NF * SF,
+the cycles the MVTU spends on a window: pixels when NF * SF >= K*K, else rows with
+G = ceil(K / (NF * SF)). The writer takes H * W cycles per frame. So a conv layer takes
 max(out pixels x NF x SF, H x W) cycles per frame.
 """
 from __future__ import annotations
