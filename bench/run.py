@@ -387,9 +387,10 @@ def options_table(rows: list[dict]) -> str:
                      + " / ".join(fmt(r.get(k), "pct") for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl"))
                      + f" | {fmt(r.get('cycles_per_frame'), 'int')} | {fmt(r.get('luts'), 'int')} | {fmt(r.get('brams'))} | "
                        f"{fmt(r.get('fmax_mhz'), 'f1')} | {fmt(r.get('fps_at_clock'), 'int')} |")
-    lines += ["", "Every model above is simulated in Verilator on all 10,000 test images against the golden model. The "
-              "training options change the weights only, so each builds its plain row's design; scnv's optioned models "
-              "are not synthesized again (— in their hardware columns: the plain scnv rows give their design's figures)."]
+    lines += ["", ("Every model above is simulated in Verilator on all 10,000 test images against the golden model. The "
+                   "training options change the weights only, so each builds its plain row's design; scnv's optioned "
+                   "models are not synthesized again (— in their hardware columns: the plain scnv rows give their "
+                   "design's figures).")]
     return "\n".join(lines)
 
 
