@@ -249,8 +249,9 @@ class LogicModel:
     # with its register slice: fitted on iCE40 (the word's and the slice's flip-flops take cells of
     # their own there); on ECP5 set from the structure, the slice's output multiplexer per bit.
     deserializer_bit: float = 1.0
-    # Per bit of a sliding-window generator's beat (hw/swg.py: G*K*C bits): the column rotation (a K:1
-    # multiplexer), the padding mask and the 3-entry output queue (a 3-way multiplexer per entry).
+    # Per bit of a sliding-window generator's beat (hw/swg.py: G*K*C bits, or C for pixel beats): the
+    # column rotation or the pixel's choice of bank (a K:1 multiplexer), the padding mask and the
+    # 3-entry output queue (a 3-way multiplexer per entry).
     # Not in the calibration designs: set from Yosys synth_ecp5 of the two scnv designs built
     # (bench/records.md, "Conv estimate"), per generator 354 + 7.9 per beat bit, 8 generators; the
     # control's 354 is two `engine`s (hw/ops/conv.py). The same LUT4 mapping is taken for iCE40.

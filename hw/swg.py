@@ -12,7 +12,7 @@ columns per beat); either way a window's beats, concatenated LSB-first, are its 
 - pixels (J = 1, G = 1): R = K*K beats of C bits, beat r holding window pixel (ky, kx) =
   (r // K, r % K), so the window vector is exactly R beats with no padding.
 
-`SlidingWindowUnit` regears them to the MVTU's SIMD-wide beats.
+The conv engine (hw/ops/conv.py: `ConvEngine`) regears them to the MVTU's SIMD-wide beats.
 
 Structure (a memory-based SWG like FINN's RTL ConvolutionInputGenerator, not a shift register):
 the input is written into a circular buffer of ``rows`` image rows; windows are read from it by
@@ -69,26 +69,34 @@ def buffer_rows(kernel: int, padding: int, group: int) -> int:
 
 class SlidingWindowGenerator(wiring.Component):
     """Windows of a K x K, stride-1 conv with padding P of the bit ``pad_value``, read G window rows
-    per beat (see the module docstring)."""
+    of J = ``columns`` window columns per beat: J = K (the default, rows geometry) or J = 1 with G = 1
+    (pixels geometry; see the module docstring)."""
 
     def __init__(self, channels: int, height: int, width: int, kernel: int, padding: int = 0,
-                 pad_value: int = 0, group: int = 1, style: str = "auto"):
+                 pad_value: int = 0, group: int = 1, columns: int | None = None, style: str = "auto"):
         c, h, w, k, p, g = (int(v) for v in (channels, height, width, kernel, padding, group))
+        j = k if columns is None else int(columns)
         with refusing(self):
             if not (c >= 1 and h >= 1 and w >= 1 and 0 <= p < k <= h + 2 * p and k <= w + 2 * p
-                    and 1 <= g <= k and pad_value in (0, 1)):
-                raise SpecError(f"sliding window: C={c}, H={h}, W={w}, K={k}, P={p}, pad {pad_value}, G={g} cannot "
-                                "be built: it takes C, H, W >= 1, 0 <= P < K <= H + 2P and W + 2P, 1 <= G <= K")
+                    and 1 <= g <= k and pad_value in (0, 1) and (j == k or (j == 1 and g == 1))):
+                raise SpecError(f"sliding window: C={c}, H={h}, W={w}, K={k}, P={p}, pad {pad_value}, G={g}, "
+                                f"J={j} cannot be built: it takes C, H, W >= 1, 0 <= P < K <= H + 2P and W + 2P, "
+                                "1 <= G <= K, and J = K (window rows) or J = 1 with G = 1 (window pixels)")
         self.channels, self.height, self.width, self.kernel, self.padding = c, h, w, k, p
-        self.pad_value, self.group, self.style = int(pad_value), g, style
+        self.pad_value, self.group, self.columns, self.style = int(pad_value), g, j, style
         _, self.out_height, self.out_width = conv_out_shape((c, h, w), c, k, p)
-        self.beats = ceil_div(k, g)                    # R: beats per window
+        self.beats = ceil_div(k, g) * (k // j)         # R: beats per window
         self.rows = buffer_rows(k, p, g)
         self.bank_columns = ceil_div(w, k)             # Wb: words per row slot in each bank
         super().__init__({
             "i": In(stream.Signature(unsigned(c))),
-            "o": Out(stream.Signature(unsigned(g * k * c))),
+            "o": Out(stream.Signature(unsigned(g * j * c))),
         })
+
+    @property
+    def pixel_beats(self) -> bool:
+        """One window pixel per beat (J = 1), K*K beats per window."""
+        return self.columns == 1
 
     @property
     def bank_depth(self) -> int:
@@ -97,7 +105,7 @@ class SlidingWindowGenerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, H, W, K, P, G = self.channels, self.height, self.width, self.kernel, self.padding, self.group
-        OH, OW, R, ROWS, WB = self.out_height, self.out_width, self.beats, self.rows, self.bank_columns
+        OH, OW, ROWS, WB = self.out_height, self.out_width, self.rows, self.bank_columns
         NQ = ROWS // G
 
         banks = [[Memory(shape=unsigned(C), depth=self.bank_depth, init=[], attrs=memory_style_attrs(self.style))
@@ -130,10 +138,18 @@ class SlidingWindowGenerator(wiring.Component):
         m.d.sync += full_rows.eq(full_rows + row_done - release)
 
         # --- reader: (oy, ox) windows, R beats each ------------------------------------------------
+        # ``band`` counts a window's bands of G rows (rows geometry: one beat each; pixels geometry:
+        # the window row ky, of K beats counted by ``kx``).
         may_start = Signal()
         issue = Signal()
-        beat = wrapping_counter(m, R, issue, "beat")
-        window_done = issue & beat.is_last
+        if self.pixel_beats:
+            kx = wrapping_counter(m, K, issue, "kx")
+            band = wrapping_counter(m, K, issue & kx.is_last, "ky")
+            first_beat, last_beat = kx.is_first & band.is_first, kx.is_last & band.is_last
+        else:
+            band = wrapping_counter(m, self.beats, issue, "beat")
+            first_beat, last_beat = band.is_first, band.is_last
+        window_done = issue & last_beat
         ox = wrapping_counter(m, OW, window_done, "ox")
         row_end = window_done & ox.is_last
         oy = wrapping_counter(m, OH, row_end, "oy")
@@ -151,11 +167,11 @@ class SlidingWindowGenerator(wiring.Component):
             m.d.sync += [frame_top.eq(slot_plus(frame_top, H)), top.eq(slot_plus(frame_top, H))]
         with m.Elif(row_end):
             m.d.sync += top.eq(slot_plus(top, 1))
-        # The beat's first slot is top + beat * G (ROWS is a multiple of G): same residue, the
-        # quotient stepped by the beat number.
+        # The band's first slot is top + band * G (ROWS is a multiple of G): same residue, the
+        # quotient stepped by the band number.
         top_r = Signal(range(G))
         beat_q = Signal(range(NQ))
-        q_sum = top // G + beat.value
+        q_sum = top // G + band.value
         m.d.comb += [top_r.eq(top % G), beat_q.eq(Mux(q_sum >= NQ, q_sum - NQ, q_sum))]
         # Column of window column 0 (ox - P), kept as ox + K - P >= 1 to stay unsigned.
         x_off = Signal(range(OW + K), init=K - P)
@@ -173,13 +189,49 @@ class SlidingWindowGenerator(wiring.Component):
         need_x = Signal(range(W))
         m.d.comb += need_x.eq(Mux(ox_v + (K - 1) >= W - 1 + P, W - 1, ox_v + (K - 1) - P))
         written = (full_rows > need_rows) | ((full_rows == need_rows) & (w_x > need_x))
-        m.d.comb += issue.eq(may_start & (~beat.is_first | written))
+        m.d.comb += issue.eq(may_start & (~first_beat | written))
 
         # Rows freed: one per output row once the window's top is inside the image, and at a
         # frame's end every row of it still held.
         last_oldest = max(OH - 1 - P, 0)
         m.d.comb += release.eq(Mux(row_end, Mux(frame_end, H - last_oldest, oy_v >= P), 0))
 
+        pad = Const((1 << C) - 1 if self.pad_value else 0, C)
+        if self.pixel_beats:
+            data = self._read_pixel(m, banks[0], beat_q, x_q1, x_r, band.value, kx.value, oy_v, ox_v, pad)
+        else:
+            data = self._read_rows(m, banks, beat_q, top_r, x_q1, x_r, band.value, oy_v, ox_v, pad)
+        output_queue(m, self.o, QUEUE_DEPTH, write=register(m, issue, "read_valid"), data=data, start=issue,
+                     may_start=may_start)
+        return m
+
+    def _read_pixel(self, m, banks, slot, x_q1, x_r, ky, kx, oy, ox, pad):
+        """Pixels geometry (G = 1): the beat's pixel (ky, kx), one cycle after issue. Window row ky
+        is slot ``slot`` (top + ky); window column kx is image column x = ox - P + kx, held by bank
+        (x_r + kx) mod K at word x // K, the word every bank reads (an out-of-image column is clamped
+        and masked)."""
+        H, W, K, P, WB = self.height, self.width, self.kernel, self.padding, self.bank_columns
+        column_r = x_r + kx                                  # x mod K, plus K on a carry
+        carry = column_r >= K
+        bank = Signal(range(K), name="pixel_bank")
+        m.d.comb += bank.eq(Mux(carry, column_r - K, column_r))
+        col_plus1 = x_q1 + carry                             # x // K + 1
+        col = Mux(col_plus1 == 0, 0, Mux(col_plus1 > WB, WB - 1, col_plus1 - 1))
+        words = []
+        for b in range(K):
+            port = banks[b].read_port()
+            m.d.comb += port.addr.eq(slot * WB + col)
+            words.append(port.data)
+        y, x = oy + ky, ox + kx                              # input row + P, input column + P
+        in_image = Signal(name="pixel_in_image")
+        m.d.comb += in_image.eq((y >= P) & (y < H + P) & (x >= P) & (x < W + P))
+        d_bank, d_in_image = register(m, bank, "d_pixel_bank"), register(m, in_image, "d_pixel_in_image")
+        return Mux(d_in_image, Array(words)[d_bank], pad)
+
+    def _read_rows(self, m, banks, beat_q, top_r, x_q1, x_r, beat, oy_v, ox_v, pad):
+        """Rows geometry: the beat's G window rows in (ky, kx) order, one cycle after issue."""
+        H, W, K, P, G, WB = self.height, self.width, self.kernel, self.padding, self.group, self.bank_columns
+        NQ = self.rows // G
         # Bank (a, b) reads the word of the beat's row with slot residue a and of the window
         # column with column residue b (out-of-image columns are clamped and masked).
         words = [[None] * K for _ in range(G)]
@@ -196,16 +248,14 @@ class SlidingWindowGenerator(wiring.Component):
         rows_in_image = [Signal(name=f"row{i}_in_image") for i in range(G)]
         rows_in_window = [Signal(name=f"row{i}_in_window") for i in range(G)]
         for i in range(G):
-            y = oy_v + beat.value * G + i             # input row + P
-            m.d.comb += [rows_in_image[i].eq((y >= P) & (y < H + P)), rows_in_window[i].eq(beat.value * G + i < K)]
+            y = oy_v + beat * G + i                   # input row + P
+            m.d.comb += [rows_in_image[i].eq((y >= P) & (y < H + P)), rows_in_window[i].eq(beat * G + i < K)]
         cols_in_image = [(ox_v + kx >= P) & (ox_v + kx < W + P) for kx in range(K)]
         d_top_r, d_x_r = register(m, top_r, "rot_rows"), register(m, x_r, "rot_cols")
         d_rows_image = [register(m, v, f"d_row{i}_in_image") for i, v in enumerate(rows_in_image)]
         d_rows_window = [register(m, v, f"d_row{i}_in_window") for i, v in enumerate(rows_in_window)]
         d_cols_image = [register(m, v, f"d_col{kx}_in_image") for kx, v in enumerate(cols_in_image)]
-        d_issue = register(m, issue, "read_valid")
 
-        pad = Const((1 << C) - 1 if self.pad_value else 0, C)
         by_column = [[Array(words[a])[Mux(d_x_r + kx >= K, d_x_r + kx - K, d_x_r + kx)] for kx in range(K)]
                      for a in range(G)]
         elements = []
@@ -213,5 +263,4 @@ class SlidingWindowGenerator(wiring.Component):
             for kx in range(K):
                 pixel = Array(by_column[a][kx] for a in range(G))[Mux(d_top_r + i >= G, d_top_r + i - G, d_top_r + i)]
                 elements.append(Mux(d_rows_window[i], Mux(d_rows_image[i] & d_cols_image[kx], pixel, pad), 0))
-        output_queue(m, self.o, QUEUE_DEPTH, write=d_issue, data=Cat(*elements), start=issue, may_start=may_start)
-        return m
+        return Cat(*elements)

@@ -11,12 +11,17 @@ channels of the last beat 0; H' x W' pixels per frame, H' = H + 2P - K + 1. Deco
 activations are (H' * W' * O) bits in (y, x, c) order.
 
 Hardware: `ConvEngine` = `SlidingWindowGenerator` (hw/swg.py: line buffers in block-RAM-able
-memories, padding inserted on the read side, G window rows per beat) -> width adapter (G*K*C ->
-SIMD bits, one window = one adapter frame) -> register slice -> `MVTU` (hw/mvtu.py, unchanged: its
-"frame" is one output pixel). G = ceil(K / (NF * SF)) (at most K), so the generator reads a window
-in ceil(K / G) <= NF * SF cycles and the MVTU never waits for it: a frame takes
-max(H' * W' * NF * SF, H * W) cycles (the second term: the generator takes one input pixel per
-cycle; it binds only for valid convs folded to about one cycle per window).
+memories, padding inserted on the read side) -> width adapter (beat -> SIMD bits, one window = one
+adapter frame of K*K*C elements) -> register slice -> `MVTU` (hw/mvtu.py, unchanged: its "frame" is
+one output pixel). `window_beat` picks the generator's beat from the folding: one window pixel
+(C elements) per beat, K*K beats per window, when the MVTU spends NF * SF >= K*K cycles on a
+window; else G = ceil(K / (NF * SF)) window rows (G*K*C elements) per beat, ceil(K / G) beats.
+Either way the generator reads a window in at most NF * SF cycles and the MVTU never waits for it:
+a frame takes max(H' * W' * NF * SF, H * W) cycles (the second term: the generator takes one input
+pixel per cycle; it binds only for valid convs folded to about one cycle per window). The
+generator's datapath (bank choice or rotation, padding mask, output queue) and the adapter scale
+with the beat's width, so a layer folded to K*K or more cycles per window pays for C elements of
+it, not G*K*C.
 """
 from __future__ import annotations
 
@@ -36,10 +41,15 @@ from xnorflow.hw.spec import LayerSpec, SpecError, bits_for, ceil_div, conv_out_
 from xnorflow.hw.swg import QUEUE_DEPTH, SlidingWindowGenerator, buffer_rows
 
 
-def window_group(layer: LayerSpec) -> int:
-    """G: window rows the generator reads per beat, so that ceil(K / G) <= NF * SF."""
+def window_beat(layer: LayerSpec) -> tuple[int, int]:
+    """(G, J): the window rows and columns of one generator beat, so that the R = ceil(K / G) * K / J
+    beats of a window take at most the MVTU's NF * SF cycles per window. (1, 1), one pixel per beat,
+    when NF * SF >= K*K; else (ceil(K / (NF * SF)), K), G window rows per beat."""
     k = layer.kernel
-    return min(k, ceil_div(k, layer.neuron_folds * layer.synapse_folds))
+    folds = layer.neuron_folds * layer.synapse_folds
+    if folds >= k * k:
+        return 1, 1
+    return min(k, ceil_div(k, folds)), k
 
 
 def padded_images(x: np.ndarray, layer: LayerSpec, dtype=np.uint8) -> np.ndarray:
@@ -64,7 +74,7 @@ class ConvEngine(wiring.Component):
             layer.validate(index)
         self.layer = layer
         self.index = index
-        self.group = window_group(layer)
+        self.group, self.columns = window_beat(layer)
         super().__init__({
             "i": In(stream.Signature(unsigned(layer.in_shape[0] * layer.input_bits))),
             "o": Out(stream.Signature(unsigned(layer.pe))),
@@ -77,7 +87,8 @@ class ConvEngine(wiring.Component):
         # The generator sees a pixel as C*b bits (element c at bits [c*b, (c+1)*b)), so a window
         # vector is the K*K*C elements in (ky, kx, c) order; a pad value of 0 pads every bit with 0.
         m.submodules.swg = swg = SlidingWindowGenerator(c * layer.input_bits, h, w, layer.kernel, layer.padding,
-                                                        layer.pad_value, self.group, style=layer.buffer_style)
+                                                        layer.pad_value, self.group, self.columns,
+                                                        style=layer.buffer_style)
         m.submodules.mvtu = mvtu = self.matrix_unit(layer, index=self.index)
         m.submodules.regear = adapter = WidthAdapter(swg.o.payload.shape().width, mvtu.word_width,
                                                      layer.n_in * layer.input_bits)
@@ -190,15 +201,16 @@ class ConvOp(Op):
     # Terms of the calibrated model (compiler/analysis.py: LogicModel); the generator's own
     # (window_bit and its two engines) were measured on synthesized scnv designs.
     def _window_bits(self) -> int:
-        """Bits of one generator beat: G window rows of K pixels of C elements."""
-        return window_group(self.layer) * self.layer.kernel * self.in_width
+        """Bits of one generator beat: G window rows of J pixels of C elements (`window_beat`)."""
+        g, j = window_beat(self.layer)
+        return g * j * self.in_width
 
     def memories(self) -> list[dict]:
         """The MVTU's (weights, input ping-pong buffer, thresholds) and the generator's line buffer:
         G x K banks of C-bit words, each ``rows / G x ceil(W / K)`` deep."""
         layer = self.layer
         _, _, w = layer.in_shape
-        g, k = window_group(layer), layer.kernel
+        (g, _), k = window_beat(layer), layer.kernel
         rows = buffer_rows(k, layer.padding, g)
         line = {"role": "line buffer", "width": self.in_width, "depth": rows // g * ceil_div(w, k), "count": g * k,
                 "style": layer.buffer_style, "kind": "ram"}
@@ -206,14 +218,15 @@ class ConvOp(Op):
 
     def logic_terms(self) -> dict[str, int]:
         """The MVTU's terms; the generator's control (counters, row accounting, the divisions by K)
-        as two more engines, its beat bits (column rotation, padding mask, output queue) as
-        window bits and, when G > 1, the row rotation's log2 G multiplexer stages per beat bit as
-        gearbox bits; and the G*K*C -> SIMD width adapter's terms (`adapter_terms`)."""
+        as two more engines, its beat bits (column rotation or a pixel's choice of bank, padding
+        mask, output queue) as window bits and, when G > 1, the row rotation's log2 G multiplexer
+        stages per beat bit as gearbox bits; and the beat -> SIMD width adapter's terms
+        (`adapter_terms`)."""
         layer = self.layer
         matrix = self.matrix_op(layer)
         terms = matrix.logic_terms()
         beat_bits = self._window_bits()
-        g = window_group(layer)
+        g, _ = window_beat(layer)
         terms["engine"] += 2
         terms["window_bit"] = terms.get("window_bit", 0) + beat_bits
         if g > 1:
@@ -227,15 +240,19 @@ class ConvOp(Op):
         and the gearbox and register slice in front of the MVTU."""
         layer = self.layer
         _, h, w = layer.in_shape
-        k, g = layer.kernel, window_group(layer)
+        k, (g, j) = layer.kernel, window_beat(layer)
         oh, ow = layer.out_shape[1:]
         rows = buffer_rows(k, layer.padding, g)
         beat_bits = self._window_bits()
         matrix = self.matrix_op(layer)
         ffs = matrix.flip_flops()
         ffs += 2 * bits_for(w) + bits_for(k) + 2 * bits_for(rows) + bits_for(h)               # writer, rows held
-        ffs += 3 * (bits_for(ceil_div(k, g)) + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows) + bits_for(ow + k)
-        ffs += 2 * g + k + bits_for(g) + bits_for(k) + 1                                        # delayed masks
+        beat_counters = bits_for(ceil_div(k, g)) + (bits_for(k) if j == 1 else 0)             # band (ky), kx
+        ffs += 3 * (beat_counters + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows) + bits_for(ow + k)
+        if j == 1:
+            ffs += 1 + bits_for(k) + 1                                                          # mask, bank, valid
+        else:
+            ffs += 2 * g + k + bits_for(g) + bits_for(k) + 1                                    # delayed masks
         ffs += QUEUE_DEPTH * beat_bits + 2 * bits_for(QUEUE_DEPTH)                              # output queue
         return ffs + adapter_flip_flops(beat_bits, matrix.in_width, matrix.in_unit)        # adapter, slice
 

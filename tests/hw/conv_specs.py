@@ -9,13 +9,15 @@ from spec_factory import random_int_thresholds, random_thresholds
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, ceil_div, conv_layer, maxpool_layer
 
 
-def random_conv_folding(rng, n_in: int, n_out: int, max_folds: int, max_simd: int | None = None) -> tuple[int, int]:
-    """A random (PE, SIMD), divisors or not, with NF * SF <= max_folds (and SIMD <= max_simd)."""
+def random_conv_folding(rng, n_in: int, n_out: int, max_folds: int, max_simd: int | None = None,
+                        min_folds: int = 1) -> tuple[int, int]:
+    """A random (PE, SIMD), divisors or not, with min_folds <= NF * SF <= max_folds (and SIMD <=
+    max_simd). NF * SF = 1 .. n_out * n_in are all reachable, so any range within that has one."""
     top = n_in if max_simd is None else min(n_in, max_simd)
     while True:
         pe = int(rng.integers(1, n_out + 1))
         simd = int(rng.integers(1, top + 1))
-        if ceil_div(n_out, pe) * ceil_div(n_in, simd) <= max_folds:
+        if min_folds <= ceil_div(n_out, pe) * ceil_div(n_in, simd) <= max_folds:
             return pe, simd
 
 
@@ -24,7 +26,9 @@ def random_conv_spec(seed: int, *, max_c: int = 8, max_hw: int = 8, max_out: int
     """Conv and max-pool layers in a random order (at least one conv), then one or two dense layers.
 
     Input C in 1..max_c, H and W in 3..max_hw; convs K 1..5 (as the padded input allows), padding 0
-    or 1 with either bit, random folding (PE and SIMD need not divide); pools of 2 or 3 where they fit.
+    or 1 with either bit, random folding (PE and SIMD need not divide) of NF * SF <= max_folds, or for
+    about a third of the convs K*K <= NF * SF <= K*K + max_folds, where the window generator emits one
+    pixel per beat (hw/ops/conv.py: window_beat); pools of 2 or 3 where they fit.
     With ``input_bits`` b >= 2 the first layer is an int_conv on b-bit pixels (padding with 0).
     """
     rng = np.random.default_rng(seed)
@@ -47,7 +51,10 @@ def random_conv_spec(seed: int, *, max_c: int = 8, max_hw: int = 8, max_out: int
             k = int(rng.choice(kernels))
             o = int(rng.integers(1, max_out + 1))
             n_in = k * k * c
-            pe, simd = random_conv_folding(rng, n_in, o, max_folds)
+            if rng.random() < 1 / 3:
+                pe, simd = random_conv_folding(rng, n_in, o, k * k + max_folds, min_folds=k * k)
+            else:
+                pe, simd = random_conv_folding(rng, n_in, o, max_folds)
             if input_bits > 1 and not layers:
                 weights = rng.integers(0, 2, size=(o, n_in), dtype=np.uint8)
                 layers.append(conv_layer(shape, weights, random_int_thresholds(rng, weights, input_bits), kernel=k,

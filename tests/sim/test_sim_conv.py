@@ -12,15 +12,18 @@ from sim_builds import write_build_folder
 from spec_factory import random_int_thresholds
 
 from xnorflow.hw.ops import op_for
+from xnorflow.hw.ops.conv import window_beat
 from xnorflow.hw.spec import LayerSpec, NetworkSpec, conv_layer, maxpool_layer
 from xnorflow.sim import golden
 from xnorflow.sim.localise import first_divergence
 from xnorflow.sim.runner import simulate
 
 
-def small_conv_net(seed: int = 0, channels: int = 2, size: int = 8, input_bits: int = 1) -> NetworkSpec:
-    """conv 3x3 (padding 1 of +1 bits) -> max-pool 2 (some channels AND) -> dense -> dense (scores).
-    With ``input_bits`` b >= 2 the conv is an int_conv on b-bit pixels, padded with the value 0."""
+def small_conv_net(seed: int = 0, channels: int = 2, size: int = 8, input_bits: int = 1,
+                   folding: tuple[int, int] = (4, 5)) -> NetworkSpec:
+    """conv 3x3 (padding 1 of +1 bits; PE, SIMD = ``folding``) -> max-pool 2 (some channels AND) ->
+    dense -> dense (scores). With ``input_bits`` b >= 2 the conv is an int_conv on b-bit pixels,
+    padded with the value 0."""
     rng = np.random.default_rng(seed)
     out = 6
     n_in = 9 * channels
@@ -30,7 +33,7 @@ def small_conv_net(seed: int = 0, channels: int = 2, size: int = 8, input_bits: 
     else:
         thresholds = random_int_thresholds(rng, weights, input_bits, extremes=False)
     conv = conv_layer((channels, size, size), weights, thresholds, kernel=3, padding=1,
-                      pad_value=int(input_bits == 1), pe=4, simd=5, input_bits=input_bits)
+                      pad_value=int(input_bits == 1), pe=folding[0], simd=folding[1], input_bits=input_bits)
     pool = maxpool_layer(conv.out_shape, 2, pool_and=np.array([0, 1, 0, 0, 1, 0]))
     n = int(np.prod(pool.out_shape))
     hidden = LayerSpec(n, 12, rng.integers(0, 2, size=(12, n), dtype=np.uint8),
@@ -41,13 +44,17 @@ def small_conv_net(seed: int = 0, channels: int = 2, size: int = 8, input_bits: 
     return spec
 
 
-@pytest.mark.parametrize("input_bits, size, frame_bits, ii", [
-    (1, 8, 128, 512),     # II: conv 64 pixels x NF 2 x SF 4; the pool 64, the dense layers 3 x 6 and 3 x 2
-    (8, 6, 576, 288),     # int_conv on 6 x 6 pixels of 2 channels of 8 bits: 36 pixels x NF 2 x SF 4
+@pytest.mark.parametrize("input_bits, size, frame_bits, ii, folding", [
+    (1, 8, 128, 512, (4, 5)),   # II: conv 64 pixels x NF 2 x SF 4; the pool 64, the dense layers 3 x 6 and 3 x 2
+    (8, 6, 576, 288, (4, 5)),   # int_conv on 6 x 6 pixels of 2 channels of 8 bits: 36 pixels x NF 2 x SF 4
+    # NF 3 x SF 4 >= 3 x 3: the window generator emits one pixel per beat (hw/ops/conv.py: window_beat)
+    (1, 8, 128, 768, (2, 5)),
+    (8, 6, 576, 432, (2, 5)),
 ])
-def test_small_conv_net_is_bit_exact_in_verilator(tmp_path, input_bits, size, frame_bits, ii):
-    spec = small_conv_net(size=size, input_bits=input_bits)
+def test_small_conv_net_is_bit_exact_in_verilator(tmp_path, input_bits, size, frame_bits, ii, folding):
+    spec = small_conv_net(size=size, input_bits=input_bits, folding=folding)
     assert spec.input_bits == frame_bits and spec.analytic_cycles_per_frame == ii
+    assert window_beat(spec.layers[0]) == ((1, 1) if folding == (2, 5) else (1, 3))
     build = write_build_folder(tmp_path / "build", spec, frames=60)
     result = simulate(build, backpressure=0.5, gaps=0.3, seed=2, progress=False)
     assert result["errors"] == []
