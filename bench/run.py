@@ -378,9 +378,10 @@ def options_table(rows: list[dict]) -> str:
     and the hardware each model was built into."""
     lines = [("| net / board | inputs | training | accuracy torch / golden / RTL | II | LUTs | mem. blocks | Fmax MHz | "
               "frames/s at clock |"), "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r.get("dataset") != "fashion-mnist" or r["arch"] not in ("tfc", "sfc", "scnv") or r.get("lut_share"):
-            continue
+    nets = ("tfc", "sfc", "scnv")
+    chosen = [r for r in rows if r.get("dataset") == "fashion-mnist" and r["arch"] in nets and not r.get("lut_share")]
+    for r in sorted(chosen, key=lambda r: (nets.index(r["arch"]), r.get("input_bits") or 1,
+                                          bool(r.get("teacher")) + 2 * bool(r.get("stochastic_weights")))):
         training = ("distilled from a float teacher" + (f" ({fmt(r['teacher_accuracy'], 'pct')})" if r.get("teacher_accuracy") else "")
                     if r.get("teacher") else "stochastic weights" if r.get("stochastic_weights") else "plain")
         lines.append(f"| {r['arch'].upper()} / {r['board']} | {r.get('input_bits') or 1}-bit | {training} | "
