@@ -217,7 +217,7 @@ class ConvOp(Op):
         return self.matrix_op(layer).memories() + [line]
 
     def logic_terms(self) -> dict[str, int]:
-        """The MVTU's terms; the generator's control (counters, row accounting, the divisions by K)
+        """The MVTU's terms; the generator's control (counters, row accounting, address registers)
         as two more engines, its beat bits (column rotation or a pixel's choice of bank, padding
         mask, output queue) as window bits and, when G > 1, the row rotation's log2 G multiplexer
         stages per beat bit as gearbox bits; and the beat -> SIMD width adapter's terms
@@ -236,8 +236,8 @@ class ConvOp(Op):
         return terms
 
     def flip_flops(self) -> int:
-        """The MVTU's, plus the generator's counters, row accounting, delayed masks and output queue,
-        and the gearbox and register slice in front of the MVTU."""
+        """The MVTU's, plus the generator's counters, row accounting, address registers, delayed
+        selects and masks and output queue, and the gearbox and register slice in front of the MVTU."""
         layer = self.layer
         _, h, w = layer.in_shape
         k, (g, j) = layer.kernel, window_beat(layer)
@@ -245,14 +245,24 @@ class ConvOp(Op):
         rows = buffer_rows(k, layer.padding, g)
         beat_bits = self._window_bits()
         matrix = self.matrix_op(layer)
+
+        def span(n):                                   # bits of a register counting 0 .. n - 1
+            return bits_for(n - 1) if n > 1 else 0
+
+        depth, words = rows // g * ceil_div(w, k), ceil_div(w, k)
         ffs = matrix.flip_flops()
-        ffs += 2 * bits_for(w) + bits_for(k) + 2 * bits_for(rows) + bits_for(h)               # writer, rows held
+        ffs += 2 * bits_for(w) + bits_for(k) + bits_for(rows) + bits_for(h)                  # writer, rows held
+        ffs += span(g) + span(depth)                                                         # write row, address
         beat_counters = bits_for(ceil_div(k, g)) + (bits_for(k) if j == 1 else 0)             # band (ky), kx
-        ffs += 3 * (beat_counters + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows) + bits_for(ow + k)
+        ffs += 3 * (beat_counters + bits_for(ow) + bits_for(oh)) + 2 * bits_for(rows)
+        ffs += span(h) + span(w)                                                             # rows, column needed
+        ffs += g * span(depth) + span(k) + bits_for(ceil_div(ow + k, k))                     # row bases, column 0
         if j == 1:
+            ffs += 2 * span(words) + span(k)                                                 # column 0, beat's column
             ffs += 1 + bits_for(k) + 1                                                          # mask, bank, valid
         else:
-            ffs += 2 * g + k + bits_for(g) + bits_for(k) + 1                                    # delayed masks
+            ffs += k * span(words)                                                           # banks' column words
+            ffs += k * k + g * g + (g * k if layer.pad_value else 0) + 1                     # selects, pad flags
         ffs += QUEUE_DEPTH * beat_bits + 2 * bits_for(QUEUE_DEPTH)                              # output queue
         return ffs + adapter_flip_flops(beat_bits, matrix.in_width, matrix.in_unit)        # adapter, slice
 

@@ -207,14 +207,16 @@ def test_window_generator_rows_per_beat(kernel, padding, group):
     check_window_beats(got, want, swg.beats, (c, h, w, kernel, padding, pad, group, kernel))
 
 
-def test_window_generator_pixels_at_full_rate():
-    """No gaps, no backpressure: after the first window is written, one beat every cycle."""
+@pytest.mark.parametrize("group, columns", [(1, 1), (1, 3), (2, 3)])
+def test_window_generator_at_full_rate(group, columns):
+    """No gaps, no backpressure: after the first window is written, one beat every cycle (the
+    reader's R beats per window outlast the writer's W pixels per row)."""
     c, h, w, k, p = 2, 6, 7, 3, 1
     frames = np.random.default_rng(0).integers(0, 2, size=(2, h * w * c), dtype=np.uint8)
-    swg = SlidingWindowGenerator(c, h, w, k, p, 1, group=1, columns=1)
-    want = expected_window_beats(frames, c, h, w, k, p, 1, 1, 1)
+    swg = SlidingWindowGenerator(c, h, w, k, p, 1, group=group, columns=columns)
+    want = expected_window_beats(frames, c, h, w, k, p, 1, group, columns)
     got, cycles = simulate_stream(swg, pack_beats(frames.reshape(-1, c), c), len(want))
-    check_window_beats(got, want, swg.beats, (c, h, w, k, p, 1, 1, 1))
+    check_window_beats(got, want, swg.beats, (c, h, w, k, p, 1, group, columns))
     assert cycles[-1] - cycles[0] == len(want) - 1
 
 
