@@ -53,9 +53,9 @@ CONFIGS = [
     {"arch": "scnv", "dataset": "fashion-mnist", "board": "ulx3s-85f", "variant": "8bit", "input_bits": 8},
     # The training options of issue 15 on 1- and 8-bit inputs: distillation from a float teacher of the
     # same architecture (trained once per arch into work/models, `xnorflow train --float`) and
-    # BinaryConnect's stochastic weights. They change the weights only, so each builds the design of
-    # its plain row; scnv's are simulated on every test image but not synthesized again (25 minutes
-    # each on this machine): their hardware columns are those of the scnv rows above.
+    # BinaryConnect's stochastic weights. They change the weights and thresholds only, so each builds
+    # nearly the design of its plain row; scnv's are simulated on every test image but not synthesized
+    # (25 minutes each on this machine).
     *[{"arch": arch, "dataset": "fashion-mnist", "board": board, "variant": f"{bits_name}{option_name}", **bits,
        **option, **({"synth": False} if arch == "scnv" else {})}
       for arch, board in (("tfc", "icebreaker"), ("sfc", "ulx3s-85f"), ("scnv", "ulx3s-85f"))
@@ -389,9 +389,10 @@ def options_table(rows: list[dict]) -> str:
                      + f" | {fmt(r.get('cycles_per_frame'), 'int')} | {fmt(r.get('luts'), 'int')} | {fmt(r.get('brams'))} | "
                        f"{fmt(r.get('fmax_mhz'), 'f1')} | {fmt(r.get('fps_at_clock'), 'int')} |")
     lines += ["", ("Every model above is simulated in Verilator on all 10,000 test images against the golden model. The "
-                   "training options change the weights only, so each builds its plain row's design; scnv's optioned "
-                   "models are not synthesized again (— in their hardware columns: the plain scnv rows give their "
-                   "design's figures).")]
+                   "training options change the weights and thresholds only, so each builds nearly its plain row's "
+                   "design (the thresholds' range sets their width, which can move the fit by a step: SFC 8-bit with "
+                   "stochastic weights is II 329). scnv's optioned models are not synthesized (— in their hardware "
+                   "columns).")]
     return "\n".join(lines)
 
 
