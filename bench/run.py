@@ -166,16 +166,17 @@ def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[
 
     suffix = "".join(f"-{key}{value}" for key, value in sorted(options.items()) if value is not None)
     path = work / "models" / f"{arch}-{dataset}{suffix}.pt"
-    stale = path.exists() and stale_model_reason(load_model_file(path), arch, options)
+    record = load_model_file(path) if path.exists() else None
+    stale = record is not None and stale_model_reason(record, arch, options)
     if stale:
         log(f"retraining {path.name}: {stale}")
-    if stale or not path.exists():
+    if stale or record is None:
         source = DERIVED_DATASETS[dataset](work) if dataset in DERIVED_DATASETS else dataset
         if options.get("teacher") == "float":
             options = {**options, "teacher": float_teacher(work, arch, dataset, source, options.get("epochs"), log)}
         log(f"training {arch} on {dataset}{' with ' + suffix[1:] if suffix else ''}")
         train(arch, source, path, progress=False, **{k: v for k, v in options.items() if v is not None})
-    record = load_model_file(path)
+        record = load_model_file(path)
     return path, record
 
 
@@ -195,7 +196,7 @@ def stale_model_reason(record: dict, arch: str, options: dict) -> str | None:
     layer structure, or the default recipe), or None when it is."""
     from xnorflow.training.datasets import BITS_FORMAT, input_scale
     from xnorflow.training.model_file import extract_layers
-    from xnorflow.training.train import _defaults_for
+    from xnorflow.training.train import recipe_defaults
     from xnorflow.training.zoo import build_model
 
     fmt = record["input"]
@@ -208,7 +209,7 @@ def stale_model_reason(record: dict, arch: str, options: dict) -> str | None:
 
     if structure(zoo) != structure(record["layers"]):
         return "the zoo's layers changed since it was trained"
-    train, defaults = record["train"], _defaults_for(record["dataset"], arch)
+    train, defaults = record["train"], recipe_defaults(record["dataset"], arch)
     wanted = {**defaults, **{k: v for k, v in options.items() if k in defaults and v is not None}}
     changed = [k for k in ("epochs", "batch_size", "lr") if train.get(k) != wanted[k]]
     return f"its {', '.join(changed)} differ from today's recipe" if changed else None

@@ -211,9 +211,9 @@ def memory_bandwidth(spec: NetworkSpec, family: str, blocks: int) -> dict:
 # binary MVTUs synthesized the same way (1.39); int_acc_bit is confounded with the lanes there and
 # set low. Not yet checked against nextpnr or on ECP5.
 INT_LANE_BIT = 3.1
+INT_ACC_BIT = 1.0
 # Per sliding-window generator beat bit (see `LogicModel.window_bit`).
 WINDOW_BIT = 8.0
-INT_ACC_BIT = 1.0
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ CONV_TRAIN_DEFAULTS = {
 FINAL_LR_FRACTION = 0.01
 
 
-def _defaults_for(dataset_name: str, arch: str = "tfc") -> dict:
+def recipe_defaults(dataset_name: str, arch: str = "tfc") -> dict:
+    """The epochs, batch size and peak learning rate ``train`` uses for ``arch`` on ``dataset_name``."""
     table = CONV_TRAIN_DEFAULTS if is_conv_arch(arch) else TRAIN_DEFAULTS
     for prefix in ("idx", "cifar10"):
         if dataset_name.startswith(f"{prefix}:"):
@@ -210,7 +211,7 @@ def train(arch: str, dataset_name: str, out_path: str | Path, epochs: int | None
     if Path(out_path).is_dir():                 # fail before spending minutes on training
         raise ModelFileError(f"output {out_path} is a folder: give a file path such as {Path(out_path) / 'model.pt'}")
     data = dataset if dataset is not None else load_dataset(dataset_name)
-    defaults = _defaults_for(dataset_name, arch)
+    defaults = recipe_defaults(dataset_name, arch)
     epochs = defaults["epochs"] if epochs is None else int(epochs)
     batch_size = defaults["batch_size"] if batch_size is None else int(batch_size)
     lr = defaults["lr"] if lr is None else float(lr)
