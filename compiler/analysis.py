@@ -214,6 +214,14 @@ INT_LANE_BIT = 3.1
 INT_ACC_BIT = 1.0
 # Per sliding-window generator beat bit (see `LogicModel.window_bit`).
 WINDOW_BIT = 8.0
+# Width adapters outside the calibration designs, set from Yosys synth_ecp5 of an adapter and its
+# register slice alone (bench/records.md, "Narrowing adapters"); the same LUT4 mapping is taken for iCE40.
+# A serializer is its word's load-or-shift multiplexer per input bit plus counters (32 -> 4 bits: 56
+# slots, 256 -> 8: 288). A narrowing gearbox's two landing shifters take the whole input beat, so it
+# costs 1.5-3.2 slots per (buffer bit x shift stage) over eight (in, out) pairs from (30, 7) to
+# (256, 9), median 2.1, where widening ones cost the calibrated `gearbox_bit`.
+SERIALIZER_BIT = 1.1
+NARROWING_GEARBOX_BIT = 2.1
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,10 @@ class LogicModel:
     # (bench/records.md, "Conv estimate"), per generator 354 + 7.9 per beat bit, 8 generators; the
     # control's 354 is two `engine`s (hw/ops/conv.py). The same LUT4 mapping is taken for iCE40.
     window_bit: float = WINDOW_BIT
+    # Adapters to a narrower beat (hw/adapters.py `adapter_terms`): per input bit of a serializer,
+    # per (buffer bit x shift stage) of a narrowing gearbox.
+    serializer_bit: float = SERIALIZER_BIT
+    narrowing_gearbox_bit: float = NARROWING_GEARBOX_BIT
     # The integer-input engine (hw/intmvu.py) is not in the calibration designs, so these are not
     # fitted there (see `INT_LANE_BIT`).
     int_lane_bit: float = INT_LANE_BIT  # per input bit of each adder tree (every PE's gated tree and
@@ -302,8 +314,8 @@ def logic_terms(layer: LayerSpec, in_width: int, family: str) -> dict[str, int]:
     return ops_logic_terms(layer_ops(layer), in_width, family)
 
 
-TERMS = ("simd_lane", "acc_bit", "engine", "score_bit", "block_mux", "rom_lut", "ram_bit", "gearbox_bit",
-         "deserializer_bit", "int_lane_bit", "int_acc_bit", "window_bit")
+# A layer's structural terms: every coefficient of `LogicModel` but the board top's and the packing factor.
+TERMS = tuple(name for name in LogicModel.__dataclass_fields__ if name not in ("top", "packing"))
 
 
 def ops_logic_terms(ops: list[Op], in_width: int, family: str) -> dict[str, int]:

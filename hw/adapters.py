@@ -28,12 +28,16 @@ def adapter_kind(in_width: int, out_width: int, n: int) -> str:
     - "deserializer" (``out_width`` a multiple of ``in_width``): each input beat is written into its
       place of the output beat, no shifter (the frame's last input beat, which may be partial, ends
       the frame's last output beat);
+    - "serializer" (``in_width`` a multiple of ``out_width``): each input beat is loaded into a
+      register that shifts down by ``out_width`` per output beat, no variable shifter;
     - "gearbox": a bit buffer of ``in_width + 2 * out_width`` bits with a fill count and a shifter.
     """
     if in_width == out_width:
         return "identity" if n % in_width == 0 else "mask"
     if out_width % in_width == 0:
         return "deserializer"
+    if in_width % out_width == 0:
+        return "serializer"
     return "gearbox"
 
 
@@ -46,14 +50,18 @@ def landing_shifter_inputs(in_width: int, out_width: int) -> int:
 
 def adapter_terms(in_width: int, out_width: int, n: int) -> dict[str, int]:
     """The adapter's structural terms of the logic estimate (compiler/analysis.py, `LogicModel`),
-    with the register slice after it: a gearbox's buffer bits x shifter stages, a deserializer's
-    output bits; none when the widths match."""
+    with the register slice after it: a gearbox's buffer bits x shifter stages (a narrowing one's
+    apart: its landing shifters take a whole, wider input beat), a deserializer's output bits, a
+    serializer's input bits; none when the widths match."""
     kind = adapter_kind(in_width, out_width, n)
     if kind == "gearbox":
         capacity = in_width + 2 * out_width
-        return {"gearbox_bit": capacity * bits_for(capacity)}
+        name = "narrowing_gearbox_bit" if in_width > out_width else "gearbox_bit"
+        return {name: capacity * bits_for(capacity)}
     if kind == "deserializer":
         return {"deserializer_bit": out_width}
+    if kind == "serializer":
+        return {"serializer_bit": in_width}
     return {}
 
 
@@ -67,6 +75,9 @@ def adapter_flip_flops(in_width: int, out_width: int, n: int) -> int:
     if kind == "deserializer":
         out_beats = ceil_div(n, out_width)
         return out_width + bits_for(out_width // in_width) + 2 + bits_for(out_beats) + 2 + register_slice
+    if kind == "serializer":
+        counters = sum(bits_for(beats) + 2 if beats > 1 else 2 for beats in (ceil_div(n, in_width), ceil_div(n, out_width)))
+        return in_width + bits_for(in_width // out_width) + 2 + counters + register_slice
     return 0
 
 
@@ -116,6 +127,8 @@ class WidthAdapter(wiring.Component):
             self._mask_last_beat(m)
         elif self.kind == "deserializer":
             self._deserialize(m)
+        elif self.kind == "serializer":
+            self._serialize(m)
         else:
             self._gearbox(m)
         return m
@@ -155,6 +168,35 @@ class WidthAdapter(wiring.Component):
                         m.d.sync += word[j * a:(j + 1) * a].eq(data)
             with m.If(part_last):
                 m.d.sync += full.eq(1)
+
+    def _serialize(self, m: Module) -> None:
+        """Each input beat is loaded into ``word``, which shifts down by out_width per output beat
+        taken; ``o.payload`` is its low out_width bits. An input beat gives ``slices`` output beats,
+        the frame's last ``last_slices`` (its real bits, rounded up), the last of them masked to the
+        frame's real bits. The next input beat is taken in the cycle the last slice is (full rate);
+        ``left`` counts the slices still in ``word``, and the flags beside it (left != 0, left == 1)
+        are registers, so no compare sits in the handshake."""
+        a, b = self.in_width, self.out_width
+        slices = a // b
+        in_last_bits = self.n - (self.in_beats - 1) * a      # real bits of the frame's last input beat
+        last_slices = ceil_div(in_last_bits, b)
+        out_last_bits = self.n - (self.out_beats - 1) * b    # real bits of the frame's last output beat
+        word = Signal(a)
+        left = Signal(range(slices + 1))
+        busy = Signal()          # left != 0
+        one_left = Signal()      # left == 1
+        accept = self.i.valid & self.i.ready
+        emit = self.o.valid & self.o.ready
+        in_is_last = wrapping_counter(m, self.in_beats, accept, "in_beat").is_last
+        out_is_last = wrapping_counter(m, self.out_beats, emit, "out_beat").is_last
+        payload = Mux(out_is_last, word[:out_last_bits], word[:b]) if out_last_bits < b else word[:b]
+        m.d.comb += [self.o.payload.eq(payload), self.o.valid.eq(busy),
+                     self.i.ready.eq(~busy | (one_left & self.o.ready))]
+        with m.If(accept):
+            loaded = Mux(in_is_last, last_slices, slices)
+            m.d.sync += [word.eq(self.i.payload), left.eq(loaded), busy.eq(1), one_left.eq(loaded == 1)]
+        with m.Elif(emit):
+            m.d.sync += [word.eq(word >> b), left.eq(left - 1), busy.eq(~one_left), one_left.eq(left == 2)]
 
     def _mask_last_beat(self, m: Module) -> None:
         real_bits = self.n - (self.in_beats - 1) * self.in_width

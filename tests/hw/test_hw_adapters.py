@@ -42,6 +42,7 @@ def test_random_widths_sweep(seed):
     (16, 16, 70),    # same width, padded last beat is masked
     (64, 16, 64), (16, 64, 64), (3, 2, 11), (2, 3, 11), (1, 7, 13), (7, 1, 13), (50, 64, 30),
     (6, 114, 1024), (3, 12, 4), (5, 10, 3),     # deserializers ending in a partial input beat
+    (256, 8, 2304), (12, 3, 10), (12, 4, 5), (9, 3, 2),   # serializers, some with partial input beats
 ])
 def test_corner_widths(in_width, out_width, n):
     dut, got, expected, _ = run_adapter(in_width, out_width, n, frames=5, gap=0.2, stall=0.2, seed=n)
@@ -77,6 +78,34 @@ def test_deserializer_with_gaps_and_backpressure(seed):
     dut, got, expected, _ = run_adapter(in_width, out_width, n, gap=0.3, stall=0.3, seed=seed)
     assert dut.kind == "deserializer"
     assert got == expected, f"in_width={in_width} out_width={out_width} n={n} seed={seed}"
+
+
+def serializer_widths(seed):
+    """An input width a multiple of the output's (the serializer); every other frame ends in a
+    partial input beat, some of whose slices are not sent."""
+    rng = np.random.default_rng(seed)
+    out_width = int(rng.integers(1, 20))
+    in_width = out_width * int(rng.integers(2, 9))
+    n = in_width * int(rng.integers(1, 12)) - (int(rng.integers(0, in_width)) if seed % 2 else 0)
+    return in_width, out_width, max(1, n)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_serializer_with_gaps_and_backpressure(seed):
+    in_width, out_width, n = serializer_widths(seed)
+    dut, got, expected, _ = run_adapter(in_width, out_width, n, gap=0.3, stall=0.3, seed=seed)
+    assert dut.kind == "serializer"
+    assert got == expected, f"in_width={in_width} out_width={out_width} n={n} seed={seed}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_serializer_runs_at_full_rate(seed):
+    """One output beat per cycle, a new input beat taken as the last slice of the one before goes."""
+    in_width, out_width, n = serializer_widths(700 + seed)
+    frames = 6
+    dut, got, expected, cycles = run_adapter(in_width, out_width, n, frames=frames, seed=seed)
+    assert got == expected
+    assert cycles[-1] - cycles[0] == frames * dut.out_beats - 1
 
 
 def test_bad_widths_are_refused():
