@@ -69,6 +69,7 @@ class Family:
     first_try_hz: float            # the first PLL clock synthesize_at_best_clock tries
     lut_budget_share: float        # the share of the LUTs a design may take by default
     register_weights: bool         # block RAM weight reads registered before the XNOR
+    conv_router: str = "router1"   # nextpnr's router for designs with a sliding-window generator
 
 
 FAMILIES = {
@@ -97,7 +98,7 @@ FAMILIES = {
         pll_primitive="EHXPLLL",
         cell_types={"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "brams": "DP16KD", "dsps": "MULT18X18D"},
         ff_cells=re.compile(r"^TRELLIS_FF$"),
-        first_try_hz=90e6, lut_budget_share=0.25, register_weights=True),
+        first_try_hz=90e6, lut_budget_share=0.25, register_weights=True, conv_router="router2"),
 }
 
 

@@ -33,11 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-from xnorflow.boards.family import per_family
+from xnorflow.boards.family import FAMILIES, per_family
 from xnorflow.boards.pll import PllError, plan_pll
 from xnorflow.boards.registry import Board, get_board
 from xnorflow.boards.top import BoardTop
 from xnorflow.errors import XnorflowError
+from xnorflow.hw.ops import op_for
+from xnorflow.hw.ops.conv import ConvOp
 from xnorflow.hw.spec import NetworkSpec
 
 DESIGN_NAME = "xnorflow"
@@ -235,6 +237,16 @@ class SynthProgress:
 
 
 # --- the flow ------------------------------------------------------------------------------------
+def nextpnr_router(spec: NetworkSpec, family: str) -> str:
+    """nextpnr's routing algorithm for ``spec``: its default (router1) unless the design has a
+    sliding-window generator (a conv layer), whose line-buffer banks all feed one pixel multiplexer;
+    there the family's ``conv_router`` (ECP5: router2, which routed scnv where router1 stalled, and
+    which took longer than router1 on SFC: bench/records.md, "Routing conv designs")."""
+    if any(isinstance(op_for(layer), ConvOp) for layer in spec.layers):
+        return FAMILIES[family].conv_router
+    return "router1"
+
+
 def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = True,
                baud: int | None = None, seed: int | None = None, clock_hz: float | None = None,
                timing_allow_fail: bool = False, on_progress=None, expected_luts: int | None = None) -> dict:
@@ -249,9 +261,9 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
 
     Returns ``{device, board, luts, ffs, brams, sprams, dsps, fmax_mhz, clock_mhz, baud, pll, timing_met,
     synth_seconds, stage_seconds, bitstream, capacity, memories, clock_attempts_mhz, fmax_attempts_mhz,
-    seed_attempts}``: ``clock_mhz`` is the frequency the bitstream runs at (the PLL's output, or the
-    oscillator), ``fmax_mhz`` the achieved frequency
-    of that clock, ``timing_met`` whether fmax_mhz >= clock_mhz (None if nextpnr gave no Fmax),
+    seed_attempts, router}``: ``router`` is nextpnr's (`nextpnr_router`); ``clock_mhz`` is the
+    frequency the bitstream runs at (the PLL's output, or the oscillator), ``fmax_mhz`` the achieved
+    frequency of that clock, ``timing_met`` whether fmax_mhz >= clock_mhz (None if nextpnr gave no Fmax),
     ``pll`` the PLL's settings (`PllPlan.as_dict`) or None, ``capacity`` the device totals nextpnr
     reports, ``memories`` where Yosys put each memory (see `memory_mapping`), and this one build's
     clock, Fmax and nextpnr seed (None: nextpnr's default) as the one-entry lists
@@ -274,7 +286,8 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
     live = SynthProgress(board, top.clk_hz / 1e6, seed, expected_luts, printing=progress, on_progress=on_progress)
     platform = board.platform()
     tools = {name: find_tool(name) for name in platform.required_tools}
-    nextpnr_opts = f"--report {REPORT_FILE}" + (f" --seed {seed}" if seed is not None else "")
+    router = nextpnr_router(spec, board.family)
+    nextpnr_opts = f"--report {REPORT_FILE} --router {router}" + (f" --seed {seed}" if seed is not None else "")
     if timing_allow_fail:
         nextpnr_opts += " --timing-allow-fail"
     plan = platform.build(top, name=DESIGN_NAME, build_dir=str(out),
@@ -308,6 +321,7 @@ def synthesize(spec: NetworkSpec, board_name: str, out_dir, progress: bool = Tru
         "clock_attempts_mhz": [clock_mhz],
         "fmax_attempts_mhz": [figures["fmax_mhz"]],
         "seed_attempts": [seed],
+        "router": router,
     })
     record_build_time(board.device, figures["luts"], figures["synth_seconds"])
     live.finish(figures["fmax_mhz"])

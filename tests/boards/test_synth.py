@@ -258,3 +258,17 @@ def test_one_bad_placement_at_a_lowered_clock_is_reseeded_not_lowered_again():
     assert next_attempt("ice40", 12e6, lowered, 2, [44.4, 43.4, 33.0], reseeded=True) == ("reseed", lowered, 3)
     # Builds that keep missing by a lot do lower it: the median follows them.
     assert next_attempt("ice40", 12e6, lowered, 2, [44.4, 33.0, 31.0], reseeded=True)[0] == "lower"
+
+
+def test_designs_with_a_window_generator_route_with_the_familys_conv_router():
+    import numpy as np
+
+    from xnorflow.boards.synth import nextpnr_router
+    from xnorflow.hw.spec import NetworkSpec, conv_layer
+
+    rng = np.random.default_rng(0)
+    conv = conv_layer((2, 6, 6), rng.integers(0, 2, (8, 18), dtype=np.uint8), rng.integers(0, 20, 8), kernel=3,
+                      padding=0, pad_value=0, pe=2, simd=9)
+    assert nextpnr_router(NetworkSpec((conv,)), "ecp5") == "router2"
+    assert nextpnr_router(NetworkSpec((conv,)), "ice40") == "router1"
+    assert nextpnr_router(sized_network([16, 8, 4], [(2, 4), (2, 4)]), "ecp5") == "router1"
