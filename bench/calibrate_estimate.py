@@ -325,6 +325,7 @@ def fit_rows(record: dict) -> list[tuple[dict, float]]:
 # ram_bit, fitted once on the SFCs built with their input buffers in logic (bench/records.md,
 # "Estimate calibration"), which the compiler no longer chooses for them.
 FIXED = {"ice40": {"ram_bit": 2.0}, "ecp5": {"deserializer_bit": 1.0, "ram_bit": 0.86}}
+UNCALIBRATED = ("int_lane_bit", "int_acc_bit", "window_bit", "serializer_bit", "narrowing_gearbox_bit")
 FROM_ICE40 = {"ecp5": ("engine", "acc_bit", "score_bit", "block_mux", "rom_lut", "gearbox_bit")}
 
 
@@ -338,9 +339,9 @@ def fit(data: dict, family: str) -> dict:
     if FROM_ICE40.get(family):
         ice40 = fit(data, "ice40")
         fixed.update({name: ice40[name] for name in FROM_ICE40[family]})
-    # The integer-input engine's terms are not in these designs: they keep their own values.
-    names = [f for f in LogicModel.__dataclass_fields__
-             if f not in ("packing", "int_lane_bit", "int_acc_bit") and f not in fixed]
+    # The integer-input engine's, the window generator's and the narrowing adapters' terms are not in
+    # these designs: they keep their own values (compiler/analysis.py).
+    names = [f for f in LogicModel.__dataclass_fields__ if f not in ("packing", *UNCALIBRATED) and f not in fixed]
     records = [r for r in data["designs"].values() if r["family"] == family]
     rows = [row for r in records for row in fit_rows(r)]
     remaining = [measured - sum(v * terms.get(n, 0) for n, v in fixed.items()) for terms, measured in rows]
