@@ -384,8 +384,8 @@ def markdown_table(rows: list[dict]) -> str:
 def options_table(rows: list[dict]) -> str:
     """The Fashion-MNIST rows of TFC, SFC and scnv by input bits and training option (issue 15): accuracy
     and the hardware each model was built into."""
-    lines = [("| net / board | inputs | training | accuracy torch / golden / RTL | II | LUTs | mem. blocks | Fmax MHz | "
-              "frames/s at clock |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| net / board | inputs | training | epochs | accuracy torch / golden / RTL | II | LUTs | mem. blocks | "
+              "Fmax MHz | frames/s at clock |"), "|---|---|---|---|---|---|---|---|---|---|"]
     nets = ("tfc", "sfc", "scnv")
     chosen = [r for r in rows if r.get("dataset") == "fashion-mnist" and r["arch"] in nets and not r.get("lut_share")]
     for r in sorted(chosen, key=lambda r: (nets.index(r["arch"]), r.get("input_bits") or 1,
@@ -393,6 +393,7 @@ def options_table(rows: list[dict]) -> str:
         training = ("distilled from a float teacher" + (f" ({fmt(r['teacher_accuracy'], 'pct')})" if r.get("teacher_accuracy") else "")
                     if r.get("teacher") else "stochastic weights" if r.get("stochastic_weights") else "plain")
         lines.append(f"| {r['arch'].upper()} / {r['board']} | {r.get('input_bits') or 1}-bit | {training} | "
+                     f"{fmt(r.get('train_epochs'), 'int')} | "
                      + " / ".join(fmt(r.get(k), "pct") for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl"))
                      + f" | {fmt(r.get('cycles_per_frame'), 'int')} | {fmt(r.get('luts'), 'int')} | {fmt(r.get('brams'))} | "
                        f"{fmt(r.get('fmax_mhz'), 'f1')} | {fmt(r.get('fps_at_clock'), 'int')} |")
@@ -400,7 +401,7 @@ def options_table(rows: list[dict]) -> str:
                    "training options change the weights and thresholds only, so each builds nearly its plain row's "
                    "design (the thresholds' range sets their width, which can move the fit by a step: SFC 8-bit with "
                    "stochastic weights is II 329). scnv's optioned models are not synthesized (— in their hardware "
-                   "columns).")]
+                   "columns); they were trained with scnv's recipe of before (10 epochs), the plain rows with today's.")]
     return "\n".join(lines)
 
 
