@@ -27,8 +27,10 @@ REPORT_KEYS = (
 # simulation's are sim/layout.py's SIMULATION_KEYS (sim/ merges them in without the compiler).
 SYNTHESIS_KEYS = ("fmax_mhz", "fps", "luts", "ffs", "bram_bits", "brams", "sprams", "dsps", "synth_seconds",
                   # beyond DESIGN.md: the clock the bitstream runs at (PLL output or oscillator),
-                  # the PLL's settings, whether nextpnr met timing there, and every build tried
+                  # the PLL's settings, whether nextpnr met timing there, every build tried, and
+                  # nextpnr's router (boards/synth.py `nextpnr_router`)
                   "clock_mhz", "baud", "pll", "timing_met", "clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts",
+                  "router",
                   # where Yosys put each memory ("block", "logic", ...): the weights in block RAM, checked
                   "memories")
 
