@@ -65,8 +65,8 @@ TRAIN_DEFAULTS = {
 # Conv nets (scnv, cnv) cost far more per image than the MLPs: their own entries, same keys. The
 # Fashion-MNIST entry is sized to train scnv within 15 minutes on one core of the reference machine with
 # the other core busy (14 epochs: 764 s; 8-bit inputs 89.86% where 10 gave 89.37%, 20 on two threads
-# 89.53%: bench/records.md, "scnv epochs"); batch 64 and lr 0.003 did best among lr 0.001 / 0.003 / 0.01
-# and batch 64 / 128 in short runs.
+# 89.53%; 1-bit inputs 87.42% where 10 gave 87.94%, 1,358 s beside two builds: bench/records.md, "scnv
+# epochs"); batch 64 and lr 0.003 did best among lr 0.001 / 0.003 / 0.01 and batch 64 / 128 in short runs.
 # The cifar10 entry is a starting point, not measured: CIFAR-10 is not on the reference machine.
 CONV_TRAIN_DEFAULTS = {
     "digits": {"epochs": 30, "batch_size": 64, "lr": 0.01},
