@@ -72,12 +72,6 @@ def test_never_the_bottleneck(seed, widths):
                                  f"{cycles[-1]} cycles for {frames} frames, bound {bound}")
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_deserializer_with_gaps_and_backpressure(seed):
-    in_width, out_width, n = deserializer_widths(seed)
-    dut, got, expected, _ = run_adapter(in_width, out_width, n, gap=0.3, stall=0.3, seed=seed)
-    assert dut.kind == "deserializer"
-    assert got == expected, f"in_width={in_width} out_width={out_width} n={n} seed={seed}"
 
 
 def serializer_widths(seed):
@@ -90,11 +84,12 @@ def serializer_widths(seed):
     return in_width, out_width, max(1, n)
 
 
+@pytest.mark.parametrize("kind, widths", [("deserializer", deserializer_widths), ("serializer", serializer_widths)])
 @pytest.mark.parametrize("seed", range(12))
-def test_serializer_with_gaps_and_backpressure(seed):
-    in_width, out_width, n = serializer_widths(seed)
+def test_whole_multiple_adapters_with_gaps_and_backpressure(kind, widths, seed):
+    in_width, out_width, n = widths(seed)
     dut, got, expected, _ = run_adapter(in_width, out_width, n, gap=0.3, stall=0.3, seed=seed)
-    assert dut.kind == "serializer"
+    assert dut.kind == kind
     assert got == expected, f"in_width={in_width} out_width={out_width} n={n} seed={seed}"
 
 
