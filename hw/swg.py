@@ -48,6 +48,9 @@ max(out pixels x NF x SF, H x W) cycles per frame.
 """
 from __future__ import annotations
 
+import operator
+from functools import reduce
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
@@ -62,15 +65,6 @@ from xnorflow.hw.spec import SpecError, ceil_div, conv_out_shape
 # Issue -> word in the queue is one cycle (the banks' synchronous read, rotation and mask after
 # it); a queue slot is held from issue until the word is taken, 3 cycles at the least.
 QUEUE_DEPTH = 3
-
-
-def _or(values):
-    """The bitwise OR of ``values``."""
-    values = list(values)
-    result = values[0]
-    for value in values[1:]:
-        result = result | value
-    return result
 
 
 def buffer_rows(kernel: int, padding: int, group: int) -> int:
@@ -333,12 +327,12 @@ class SlidingWindowGenerator(wiring.Component):
                             f"col{kx}_bank") for kx in range(K)]
         row_sel = [register(m, Cat(*((rotated(top_r, i, G) == a) & rows_in_window[i] & rows_in_image[i]
                                      for a in range(G))), f"row{i}_bank") for i in range(G)]
-        by_column = [[_or(Mux(col_sel[kx][b], words[a][b], 0) for b in range(K)) for kx in range(K)]
+        by_column = [[reduce(operator.or_, (Mux(col_sel[kx][b], words[a][b], 0) for b in range(K))) for kx in range(K)]
                      for a in range(G)]
         elements = []
         for i in range(G):
             for kx in range(K):
-                pixel = _or(Mux(row_sel[i][a], by_column[a][kx], 0) for a in range(G))
+                pixel = reduce(operator.or_, (Mux(row_sel[i][a], by_column[a][kx], 0) for a in range(G)))
                 if self.pad_value:
                     padded = rows_in_window[i] & ~(rows_in_image[i] & cols_in_image[kx])
                     pixel = pixel | Mux(register(m, padded, f"pad{i}_{kx}"), pad, 0)
