@@ -287,9 +287,6 @@ def run_config(config: dict, work: Path, synth: bool, sim_images: int | None, lo
         "rtl_mismatches", "cycles_per_frame", "analytic_cycles_per_frame", "latency_cycles", "fmax_mhz", "fps",
         "luts", "ffs", "brams", "synth_seconds", "device", "layers", "fps_at_clock", "clock_mhz", "timing_met",
         "clock_attempts_mhz", "fmax_attempts_mhz", "seed_attempts")})
-    if row.get("synth_seconds") is None:
-        # Without a bitstream the report's clock is the compile's planned one: no clock was built.
-        row["clock_mhz"] = row["fps_at_clock"] = row["timing_met"] = None
     row["bound_cycles_per_frame"] = (report.get("memory_bandwidth") or {}).get("bound_cycles_per_frame")
     row["estimate_luts"] = (report.get("estimate") or {}).get("luts")
     row["estimate_brams"] = (report.get("estimate") or {}).get("brams")

@@ -152,7 +152,9 @@ def compile_model(model_path, out_dir, board_name: str = "icebreaker", fps: floa
             test_images=len(frames.bits),
             model_format=source.format,
             folding_reason=folding_reason,
-            clock_mhz=expected_clock_hz(board) / 1e6,
+            # The clock the board's PLL is first set to, which the folding was chosen for; `clock_mhz`
+            # (and `fps_at_clock`) stay null until a synthesis builds one.
+            planned_clock_mhz=expected_clock_hz(board) / 1e6,
             estimate=estimate_resources(spec, board.family),
             memory_bandwidth=bandwidth,
             model_file=str(Path(model_path).resolve()),

@@ -20,7 +20,8 @@ def point_figures(row: dict) -> tuple[float | None, float | None, bool]:
         return report["luts"], report["fps_at_clock"], True
     luts = (report.get("estimate") or {}).get("luts")
     cycles = report.get("cycles_per_frame") or report.get("analytic_cycles_per_frame")
-    fps = report["clock_mhz"] * 1e6 / cycles if report.get("clock_mhz") and cycles and not report.get("luts") else None
+    planned = report.get("planned_clock_mhz")
+    fps = planned * 1e6 / cycles if planned and cycles and not report.get("luts") else None
     return luts, fps, False
 
 
