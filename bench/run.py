@@ -403,8 +403,9 @@ def options_table(rows: list[dict]) -> str:
     lines += ["", ("Every model above is simulated in Verilator on all 10,000 test images against the golden model. The "
                    "training options change the weights and thresholds only, so each builds nearly its plain row's "
                    "design (the thresholds' range sets their width, which can move the fit by a step: SFC 8-bit with "
-                   "stochastic weights is II 329). scnv's optioned models are not synthesized (— in their hardware "
-                   "columns); they were trained with scnv's recipe of before (10 epochs), the plain rows with today's.")]
+                   "stochastic weights is II 329). scnv's rows are built with their PLL at 50 MHz. The training seed "
+                   "moves scnv's accuracy more than distillation does (bench/records.md, \"scnv with 8-bit inputs over "
+                   "seeds\").")]
     return "\n".join(lines)
 
 
