@@ -185,20 +185,29 @@ def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[
 
 def float_teacher(work: Path, arch: str, dataset: str, source: str, epochs: int | None, log) -> Path:
     """The float ``arch`` (`xnorflow train --float`) the bench's distilled models learn from, trained once
-    per recipe: a cached teacher trained for other epochs than the recipe's today is retrained."""
+    per recipe: a cached teacher trained with another recipe than today's is retrained."""
     import torch
 
-    from xnorflow.training.train import recipe_defaults, train
+    from xnorflow.training.train import train
 
     path = work / "models" / f"{arch}-{dataset}{'' if epochs is None else f'-epochs{epochs}'}-float.pt"
-    wanted = recipe_defaults(source, arch)["epochs"] if epochs is None else int(epochs)
-    trained = (torch.load(path, map_location="cpu", weights_only=True)["train"].get("epochs")
-               if path.exists() else None)
-    if trained != wanted:
+    record = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    changed = record and recipe_changes(record["train"], record["dataset"], arch, {"epochs": epochs})
+    if record is None or changed:
         log(f"training the float {arch} on {dataset} (a teacher)"
-            + (f": the cached one was trained {trained} epochs, the recipe's are {wanted}" if trained else ""))
-        train(arch, source, path, progress=False, epochs=wanted, float_model=True)
+            + (f": the cached one's {', '.join(changed)} differ from today's recipe" if changed else ""))
+        train(arch, source, path, progress=False, epochs=epochs, float_model=True)
     return path
+
+
+def recipe_changes(train: dict, dataset: str, arch: str, options: dict) -> list[str]:
+    """The recipe keys (epochs, batch size, lr) in which a model file's ``train`` record differs from what
+    training ``arch`` on ``dataset`` with ``options`` uses today."""
+    from xnorflow.training.train import recipe_defaults
+
+    defaults = recipe_defaults(dataset, arch)
+    wanted = {**defaults, **{k: v for k, v in options.items() if k in defaults and v is not None}}
+    return [k for k in ("epochs", "batch_size", "lr") if train.get(k) != wanted[k]]
 
 
 def stale_model_reason(record: dict, arch: str, options: dict) -> str | None:
@@ -206,7 +215,6 @@ def stale_model_reason(record: dict, arch: str, options: dict) -> str | None:
     layer structure, or the default recipe), or None when it is."""
     from xnorflow.training.datasets import BITS_FORMAT, input_scale
     from xnorflow.training.model_file import extract_layers
-    from xnorflow.training.train import recipe_defaults
     from xnorflow.training.zoo import build_model
 
     fmt = record["input"]
@@ -219,9 +227,7 @@ def stale_model_reason(record: dict, arch: str, options: dict) -> str | None:
 
     if structure(zoo) != structure(record["layers"]):
         return "the zoo's layers changed since it was trained"
-    train, defaults = record["train"], recipe_defaults(record["dataset"], arch)
-    wanted = {**defaults, **{k: v for k, v in options.items() if k in defaults and v is not None}}
-    changed = [k for k in ("epochs", "batch_size", "lr") if train.get(k) != wanted[k]]
+    changed = recipe_changes(record["train"], record["dataset"], arch, options)
     return f"its {', '.join(changed)} differ from today's recipe" if changed else None
 
 
