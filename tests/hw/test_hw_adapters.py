@@ -72,8 +72,6 @@ def test_never_the_bottleneck(seed, widths):
                                  f"{cycles[-1]} cycles for {frames} frames, bound {bound}")
 
 
-
-
 def serializer_widths(seed):
     """An input width a multiple of the output's (the serializer); every other frame ends in a
     partial input beat, some of whose slices are not sent."""
