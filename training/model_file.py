@@ -500,8 +500,9 @@ def load_model_file(path: str | Path) -> dict:
     """Read and validate a model file; ModelFileError with one clear line on any problem."""
     path = Path(path)
     if not path.exists():
-        raise ModelFileError(f"model file {path} not found: train one with "
-                             f"`xnorflow train --arch tfc --dataset digits -o {path}`")
+        raise ModelFileError(f"model file {path} not found: check the path, or train one with "
+                             f"`xnorflow train --arch ARCH --dataset DATASET -o {path}` (`xnorflow train --help` "
+                             "lists both)")
     if not path.is_file():
         raise ModelFileError(f"model path {path} is not a file: give the .pt file written by xnorflow train")
     try:

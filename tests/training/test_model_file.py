@@ -128,7 +128,7 @@ def test_predict_rejects_wrong_width():
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ModelFileError, match="model file .*nope.pt not found: train one with `xnorflow train"):
+    with pytest.raises(ModelFileError, match="model file .*nope.pt not found: check the path, or train one with `xnorflow train --arch ARCH"):
         load_model_file(tmp_path / "nope.pt")
 
 
