@@ -185,17 +185,25 @@ def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[
 
 def float_teacher(work: Path, arch: str, dataset: str, source: str, epochs: int | None, log) -> Path:
     """The float ``arch`` (`xnorflow train --float`) the bench's distilled models learn from, trained once
-    per recipe: a cached teacher trained with another recipe than today's is retrained."""
-    import torch
-
+    per recipe: a cached teacher trained with another recipe than today's, or one that does not read as a
+    teacher of ``arch`` on ``source`` (training/distill.py's checks), is retrained."""
+    from xnorflow.training.datasets import canonical_dataset_name
+    from xnorflow.training.distill import load_teacher_file
+    from xnorflow.training.model_file import ModelFileError
     from xnorflow.training.train import train
 
     path = work / "models" / f"{arch}-{dataset}{'' if epochs is None else f'-epochs{epochs}'}-float.pt"
-    record = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
-    changed = record and recipe_changes(record["train"], record["dataset"], arch, {"epochs": epochs})
-    if record is None or changed:
-        log(f"training the float {arch} on {dataset} (a teacher)"
-            + (f": the cached one's {', '.join(changed)} differ from today's recipe" if changed else ""))
+    reason = None
+    if path.exists():
+        try:
+            _, record = load_teacher_file(path, arch, canonical_dataset_name(source))
+        except ModelFileError as exc:
+            reason = f"the cached one is unusable ({exc})"
+        else:
+            changed = recipe_changes(record["train"], record["dataset"], arch, {"epochs": epochs})
+            reason = changed and f"the cached one's {', '.join(changed)} differ from today's recipe"
+    if reason or not path.exists():
+        log(f"training the float {arch} on {dataset} (a teacher)" + (f": {reason}" if reason else ""))
         train(arch, source, path, progress=False, epochs=epochs, float_model=True)
     return path
 
