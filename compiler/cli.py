@@ -66,6 +66,7 @@ def add_training_options(p: argparse.ArgumentParser, defaults_none: bool = False
     """The training options shared by train and flow (``defaults_none``: unset options stay None, so flow can
     tell an option given from its default when it reuses a model)."""
     from xnorflow.training.distill import DEFAULT_TEMPERATURE
+    from xnorflow.training.layers import ACTIVATION_GRADIENTS, DEFAULT_ACTIVATION_GRADIENT
 
     p.add_argument("--input-bits", type=input_bits_value, default=None if defaults_none else 1, metavar="1|8",
                    help="bits per input pixel: 1 binarises each pixel by the dataset's threshold (default); 8 "
@@ -80,6 +81,11 @@ def add_training_options(p: argparse.ArgumentParser, defaults_none: bool = False
     p.add_argument("--stochastic-weights", action="store_true", default=None if defaults_none else False,
                    help="binarise weights stochastically while training (BinaryConnect: +1 with probability "
                         "hard_sigmoid(w)); inference uses the sign. Recorded in the model file")
+    p.add_argument("--activation-grad", choices=tuple(ACTIVATION_GRADIENTS), default=None if defaults_none else
+                   DEFAULT_ACTIVATION_GRADIENT,
+                   help="the activations' straight-through gradient in training: hardtanh (1 inside [-1, 1], the "
+                        "default) or approxsign (Bi-Real Net: 2 - 2|x| inside [-1, 1]); the forward pass, and so the "
+                        "hardware, is the sign either way. Recorded in the model file")
 
 
 def clock_choice(text: str) -> float | str:

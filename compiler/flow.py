@@ -147,7 +147,7 @@ def synth_rerun_reason(build_dir: Path, report: dict, clock_mhz, seed, baud: int
 def training_options(args) -> dict:
     """train()'s keyword arguments for the training options of train and flow (unset: train's defaults)."""
     given = {"input_bits": args.input_bits, "teacher": args.teacher, "temperature": args.temperature,
-             "stochastic_weights": args.stochastic_weights}
+             "stochastic_weights": args.stochastic_weights, "activation_grad": args.activation_grad}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -157,6 +157,7 @@ def check_model_matches(record: dict, model_path: Path, args) -> None:
     Only options given on the command line are compared; a mismatch is refused (never retrained over
     silently: the file may be the user's own)."""
     from xnorflow.training.datasets import canonical_dataset_name
+    from xnorflow.training.layers import DEFAULT_ACTIVATION_GRADIENT
 
     trained = record.get("train") or {}
     fmt = record.get("input") or {}
@@ -169,7 +170,8 @@ def check_model_matches(record: dict, model_path: Path, args) -> None:
              "--teacher": (args.teacher and (args.teacher if args.teacher == "auto" else str(Path(args.teacher).resolve())),
                            teacher.get("source")),
              "--temperature": (args.temperature, teacher.get("temperature")),
-             "--stochastic-weights": (args.stochastic_weights, bool(trained.get("stochastic_weights")))}
+             "--stochastic-weights": (args.stochastic_weights, bool(trained.get("stochastic_weights"))),
+             "--activation-grad": (args.activation_grad, trained.get("activation_grad", DEFAULT_ACTIVATION_GRADIENT))}
     for option, (wanted, has) in asked.items():
         if wanted is not None and wanted != has:
             raise CompileError(f"{model_path} was trained with {option} {has}, not {wanted}: pass {option} {has} "

@@ -27,7 +27,8 @@ Convolutions (DESIGN.md section 2a) work the same way on (N, C, H, W) tensors of
 Integer inputs (DESIGN.md 2b) open the model with ``InputNorm(mean per channel, scale)``: the first
 binary layer then takes the normalised pixels, with +-1 weights and no sign on its input.
 ``set_stochastic_weights(model)`` makes the binary layers binarise their weights stochastically while
-training (BinaryConnect), the sign at inference.
+training (BinaryConnect), the sign at inference; ``set_activation_gradient(model, "approxsign")`` trains
+the activations with Bi-Real Net's ApproxSign gradient instead of hardtanh's.
 
 A BinaryConv2d pads its +-1 input with ``pad_value`` (-1 or +1, never 0, which is no bit) and is
 stride 1, no dilation, one group: the model file refuses anything else (model_file.extract_layers).
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ACTIVATION_GRADIENTS",
+    "DEFAULT_ACTIVATION_GRADIENT",
     "BatchNorm",
     "BatchNorm2d",
     "BinaryConv2d",
@@ -48,8 +51,10 @@ __all__ = [
     "MaxPool2d",
     "Scale",
     "SignActivation",
+    "approx_sign_ste",
     "binary_sign",
     "clip_latent_weights",
+    "set_activation_gradient",
     "set_stochastic_weights",
     "sign_ste",
     "spread_latent_weights",
@@ -102,6 +107,27 @@ class _StochasticSignSTE(_SignSTE):
         ctx.save_for_backward(x)
         probability = ((x + 1) / 2).clamp(0, 1)
         return torch.where(torch.rand_like(x) < probability, torch.ones_like(x), -torch.ones_like(x))
+
+
+class _ApproxSignSTE(_SignSTE):
+    """binary_sign forward; Bi-Real Net's ApproxSign backward, the derivative of the piecewise quadratic
+    that follows the sign more closely than hardtanh: grad * max(0, 2 - 2|x|) (2 at 0, 0 beyond |x| = 1)."""
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad_output * (2 - 2 * x.abs()).clamp(min=0).to(grad_output.dtype)
+
+
+def approx_sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """binary_sign forward, ApproxSign (Bi-Real Net) backward."""
+    return _ApproxSignSTE.apply(x)
+
+
+# The backward passes a SignActivation can train with (``set_activation_gradient``); weights always use
+# the hardtanh STE. The forward, and so what the compiler builds, is the same binary_sign for both.
+ACTIVATION_GRADIENTS = {"hardtanh": sign_ste, "approxsign": approx_sign_ste}
+DEFAULT_ACTIVATION_GRADIENT = "hardtanh"
 
 
 def stochastic_sign_ste(x: torch.Tensor) -> torch.Tensor:
@@ -210,10 +236,13 @@ class InputNorm(nn.Module):
 
 
 class SignActivation(nn.Module):
-    """+1 if x >= 0 else -1; backward is the hardtanh STE (gradient zero where |x| > 1)."""
+    """+1 if x >= 0 else -1; backward is the hardtanh STE (gradient zero where |x| > 1), or another of
+    ACTIVATION_GRADIENTS named by ``gradient`` (:func:`set_activation_gradient`)."""
+
+    gradient: str = DEFAULT_ACTIVATION_GRADIENT
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sign_ste(x)
+        return ACTIVATION_GRADIENTS[self.gradient](x)
 
 
 class Scale(nn.Module):
@@ -243,6 +272,15 @@ def set_stochastic_weights(model: nn.Module, stochastic: bool = True) -> None:
     for module in model.modules():
         if isinstance(module, _BinaryWeights):
             module.stochastic = bool(stochastic)
+
+
+def set_activation_gradient(model: nn.Module, gradient: str) -> None:
+    """Train every SignActivation of ``model`` with the backward pass ``gradient`` (ACTIVATION_GRADIENTS)."""
+    if gradient not in ACTIVATION_GRADIENTS:
+        raise ValueError(f"activation gradient {gradient!r}: choose one of {', '.join(ACTIVATION_GRADIENTS)}")
+    for module in model.modules():
+        if isinstance(module, SignActivation):
+            module.gradient = gradient
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ Options: ``input_bits`` 1 (binarised pixels) or b > 1 (b-bit pixels normalised b
 mean per channel and standard deviation, into a first layer with binary weights: DESIGN.md 2b);
 ``teacher`` (a float teacher file, or "auto": the same architecture trained in float first) for
 knowledge distillation at ``temperature`` (training/distill.py); ``stochastic_weights`` (BinaryConnect's
-stochastic binarisation while training, the sign at inference); ``float_model`` writes a float teacher
+stochastic binarisation while training, the sign at inference); ``activation_grad`` (the activations'
+straight-through gradient: hardtanh, or Bi-Real Net's approxsign); ``float_model`` writes a float teacher
 file instead of a BNN. All are recorded in the model file; none changes what the compiler builds. Runs are deterministic for a given seed
 and thread count: seeded initialisation, a seeded generator for the data order and
 ``torch.use_deterministic_algorithms``.
@@ -49,7 +50,14 @@ from .distill import (
     save_teacher_file,
     teacher_logits,
 )
-from .layers import clip_latent_weights, set_stochastic_weights, spread_latent_weights
+from .layers import (
+    ACTIVATION_GRADIENTS,
+    DEFAULT_ACTIVATION_GRADIENT,
+    clip_latent_weights,
+    set_activation_gradient,
+    set_stochastic_weights,
+    spread_latent_weights,
+)
 from .model_file import ModelFileError, model_inputs, predict, save_model_file
 from .zoo import build_float_model, build_model, hidden_widths, is_conv_arch
 
@@ -192,12 +200,12 @@ def train(arch: str, dataset_name: str, out_path: str | Path, epochs: int | None
           threads: int | None = None, threshold: int | None = None,
           dataset: Dataset | None = None, input_bits: int = 1, teacher: str | Path | None = None,
           temperature: float = DEFAULT_TEMPERATURE, stochastic_weights: bool = False,
-          float_model: bool = False) -> dict:
+          activation_grad: str = DEFAULT_ACTIVATION_GRADIENT, float_model: bool = False) -> dict:
     """Train ``arch`` on ``dataset_name``, evaluate on the test split, write the model file.
 
     ``threshold`` overrides the dataset's default binarisation threshold (``input_bits`` 1);
-    ``input_bits`` > 1 trains on b-bit pixels; ``teacher``, ``temperature``, ``stochastic_weights`` and
-    ``float_model`` as the module docstring says. ``threads`` defaults to :func:`default_threads`;
+    ``input_bits`` > 1 trains on b-bit pixels; ``teacher``, ``temperature``, ``stochastic_weights``,
+    ``activation_grad`` and ``float_model`` as the module docstring says. ``threads`` defaults to :func:`default_threads`;
     ``dataset`` passes an already loaded dataset (its name must be ``dataset_name``). Returns a summary
     dict (the model file's facts plus the output path).
     """
@@ -207,6 +215,8 @@ def train(arch: str, dataset_name: str, out_path: str | Path, epochs: int | None
     if dataset is not None and dataset.name != dataset_name:
         raise ValueError(f"the dataset passed is {dataset.name!r} but dataset_name is {dataset_name!r}: "
                          "pass matching ones")
+    if activation_grad not in ACTIVATION_GRADIENTS:
+        raise ValueError(f"activation gradient {activation_grad!r}: choose one of {', '.join(ACTIVATION_GRADIENTS)}")
     if not (math.isfinite(float(temperature)) and float(temperature) > 0):
         raise ValueError(f"temperature {temperature!r}: give a positive number")
     dataset_name = canonical_dataset_name(dataset_name)   # the model file names the folder from anywhere
@@ -230,6 +240,7 @@ def train(arch: str, dataset_name: str, out_path: str | Path, epochs: int | None
         torch.manual_seed(seed)           # the same initialisation with or without a teacher
         norm = None if fmt["format"] == BITS_FORMAT else (fmt["mean"], input_scale(fmt))
         model = build_model(arch, tuple(data.image_shape), n_classes=data.n_classes, input_norm=norm)
+        set_activation_gradient(model, activation_grad)
         if stochastic_weights:
             set_stochastic_weights(model, True)
             spread_latent_weights(model)
@@ -247,7 +258,7 @@ def train(arch: str, dataset_name: str, out_path: str | Path, epochs: int | None
                   "threads": threads,
                   "train_loss": fit["train_loss"], "train_accuracy": fit["train_accuracy"],
                   "n_train": len(train_values), "n_test": len(test_values),
-                  "stochastic_weights": bool(stochastic_weights),
+                  "stochastic_weights": bool(stochastic_weights), "activation_grad": activation_grad,
                   "teacher": None if teacher_meta is None else {**teacher_meta, "temperature": float(temperature)}}
     record = save_model_file(out_path, model, arch=arch, dataset=dataset_name, input_format=fmt,
                              accuracy_torch=test_accuracy, train=train_meta, image_shape=data.image_shape)
@@ -340,6 +351,8 @@ def format_summary(summary: dict) -> str:
                      f"temperature {teacher['temperature']:g})")
     if summary.get("stochastic_weights"):
         lines.append("  weights       stochastic binarisation in training (BinaryConnect), sign at inference")
+    if summary.get("activation_grad", DEFAULT_ACTIVATION_GRADIENT) != DEFAULT_ACTIVATION_GRADIENT:
+        lines.append(f"  activations   trained with the {summary['activation_grad']} gradient")
     lines += [f"  train         loss {summary['train_loss']:.4f}, accuracy {summary['train_accuracy']:.2%}",
               f"  test accuracy {summary['accuracy_torch']:.2%} ({summary['n_test']} images, eval mode)",
               f"  time          {summary['seconds']:.1f} s",

@@ -36,7 +36,8 @@ def test_int_conv_frames_are_pixel_major_b_bits_per_pixel(scnv_int):
 
 
 def flow_args(**given):
-    keys = ("arch", "dataset", "seed", "epochs", "input_bits", "teacher", "temperature", "stochastic_weights")
+    keys = ("arch", "dataset", "seed", "epochs", "input_bits", "teacher", "temperature", "stochastic_weights",
+            "activation_grad")
     return argparse.Namespace(**{key: given.get(key) for key in keys})
 
 
@@ -45,7 +46,8 @@ def test_flow_reuses_a_model_only_with_the_training_options_given(scnv_int):
     check_model_matches(record, scnv_int, flow_args(arch="scnv", input_bits=8))
     check_model_matches(record, scnv_int, flow_args(stochastic_weights=False))
     for given, option in [({"input_bits": 1}, "--input-bits 8, not 1"), ({"teacher": "auto"}, "--teacher None"),
-                          ({"stochastic_weights": True}, "--stochastic-weights False")]:
+                          ({"stochastic_weights": True}, "--stochastic-weights False"),
+                          ({"activation_grad": "approxsign"}, "--activation-grad hardtanh, not approxsign")]:
         with pytest.raises(CompileError, match=option):
             check_model_matches(record, scnv_int, flow_args(**given))
     assert training_options(flow_args(input_bits=8)) == {"input_bits": 8}

@@ -19,7 +19,13 @@ from xnorflow.training.datasets import (
     unpack_elements,
 )
 from xnorflow.training.distill import distillation_loss, load_teacher_file
-from xnorflow.training.layers import BinaryLinear, InputNorm, set_stochastic_weights
+from xnorflow.training.layers import (
+    BinaryLinear,
+    InputNorm,
+    SignActivation,
+    set_activation_gradient,
+    set_stochastic_weights,
+)
 from xnorflow.training.model_file import (
     ModelFileError,
     load_model_file,
@@ -27,7 +33,7 @@ from xnorflow.training.model_file import (
     predict,
     save_model_file,
 )
-from xnorflow.training.train import train
+from xnorflow.training.train import format_summary, train
 from xnorflow.training.zoo import arch_names, build_model
 
 FORMAT8 = {"format": "int", "bits": 8, "max_value": 255}
@@ -135,6 +141,22 @@ def test_stochastic_weights_are_random_in_training_only():
     assert torch.equal(layer(x), layer(x)) and torch.equal(layer(x), x @ layer.binary_weight().T)
 
 
+def test_approxsign_changes_the_activations_gradient_only():
+    x = torch.tensor([-1.5, -1.0, -0.75, -0.25, 0.0, 0.5, 1.0, 2.0], requires_grad=True)
+    sign = SignActivation()
+    assert sign.gradient == "hardtanh"
+    sign(x).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0, 1, 1, 1, 1, 1, 1, 0])
+    set_activation_gradient(torch.nn.Sequential(sign), "approxsign")
+    x.grad = None
+    out = sign(x)
+    out.sum().backward()
+    np.testing.assert_array_equal(out.detach(), [-1, -1, -1, -1, 1, 1, 1, 1])   # the same sign forward
+    np.testing.assert_array_equal(x.grad, [0, 0, 0.5, 1.5, 2, 1, 0, 0])          # max(0, 2 - 2|x|)
+    with pytest.raises(ValueError, match="activation gradient 'relu': choose one of hardtanh, approxsign"):
+        set_activation_gradient(sign, "relu")
+
+
 def test_distillation_loss_adds_the_softened_kl():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     labels = torch.tensor([0])
@@ -157,12 +179,14 @@ def test_teacher_and_stochastic_options_are_recorded(tmp_path, digits):
     train("tfc", "digits", out, epochs=2, progress=False, threads=1, dataset=digits, teacher=teacher, temperature=2.0,
           stochastic_weights=True)
     trained = load_model_file(out)["train"]
-    assert trained["stochastic_weights"] is True
+    assert trained["stochastic_weights"] is True and trained["activation_grad"] == "hardtanh"
     assert trained["teacher"]["source"] == str(teacher.resolve()) and trained["teacher"]["temperature"] == 2.0
     assert trained["teacher"]["accuracy"] == record["accuracy"]
     auto = train("tfc", "digits", tmp_path / "auto.pt", epochs=2, progress=False, threads=1, dataset=digits,
-                 teacher="auto", input_bits=8)
+                 teacher="auto", input_bits=8, activation_grad="approxsign")
     assert auto["teacher"]["source"] == "auto" and auto["teacher"]["accuracy"] > 0.5
+    assert load_model_file(tmp_path / "auto.pt")["train"]["activation_grad"] == "approxsign"
+    assert "activations   trained with the approxsign gradient" in format_summary(auto)
 
 
 @pytest.mark.parametrize("args, message", [
