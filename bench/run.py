@@ -64,6 +64,12 @@ CONFIGS = [
       for arch, board in (("tfc", "icebreaker"), ("sfc", "ulx3s-85f"), ("scnv", "ulx3s-85f"))
       for bits_name, bits in (("", {}), ("8bit-", {"input_bits": 8}))
       for option_name, option in (("teacher", {"teacher": "float"}), ("stochastic", {"stochastic_weights": True}))],
+    # scnv's recipe for issue 13's 90%: 8-bit inputs, distilled from its float self trained first in the same
+    # run (`--teacher auto`, so the training time is the whole recipe's) with the activations trained by
+    # ApproxSign's gradient, on two threads to fit 15 minutes (bench/records.md, "scnv: ApproxSign with a
+    # teacher").
+    {"arch": "scnv", "dataset": "fashion-mnist", "board": "ulx3s-85f", "variant": "8bit-auto-approxsign",
+     "input_bits": 8, "teacher": "auto", "activation_grad": "approxsign", "threads": 2, "clock_mhz": 50},
 ]
 
 # Sweeps `make bench-sweep` runs (bench/run.py --sweep NAME): points built at once on a LocalCluster of
@@ -158,7 +164,7 @@ DERIVED_DATASETS = {"fashion-32x32x3": fashion_as_cifar10}
 
 
 # Configuration keys that are training options (training.train.train's keywords).
-TRAIN_OPTIONS = ("epochs", "input_bits", "teacher", "stochastic_weights")
+TRAIN_OPTIONS = ("epochs", "input_bits", "teacher", "stochastic_weights", "activation_grad", "threads")
 
 
 def trained_model(work: Path, arch: str, dataset: str, log, **options) -> tuple[Path, dict]:
@@ -406,9 +412,12 @@ def options_table(rows: list[dict]) -> str:
     nets = ("tfc", "sfc", "scnv")
     chosen = [r for r in rows if r.get("dataset") == "fashion-mnist" and r["arch"] in nets and not r.get("lut_share")]
     for r in sorted(chosen, key=lambda r: (nets.index(r["arch"]), r.get("input_bits") or 1,
-                                          bool(r.get("teacher")) + 2 * bool(r.get("stochastic_weights")))):
+                                          bool(r.get("teacher")) + 2 * bool(r.get("stochastic_weights")),
+                                          bool(r.get("activation_grad")))):
         training = ("distilled from a float teacher" + (f" ({fmt(r['teacher_accuracy'], 'pct')})" if r.get("teacher_accuracy") else "")
                     if r.get("teacher") else "stochastic weights" if r.get("stochastic_weights") else "plain")
+        training += (f", {r['activation_grad']} gradient" if r.get("activation_grad") else "") + (
+            f", {r['threads']} threads" if r.get("threads") else "")
         lines.append(f"| {r['arch'].upper()} / {r['board']} | {r.get('input_bits') or 1}-bit | {training} | "
                      f"{fmt(r.get('train_epochs'), 'int')} | "
                      + " / ".join(fmt(r.get(k), "pct") for k in ("accuracy_torch", "accuracy_golden", "accuracy_rtl"))
@@ -441,7 +450,9 @@ def variant_options(row: dict) -> str:
     options = [f"{option} {row[key]:g}" for key, option in (("lut_share", "--lut-share"), ("pnr_seed", "--pnr-seed"),
                                                              ("input_bits", "--input-bits"), ("epochs", "--epochs"))
                if row.get(key)]
-    options += ["--teacher float"] * bool(row.get("teacher")) + ["--stochastic-weights"] * bool(row.get("stochastic_weights"))
+    options += [f"--teacher {'auto' if row.get('teacher') == 'auto' else 'float'}"] * bool(row.get("teacher"))
+    options += ["--stochastic-weights"] * bool(row.get("stochastic_weights"))
+    options += [f"--{key.replace('_', '-')} {row[key]}" for key in ("activation_grad", "threads") if row.get(key)]
     return f" ({' '.join(options)})" if options else ""
 
 

@@ -18,8 +18,9 @@ None, so it loads with ``torch.load(path, weights_only=True)`` (no pickled code 
       "layers": [...],                       # one entry per BinaryLinear / BinaryConv2d, input to output
       "accuracy_torch": 0.87,                # test split, eval mode; None if not measured
       "train": {"epochs", "seed", "seconds", "lr", "batch_size", ...}   # how it was trained (with
-                                             # "stochastic_weights": bool and "teacher": None or a dict
-                                             # naming the float teacher and "temperature")
+                                             # "stochastic_weights": bool, "activation_grad": the
+                                             # activations' STE (files before it: hardtanh) and "teacher":
+                                             # None or a dict naming the float teacher and "temperature")
     }
 
 The input format (DESIGN.md sections 2 and 2b) is one of::
