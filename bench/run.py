@@ -428,7 +428,10 @@ def options_table(rows: list[dict]) -> str:
                    "design (the thresholds' range sets their width, which can move the fit by a step: SFC 8-bit with "
                    "stochastic weights is II 329). scnv's rows are built with their PLL at 50 MHz. The training seed "
                    "moves scnv's accuracy more than distillation does (bench/records.md, \"scnv with 8-bit inputs over "
-                   "seeds\").")]
+                   "seeds\"). scnv's approxsign row is issue 13's recipe: its float teacher is trained first in the "
+                   "same run (`--teacher auto`), so its training time is the whole recipe's, on two threads; with "
+                   "ApproxSign's gradient the distilled scnv gains over seeds 0-2 (bench/records.md, \"scnv: "
+                   "ApproxSign with a teacher\").")]
     return "\n".join(lines)
 
 
@@ -462,7 +465,8 @@ def extra_lines(rows: list[dict]) -> str:
         when = f"measured {r['measured_at']}" if r.get("measured_at") else "measured in an earlier session, older RTL"
         lines.append(f"- {r['config']} ({when}): folding {r.get('folding', 'fastest that fits')}, golden model {fmt(r.get('golden_images_per_s'), 'int')} images/s "
                      f"(one core, median of {r.get('golden_repeats')}), training {fmt(r.get('train_seconds'), 's')} "
-                     f"({r.get('train_epochs')} epochs), Verilator build {fmt(r.get('verilator_build_seconds'), 's')}, "
+                     f"({r.get('train_epochs')} epochs{', its float teacher included' if r.get('teacher') == 'auto' else ''}"
+                     + (f", {r['threads']} threads" if r.get("threads") else "") + f"), Verilator build {fmt(r.get('verilator_build_seconds'), 's')}, "
                      f"simulation of {fmt(r.get('images_simulated'), 'int')} images {fmt(r.get('sim_seconds'), 's')}"
                      + simulation_scaling(r) + ", "
                      f"torch–golden agreement {fmt(r.get('torch_golden_agreement'), 'pct')}"
