@@ -453,9 +453,8 @@ def variant_options(row: dict) -> str:
     options = [f"{option} {row[key]:g}" for key, option in (("lut_share", "--lut-share"), ("pnr_seed", "--pnr-seed"),
                                                              ("input_bits", "--input-bits"), ("epochs", "--epochs"))
                if row.get(key)]
-    options += [f"--teacher {'auto' if row.get('teacher') == 'auto' else 'float'}"] * bool(row.get("teacher"))
     options += ["--stochastic-weights"] * bool(row.get("stochastic_weights"))
-    options += [f"--{key.replace('_', '-')} {row[key]}" for key in ("activation_grad", "threads") if row.get(key)]
+    options += [f"--{key.replace('_', '-')} {row[key]}" for key in ("teacher", "activation_grad", "threads") if row.get(key)]
     return f" ({' '.join(options)})" if options else ""
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "SignActivation",
     "approx_sign_ste",
     "binary_sign",
+    "check_activation_gradient",
     "clip_latent_weights",
     "set_activation_gradient",
     "set_stochastic_weights",
@@ -274,10 +275,15 @@ def set_stochastic_weights(model: nn.Module, stochastic: bool = True) -> None:
             module.stochastic = bool(stochastic)
 
 
-def set_activation_gradient(model: nn.Module, gradient: str) -> None:
-    """Train every SignActivation of ``model`` with the backward pass ``gradient`` (ACTIVATION_GRADIENTS)."""
+def check_activation_gradient(gradient: str) -> None:
+    """ValueError naming the choices unless ``gradient`` is one of ACTIVATION_GRADIENTS."""
     if gradient not in ACTIVATION_GRADIENTS:
         raise ValueError(f"activation gradient {gradient!r}: choose one of {', '.join(ACTIVATION_GRADIENTS)}")
+
+
+def set_activation_gradient(model: nn.Module, gradient: str) -> None:
+    """Train every SignActivation of ``model`` with the backward pass ``gradient`` (ACTIVATION_GRADIENTS)."""
+    check_activation_gradient(gradient)
     for module in model.modules():
         if isinstance(module, SignActivation):
             module.gradient = gradient

@@ -51,8 +51,8 @@ from .distill import (
     teacher_logits,
 )
 from .layers import (
-    ACTIVATION_GRADIENTS,
     DEFAULT_ACTIVATION_GRADIENT,
+    check_activation_gradient,
     clip_latent_weights,
     set_activation_gradient,
     set_stochastic_weights,
@@ -215,8 +215,7 @@ def train(arch: str, dataset_name: str, out_path: str | Path, epochs: int | None
     if dataset is not None and dataset.name != dataset_name:
         raise ValueError(f"the dataset passed is {dataset.name!r} but dataset_name is {dataset_name!r}: "
                          "pass matching ones")
-    if activation_grad not in ACTIVATION_GRADIENTS:
-        raise ValueError(f"activation gradient {activation_grad!r}: choose one of {', '.join(ACTIVATION_GRADIENTS)}")
+    check_activation_gradient(activation_grad)      # before minutes of data loading
     if not (math.isfinite(float(temperature)) and float(temperature) > 0):
         raise ValueError(f"temperature {temperature!r}: give a positive number")
     dataset_name = canonical_dataset_name(dataset_name)   # the model file names the folder from anywhere
